@@ -1,0 +1,1 @@
+"""The asv benchmark suite of dicebench (``asv run``; see docs/benchmarks.md)."""

@@ -1,0 +1,48 @@
+"""CPU time and memory of every loss, ours and the peers', side by side.
+
+``Grid``: every implementation x dtype on small 2-D and 3-D shapes. ``Headline``: large shapes,
+float32 and bfloat16, where the ratios against MONAI are read (docs/benchmarks.md).
+``HeadlineCompiled``: ``torch.compile`` of the vectorized loss at the 2-D headline shape (its
+compilation, 30-70 s a combination here, keeps it to one shape; its process peak, ``peakmem_``,
+would measure the compiler, so only the call's own peak is tracked).
+"""
+
+from __future__ import annotations
+
+from .common import GRID_SHAPES, HEADLINE_SHAPES, LOSSES, DTYPES, LossCase, _PeakBytes
+
+
+class Grid(LossCase):
+    params = ([name for name in LOSSES if name != "vectorized_compiled"], list(DTYPES), GRID_SHAPES)
+
+    def time_forward(self, *params):
+        self.forward()
+
+    def time_forward_backward(self, *params):
+        self.forward_backward()
+
+
+class Headline(_PeakBytes, LossCase):
+    params = ([name for name in LOSSES if name not in ("naive", "vectorized_compiled")], ["float32", "bfloat16"],
+              HEADLINE_SHAPES)
+    repeat = (3, 5, 10.0)
+    number = 1
+
+    def time_forward_backward(self, *params):
+        self.forward_backward()
+
+    # The headline times come from two rounds: asv runs every combination once, then all again,
+    # so a burst of load on the shared machine hits one round, not one implementation.
+    time_forward_backward.rounds = 2
+
+    def peakmem_forward_backward(self, *params):
+        self.forward_backward()
+
+
+class HeadlineCompiled(_PeakBytes, LossCase):
+    params = (["vectorized_compiled"], ["float32"], HEADLINE_SHAPES[:1])
+    repeat = Headline.repeat
+    number = 1
+
+    def time_forward_backward(self, *params):
+        self.forward_backward()
