@@ -1,0 +1,1 @@
+"""dicebench analysis: synthetic experiments, results storage, figures, the report and the CLI."""

@@ -1,0 +1,122 @@
+"""Experiment results on disk: ``<out>/<name>/results.parquet``, ``claims.json``, ``manifest.json``.
+
+The parquet file holds the raw measurements only (no timestamps, no index), so the same seed and
+scale on the same machine, with the same thread count, give byte-identical files; everything
+about the run itself (versions, commit, hardware, config, wall time) goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .experiments import EXPERIMENTS, Claim, config_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def save_results(out_dir: Path, name: str, df: pd.DataFrame, claims: List[Claim], manifest: dict) -> Path:
+    folder = Path(out_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    df.reset_index(drop=True).to_parquet(folder / "results.parquet", index=False, engine="pyarrow")
+    _write_claims_and_manifest(folder, claims, manifest)
+    return folder
+
+
+def _write_claims_and_manifest(folder: Path, claims: List[Claim], manifest: dict) -> None:
+    (folder / "claims.json").write_text(json.dumps([dataclasses.asdict(c) for c in claims], indent=2) + "\n")
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def load_results(out_dir: Path, name: str) -> Tuple[pd.DataFrame, List[dict], dict]:
+    """``(df, claims, manifest)`` of experiment ``name`` stored under ``out_dir``."""
+    folder = Path(out_dir) / name
+    if not (folder / "results.parquet").is_file():
+        raise FileNotFoundError(f"no stored results for {name!r} under {folder}")
+    df = pd.read_parquet(folder / "results.parquet")
+    claims = json.loads((folder / "claims.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return df, claims, manifest
+
+
+def recheck_claims(out_dir: Path, name: str) -> List[Claim]:
+    """Recompute the claims of stored results with the current ``claims(df)`` and rewrite
+    ``claims.json``; the manifest records when and at which commit (the data are untouched)."""
+    df, _, manifest = load_results(out_dir, name)
+    claims = EXPERIMENTS[name].claims(df)
+    manifest["claims_rechecked"] = dict(at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                        git_commit=_git("rev-parse", "HEAD"))
+    _write_claims_and_manifest(Path(out_dir) / name, claims, manifest)
+    return claims
+
+
+def run_experiment(name: str, out_dir: Path, *, scale: str = "small", seed: int = 0, impl: str = "vectorized",
+                   threads: int = 1, progress: bool = True) -> Tuple[pd.DataFrame, List[Claim], dict]:
+    """Run experiment ``name`` deterministically on ``threads`` CPU threads, store and return its results."""
+    module = EXPERIMENTS[name]
+    config = config_for(module, scale, seed=seed, impl=impl)
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    start = time.perf_counter()
+    try:
+        df = module.run(config, progress=progress)
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+    wall = time.perf_counter() - start
+    claims = module.claims(df)
+    manifest = dict(
+        experiment=name, scale=scale, seed=seed, impl=impl, threads=threads, config=dataclasses.asdict(config),
+        started_at=started_at, wall_time_s=round(wall, 3), **environment(),
+    )
+    save_results(out_dir, name, df, claims, manifest)
+    return df, claims, manifest
+
+
+def environment() -> dict:
+    """Versions, git state and hardware, for the manifest."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def package_version(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return dict(
+        python=sys.version.split()[0], torch=torch.__version__, numpy=np.__version__, pandas=pd.__version__,
+        packages={name: package_version(name) for name in ("dicebench", "pyarrow", "matplotlib", "monai", "triton")},
+        git_commit=_git("rev-parse", "HEAD"), git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
+        platform=platform.platform(), cpu=_cpu_model(),
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    )
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
