@@ -1,0 +1,185 @@
+"""Shared test helpers: seeded random inputs, the error measure, and the per-dtype tolerances.
+
+Errors are normalised so one number fits every shape and option:
+``error(actual, expected) = max|actual - expected| / max(max|expected|, floor)``, with floor 1
+for losses (absolute below 1, relative above) and, for gradients, the smallest normal number of
+the logits' dtype: a gradient the dtype can only hold as a subnormal (fp16 below 6.1e-5, e.g. the
+1e-8 gradients of an absent class) is judged in absolute terms against that dtype's resolution.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import pytest
+import torch
+from torch import Tensor
+
+import dice_impls
+
+TARGET_KINDS = ("labels", "labels_keepdim", "onehot", "soft")
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def random_inputs(
+    shape: Sequence[int],
+    channels: int,
+    dtype: torch.dtype = torch.float32,
+    target_kind: str = "labels",
+    seed: int = 0,
+    *,
+    label_dtype: torch.dtype = torch.int64,
+    ignore_index: Optional[int] = None,
+    ignore_fraction: float = 0.25,
+    empty_classes: Sequence[int] = (),
+    out_of_range_fraction: float = 0.0,
+    logit_scale: float = 2.0,
+    probabilities: bool = False,
+    target_dtype: torch.dtype = torch.float32,
+) -> Tuple[Tensor, Tensor]:
+    """Seeded ``(logits, target)`` for a target label map of shape ``shape = (N, *spatial)``.
+
+    Args:
+        shape: ``(N, *spatial)``; logits are ``(N, channels, *spatial)`` of ``dtype``.
+        channels: C. With C = 1 the labels are binary ``{0, 1}``.
+        target_kind: ``"labels"`` ``(N, *spatial)`` of ``label_dtype``; ``"labels_keepdim"``
+            ``(N, 1, *spatial)``; ``"onehot"`` float ``(N, C, *spatial)``; ``"soft"`` float
+            ``(N, C, *spatial)`` with random values in [0, 1] (a distribution over classes when
+            C > 1).
+        ignore_index: when given, about ``ignore_fraction`` of the pixels get this label
+            (label maps only).
+        empty_classes: classes that appear nowhere in the target (zero channels for float targets).
+        out_of_range_fraction: fraction of pixels labelled C (C = 1: 2), outside the valid range.
+        probabilities: return probabilities (softmax over C, sigmoid for C = 1) instead of logits,
+            for ``activation="none"``.
+    """
+    if target_kind not in TARGET_KINDS:
+        raise ValueError(f"target_kind must be one of {TARGET_KINDS}, got {target_kind!r}")
+    gen = torch.Generator().manual_seed(seed)
+    images, *spatial = shape
+    logits = torch.randn((images, channels, *spatial), generator=gen, dtype=torch.float64) * logit_scale
+    if probabilities:
+        logits = torch.sigmoid(logits) if channels == 1 else torch.softmax(logits, 1)
+    logits = logits.to(dtype)
+
+    classes = [c for c in range(2 if channels == 1 else channels) if c not in empty_classes]
+    labels = torch.tensor(classes)[torch.randint(len(classes), tuple(shape), generator=gen)]
+    if target_kind in ("onehot", "soft"):
+        if ignore_index is not None or out_of_range_fraction:
+            raise ValueError("ignore_index and out-of-range labels apply to label maps only")
+        return logits, _float_target(labels, channels, target_kind, empty_classes, gen).to(target_dtype)
+
+    if out_of_range_fraction:
+        outside = torch.rand(tuple(shape), generator=gen) < out_of_range_fraction
+        labels = torch.where(outside, 2 if channels == 1 else channels, labels)
+    if ignore_index is not None:
+        ignored = torch.rand(tuple(shape), generator=gen) < ignore_fraction
+        labels = torch.where(ignored, ignore_index, labels)
+    labels = labels.to(label_dtype)
+    return logits, labels.unsqueeze(1) if target_kind == "labels_keepdim" else labels
+
+
+def _float_target(labels: Tensor, channels: int, kind: str, empty_classes: Sequence[int], gen) -> Tensor:
+    if channels == 1:
+        target = (labels == 1).unsqueeze(1).double()
+        if kind == "soft":
+            target = torch.rand(target.shape, generator=gen, dtype=torch.float64) * (0 if 1 in empty_classes else 1)
+        return target
+    if kind == "onehot":
+        return torch.nn.functional.one_hot(labels, channels).movedim(-1, 1).double()
+    scores = torch.randn((labels.shape[0], channels, *labels.shape[1:]), generator=gen, dtype=torch.float64)
+    scores[:, list(empty_classes)] = -torch.inf
+    return torch.softmax(scores, 1)
+
+
+def error(actual: Tensor, expected: Tensor, floor: float) -> float:
+    """``max|actual - expected| / max(max|expected|, floor)`` in float64; inf if ``actual`` is not finite."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {tuple(actual.shape)} differs from the reference's {tuple(expected.shape)}")
+    if not torch.isfinite(actual).all():
+        return float("inf")
+    scale = max(float(expected.abs().max()) if expected.numel() else 0.0, floor)
+    return float((actual - expected).abs().max()) / scale if actual.numel() else 0.0
+
+
+class Errors(NamedTuple):
+    loss: float
+    grad: float
+
+
+def errors_against_reference(impl: str, logits: Tensor, target: Tensor, spec: dice_impls.DiceSpec) -> Errors:
+    """Loss and gradient errors of ``impl`` against the float64 reference on the same inputs.
+
+    The reference sees the logits converted exactly to float64, so the error is the
+    implementation's own rounding, not the rounding of its input. The gradient must come back in
+    the logits' dtype.
+    """
+    x = logits.detach().clone().requires_grad_()
+    loss = dice_impls.dice_loss(x, target, spec, impl=impl)
+    x_ref = logits.detach().double().requires_grad_()
+    expected = dice_impls.dice_loss(x_ref, target, spec, impl="reference")
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    (grad_ref,) = torch.autograd.grad(expected.sum(), x_ref)
+    if grad.dtype != logits.dtype:
+        raise AssertionError(f"{impl} returned a {grad.dtype} gradient for {logits.dtype} logits")
+    return Errors(error(loss, expected, 1.0), error(grad, grad_ref, torch.finfo(logits.dtype).tiny))
+
+
+class Tolerance(NamedTuple):
+    loss: float
+    grad: float
+
+
+# Tolerances: 3x to 8x the worst error measured (error() above) over the cases of
+# test_implementations.py (spec fields, shapes, empty foregrounds) with seeds 0-19, and over 400
+# hypothesis-drawn float32 cases; torch 2.13.0 CPU. The worst measured value follows each entry.
+# bf16/fp16 "naive", "vectorized" and "mixed" compute the softmax, products and backward in the
+# half dtype ("mixed" sums in float32), so their worst gradients are on saturated logits (|x| ~ 100)
+# where the softmax backward cancels; "fused" computes in float32 and rounds only its output.
+_F32, _BF16, _F16 = torch.float32, torch.bfloat16, torch.float16
+TOLERANCES = {
+    ("naive", _F32): Tolerance(loss=1e-6, grad=1e-5),          # 1.6e-7, 2.9e-6
+    ("naive", _BF16): Tolerance(loss=8e-3, grad=2e-1),         # 1.75e-3, 7.0e-2
+    ("naive", _F16): Tolerance(loss=1e-3, grad=3e-2),          # 2.4e-4, 7.3e-3
+    ("vectorized", _F32): Tolerance(loss=1e-6, grad=1e-5),     # 1.6e-7, 2.9e-6
+    ("vectorized", _BF16): Tolerance(loss=8e-3, grad=2e-1),    # 1.75e-3, 7.0e-2
+    ("vectorized", _F16): Tolerance(loss=1e-3, grad=3e-2),     # 2.4e-4, 7.3e-3
+    ("mixed", _F32): Tolerance(loss=1e-6, grad=1e-5),          # 1.6e-7, 2.9e-6
+    ("mixed", _BF16): Tolerance(loss=3e-3, grad=2e-1),         # 6.0e-4, 7.0e-2
+    ("mixed", _F16): Tolerance(loss=3e-4, grad=3e-2),          # 6.4e-5, 7.3e-3
+    ("fused", _F32): Tolerance(loss=1e-6, grad=1e-5),          # 1.5e-7, 2.9e-6
+    ("fused", _BF16): Tolerance(loss=1e-6, grad=2e-2),         # 1.6e-7, 3.8e-3
+    ("fused", _F16): Tolerance(loss=1e-6, grad=2e-3),          # 1.2e-7, 4.8e-4
+}
+# An implementation registered later is held to the loosest measured numbers until measured.
+_DEFAULT = {dtype: TOLERANCES[("vectorized", dtype)] for dtype in (_F32, _BF16, _F16)}
+
+
+def tolerance(impl: str, dtype: torch.dtype) -> Tolerance:
+    """The stated tolerance of ``impl`` for logits of ``dtype``."""
+    return TOLERANCES.get((impl, dtype), _DEFAULT[dtype])
+
+
+def refuses_float_target(impl: str, logits: Tensor, target: Tensor, spec: dice_impls.DiceSpec) -> bool:
+    """True, after asserting the TypeError, when ``target`` is float and ``impl`` takes label maps only."""
+    if not target.is_floating_point() or not dice_impls.IMPLEMENTATIONS[impl].label_maps_only:
+        return False
+    with pytest.raises(TypeError, match="label map"):
+        dice_impls.dice_loss(logits, target, spec, impl=impl)
+    return True
+
+
+def assert_matches_reference(impl: str, logits: Tensor, target: Tensor, spec: dice_impls.DiceSpec) -> Errors:
+    """Assert the loss and gradient of ``impl`` are within ``tolerance(impl, dtype)`` of the reference.
+
+    For an implementation that takes label maps only, a float target must raise the TypeError that
+    says so (asserted), and nothing else is compared.
+    """
+    if refuses_float_target(impl, logits, target, spec):
+        return Errors(0.0, 0.0)
+    errors = errors_against_reference(impl, logits, target, spec)
+    tol = tolerance(impl, logits.dtype)
+    assert errors.loss <= tol.loss, f"{impl} {logits.dtype}: loss error {errors.loss:.3g} > {tol.loss:.3g} ({spec})"
+    assert errors.grad <= tol.grad, f"{impl} {logits.dtype}: gradient error {errors.grad:.3g} > {tol.grad:.3g} ({spec})"
+    return errors

@@ -1,0 +1,330 @@
+"""``dicebench report`` and ``dicebench compare`` on small real results.
+
+The run folder is made by the real storage functions: two fast experiments run at small scale
+(``analysis.storage.run_experiment``) and asv results written by asv's own ``Results.save`` with
+seeded random numbers (running the asv grid itself takes minutes). Every number the report shows
+is checked against the stored value it came from (the ``data-value`` attribute of its cell).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.cli import main
+from analysis.compare import compare_runs
+from analysis.report import BASELINE, MISSING, SECTIONS, SHORT_MISSING, collect, write_report
+from analysis.storage import load_results, run_experiment
+
+FAST_EXPERIMENTS = ("e2_gradients", "p1_precision")  # a few seconds each at small scale
+
+Row = List[Tuple[str, Optional[str]]]  # (text, data-value) per cell
+
+
+class Tables(HTMLParser):
+    """Every table row of a page as ``[(cell text, data-value or None), ...]``, plus img sources and links."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.rows: List[Row] = []
+        self.captions: List[str] = []  # per table
+        self.table_of_row: List[int] = []  # which table each row is in
+        self.images: List[str] = []
+        self.links: List[str] = []
+        self._cell: Optional[list] = None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.captions.append("")
+        elif tag == "caption":
+            self._cell = ["", None]
+        elif tag == "tr":
+            self.rows.append([])
+            self.table_of_row.append(len(self.captions) - 1)
+        elif tag in ("td", "th"):
+            self._cell = ["", attrs.get("data-value")]
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        elif tag in ("a", "link", "script"):
+            self.links.append(attrs.get("href") or attrs.get("src") or "")
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[0] += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append((self._cell[0].strip(), self._cell[1]))
+            self._cell = None
+        elif tag == "caption" and self._cell is not None:
+            self.captions[-1] = self._cell[0].strip()
+            self._cell = None
+
+    def rows_of_tables(self, caption_part: str) -> List[Row]:
+        return [row for row, t in zip(self.rows, self.table_of_row) if caption_part in self.captions[t]]
+
+    def rows_starting(self, *texts: str) -> List[Row]:
+        return [r for r in self.rows if [c[0] for c in r[: len(texts)]] == list(texts)]
+
+
+def stored_value(cell: Tuple[str, Optional[str]]) -> float:
+    assert cell[1] is not None, f"cell {cell[0]!r} carries no stored value"
+    return float(cell[1])
+
+
+ASV_MACHINE = dict(machine="testbox", cpu="Test CPU 2-core", num_cpu="2", os="Linux", arch="x86_64", ram="8GB", version=1)
+
+
+def asv_definitions():
+    """Benchmarks named and parametrised as in the suite; ``float16`` is left out of ``Headline``
+    so that a dtype without any number must show as not measured."""
+    from benchmarks.common import GRID_SHAPES, HEADLINE_SHAPES, SCALING_VOXELS
+
+    impls = ["naive", "vectorized", "mixed", "fused", "monai", "kornia"]
+    q = lambda values: [repr(v) for v in values]  # noqa: E731  (asv stores parameters as reprs)
+    table = [
+        ("bench_loss.Grid.time_forward_backward", "seconds", [impls, ["float32", "bfloat16", "float16"], GRID_SHAPES[:1]]),
+        ("bench_loss.Headline.track_peak_bytes_forward_backward", "bytes", [impls, ["float32", "bfloat16"], HEADLINE_SHAPES[:1]]),
+        ("bench_scaling.Voxels.time_forward_backward", "seconds", [["vectorized", "fused", "monai"], SCALING_VOXELS[:3]]),
+    ]
+    return [dict(name=name, unit=unit, type="track", version="1", code="", timeout=60,
+                 param_names=["implementation", "dtype", "shape"][: len(params)] if len(params) == 3 else ["implementation", "shape"],
+                 params=[q(v) for v in params]) for name, unit, params in table]
+
+
+def write_asv_results(results_dir: Path, seed: int = 0) -> None:
+    """Seeded random numbers stored by asv itself (``Benchmarks.save``, ``Results.save``); kornia
+    in float16 is n/a (NaN, as when setup raises NotImplementedError), naive in bfloat16 failed (None)."""
+    import itertools
+
+    from asv.benchmarks import Benchmarks
+    from asv.config import Config
+    from asv.results import Results
+    from asv.runner import BenchmarkResult
+
+    conf = Config()
+    conf.results_dir = str(results_dir)
+    definitions = asv_definitions()
+    Benchmarks(conf, definitions).save()
+    rng = np.random.default_rng(seed)
+    results = Results({"machine": ASV_MACHINE["machine"]}, {}, "0123456789abcdef0123456789abcdef01234567",
+                      1_700_000_000_000, "3.11", "existing-py", {})
+    for definition in definitions:
+        combos = list(itertools.product(*definition["params"]))
+        scale = 1e-2 if definition["unit"] == "seconds" else 1e8
+        values = [math.nan if "'kornia'" in c and "'float16'" in c  # n/a
+                  else None if "'naive'" in c and "'bfloat16'" in c  # failed
+                  else float(rng.uniform(0.1, 2.0) * scale) for c in combos]
+        none = [None] * len(values)
+        results.add_result(definition, BenchmarkResult(values, none, none, 0, "", None))
+    results.save(str(results_dir))
+    (results_dir / ASV_MACHINE["machine"] / "machine.json").write_text(json.dumps(ASV_MACHINE))
+
+
+def write_targets(path: Path, seed: int = 0) -> None:
+    """A ``benchmarks/targets.py`` result file (its JSON layout) with seeded random numbers."""
+    rng = np.random.default_rng(seed)
+    speed, memory = [], []
+    for shape in ("16x4x512x512", "2x4x128x128x128"):
+        for impl in ("monai", "fused"):
+            seconds, floor = float(rng.uniform(0.01, 1)), float(rng.uniform(0.001, 0.01))
+            speed.append(dict(shape=shape, impl=impl, seconds=seconds, vs_monai=float(rng.uniform(1, 5)),
+                              floor_ratio=seconds / floor, floor_s=floor, memory_s=floor, exp_s=floor / 2))
+            memory.append(dict(shape=shape, impl=impl, peak_above_inputs=1e8, x_logits=float(rng.uniform(1, 4))))
+    accuracy = [dict(dtype=d, voxels=2**27, loss_error=float(rng.uniform(0, 1e-4)), target=1e-3, met=True)
+                for d in ("bfloat16", "float16")]
+    path.write_text(json.dumps(dict(machine=dict(cpu="Test CPU", threads=2, torch="2.x"), speed=speed,
+                                    memory=memory, accuracy=accuracy)))
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    for name in FAST_EXPERIMENTS:
+        run_experiment(name, root / "experiments", scale="small", threads=1, progress=False)
+    write_asv_results(root / "asv")
+    write_targets(root / "targets_cpu.json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built_report(run_folder) -> Tuple[Path, str]:
+    data = collect(run_folder / "experiments", run_folder / "asv", targets=run_folder / "targets_cpu.json")
+    index = write_report(data, run_folder / "report")
+    return index, index.read_text(encoding="utf-8")
+
+
+def test_every_section_is_present(built_report):
+    _, html = built_report
+    for sid, title in SECTIONS:
+        assert f'<section id="{sid}">' in html
+        assert f"<h2>{title}</h2>" in html
+
+
+def test_claims_match_the_stored_claims(run_folder, built_report):
+    tables = Tables(built_report[1])
+    for name in FAST_EXPERIMENTS:
+        _, claims, _ = load_results(run_folder / "experiments", name)
+        assert claims
+        for claim in claims:
+            (row,) = tables.rows_starting(claim["id"])
+            assert row[1][0] == claim["statement"]
+            for cell, key in ((row[2], "value"), (row[3], "threshold")):
+                stored = float(claim[key])
+                assert stored_value(cell) == stored or (math.isnan(stored) and math.isnan(stored_value(cell)))
+            assert row[4][0] == ("passed" if claim["passed"] else "FAILED")
+
+
+def test_manifests_are_shown(run_folder, built_report):
+    tables = Tables(built_report[1])
+    for name in FAST_EXPERIMENTS:
+        _, claims, manifest = load_results(run_folder / "experiments", name)
+        (row,) = tables.rows_starting(name, manifest["scale"])
+        assert stored_value(row[7]) == manifest["wall_time_s"]
+        assert row[5][0].startswith(manifest["git_commit"][:10])
+        assert row[8][0] == f"{sum(c['passed'] for c in claims)}/{len(claims)}"
+    (torch_row,) = tables.rows_starting("torch")
+    assert torch_row[1][0] == manifest["torch"]
+
+
+def test_experiments_without_results_are_shown_as_missing(built_report):
+    from analysis.experiments import EXPERIMENTS
+
+    html = built_report[1]
+    absent = [n for n in EXPERIMENTS if n not in FAST_EXPERIMENTS]
+    assert absent, "every experiment ran: nothing to show as missing"
+    note = next(line for line in html.splitlines() if "(no stored results)" in line)
+    assert MISSING in note and all(name in note for name in absent)
+
+
+def test_figures_are_local_files(built_report):
+    index, html = built_report
+    tables = Tables(html)
+    assert len(tables.images) >= len(FAST_EXPERIMENTS)
+    for src in tables.images:
+        path = index.parent / src
+        assert not Path(src).is_absolute() and path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+    assert "http://" not in html and "https://" not in html
+    assert all(link.startswith("#") for link in tables.links)
+
+
+def test_benchmark_numbers_and_ratios_match_the_stored_results(run_folder, built_report):
+    from benchmarks.results import load_asv_results
+
+    stored = load_asv_results(run_folder / "asv")
+    tables = Tables(built_report[1])
+    for benchmark, measure, scale in (("bench_loss.Grid.time_forward_backward", "forward+backward time", 1e3),
+                                      ("bench_loss.Headline.track_peak_bytes_forward_backward", "peak memory above", 1 / 2**20)):
+        rows = tables.rows_of_tables(measure)
+        header = [cell[0] for cell in rows[1]]  # rows[0] holds the device groups
+        stored_rows = stored[stored["benchmark"] == benchmark]
+        for r in stored_rows.itertuples():
+            baseline = stored_rows[(stored_rows["dtype"] == r.dtype) & (stored_rows["implementation"] == BASELINE)]["value"].iloc[0]
+            (row,) = [row for row in rows if [c[0] for c in row[:2]] == [r.shape, r.dtype]]
+            if r.status == "failed":
+                assert row[header.index(r.implementation)][0] == "failed"
+            elif r.implementation == BASELINE:
+                assert stored_value(row[header.index(f"{BASELINE} (ms)" if scale == 1e3 else f"{BASELINE} (MiB)")]) == r.value * scale
+            elif math.isnan(r.value):
+                assert row[header.index(r.implementation)][0] == SHORT_MISSING
+            else:
+                assert stored_value(row[header.index(r.implementation)]) == r.value / baseline
+
+
+def test_missing_devices_and_dtypes_are_shown(run_folder, built_report):
+    from benchmarks.common import HEADLINE_SHAPES
+
+    tables = Tables(built_report[1])
+    rows = tables.rows_of_tables("ratio to MONAI")  # the measure tables of the implementations section
+    groups = [row for row in rows if row[0][0] == ""]
+    assert groups and all(g[1][0].startswith("CPU (Test CPU") and g[2][0].startswith("GPU") for g in groups)
+    body = [row for row in rows if row[0][0] not in ("", "shape")]
+    assert body and all(row[-1][0] == MISSING for row in body)  # no GPU results: the GPU column is n/a
+    (float16,) = tables.rows_starting(HEADLINE_SHAPES[0], "float16")  # not in that grid at all
+    assert all(cell[0] in (MISSING, SHORT_MISSING) for cell in float16[2:])
+
+
+def test_fused_targets_match_the_stored_file(run_folder, built_report):
+    targets = json.loads((run_folder / "targets_cpu.json").read_text())
+    tables = Tables(built_report[1])
+    peaks = {(r["shape"], r["impl"]): r["x_logits"] for r in targets["memory"]}
+    for r in targets["speed"]:
+        (row,) = tables.rows_starting(r["shape"], r["impl"])
+        assert [stored_value(c) for c in row[2:]] == [r["seconds"] * 1e3, r["vs_monai"], r["floor_s"] * 1e3,
+                                                      r["floor_ratio"], peaks[r["shape"], r["impl"]]]
+    for r in targets["accuracy"]:
+        (row,) = [row for row in tables.rows_starting(r["dtype"]) if len(row) == 6]
+        assert stored_value(row[2]) == r["loss_error"] and row[3][0] == MISSING and row[5][0] == "yes"
+
+
+def test_scaling_figures_are_drawn(built_report):
+    index, html = built_report
+    assert any("scaling_bench_scaling_Voxels" in src for src in Tables(html).images)
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("report"))
+    return target
+
+
+def test_compare_identical_runs_reports_nothing(run_folder, tmp_path):
+    other = copy_run(run_folder, tmp_path / "other")
+    comparison = compare_runs(run_folder, other)
+    assert comparison.changes == [] and comparison.checked > 0
+    assert main(["compare", str(run_folder), str(other)]) == 0
+
+
+def test_compare_detects_a_moved_number(run_folder, tmp_path):
+    other = copy_run(run_folder, tmp_path / "other")
+    path = other / "experiments" / "p1_precision" / "results.parquet"
+    df = pd.read_parquet(path)
+    column = next(c for c in df.columns if pd.api.types.is_float_dtype(df[c]) and np.isfinite(df[c]).all() and (df[c] != 0).all())
+    row = len(df) // 2
+    df.loc[row, column] *= 1 + 10 * 1e-3  # ten times the default tolerance
+    df.to_parquet(path, index=False)
+    comparison = compare_runs(run_folder, other, rtol=1e-3)
+    (change,) = comparison.changes
+    assert change.kind == "number" and change.where == "p1_precision" and change.what.startswith(f"{column}: 1/")
+    assert change.relative == pytest.approx(10 * 1e-3 / (1 + 10 * 1e-3), rel=1e-6)
+    assert compare_runs(run_folder, other, rtol=0.1).changes == []  # within a looser tolerance
+    assert main(["compare", str(run_folder), str(other)]) == 1
+
+
+def test_compare_detects_a_flipped_claim(run_folder, tmp_path):
+    other = copy_run(run_folder, tmp_path / "other")
+    path = other / "experiments" / "e2_gradients" / "claims.json"
+    claims = json.loads(path.read_text())
+    claims[0]["passed"] = not claims[0]["passed"]
+    path.write_text(json.dumps(claims))
+    (change,) = compare_runs(run_folder, other).changes
+    assert change.kind == "claim" and "flipped" in change.what and claims[0]["id"] in change.what
+    assert main(["compare", str(run_folder), str(other)]) == 1
+
+
+def test_report_includes_a_comparison(run_folder, tmp_path):
+    other = copy_run(run_folder, tmp_path / "other")
+    path = other / "experiments" / "e2_gradients" / "claims.json"
+    claims = json.loads(path.read_text())
+    claims[-1]["passed"] = not claims[-1]["passed"]
+    path.write_text(json.dumps(claims))
+    out = tmp_path / "report"
+    assert main(["report", "--results", str(other / "experiments"), "--asv-results", str(other / "asv"),
+                 "--compare", str(run_folder), "--out", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    assert '<section id="comparison">' in html
+    (row,) = Tables(html).rows_starting("claim", "e2_gradients")
+    assert claims[-1]["id"] in row[2][0] and "flipped" in row[2][0]
