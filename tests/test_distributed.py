@@ -1,10 +1,12 @@
 """Global Dice across processes: 2 and 3 gloo ranks on CPU against one process on the whole batch.
 
-One group of forked ranks per world size runs every case; each rank writes its losses and gradients
+One group of ranks per world size runs every case; each rank writes its losses and gradients
 to a file and the test process compares them with ``dice_loss`` on the concatenated batch.
 """
 
 import os
+import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -28,6 +30,10 @@ CASES = {
 }
 DDP_SPEC = DiceSpec(batch=True, include_background=False)
 DDP_STEPS, DDP_LR = 2, 0.5
+# A rank that cannot reach its peers fails within COLLECTIVE_TIMEOUT instead of gloo's default
+# 30 minutes; the group as a whole is killed after GROUP_DEADLINE_S.
+COLLECTIVE_TIMEOUT = timedelta(seconds=60)
+GROUP_DEADLINE_S = 300
 
 
 def make_inputs(world: int) -> dict:
@@ -105,7 +111,11 @@ def expected_results(inputs: dict) -> dict:
 
 def _worker(rank: int, world: int, workdir: str, runs: list) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{workdir}/rendezvous", rank=rank, world_size=world)
+    # Loopback, whatever the machine's hostname resolves to: every rank lives on this machine.
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group(
+        "gloo", init_method=f"file://{workdir}/rendezvous", rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT
+    )
     try:
         inputs = torch.load(os.path.join(workdir, "inputs.pt"))
         mine = rank_slice(world, rank)
@@ -123,17 +133,31 @@ def _worker(rank: int, world: int, workdir: str, runs: list) -> None:
         dist.destroy_process_group()
 
 
+def run_ranks(world: int, workdir, runs: list) -> None:
+    """Runs ``world`` ranks to completion; a rank's exception fails the test, a hang is killed."""
+    # forkserver, not fork: pytest-xdist workers run threads, and a child forked from a threaded
+    # process can deadlock on a lock some thread held. The server imports torch once for all ranks.
+    mp.set_forkserver_preload(["torch", "dice_impls"])
+    context = mp.start_processes(
+        _worker, args=(world, str(workdir), runs), nprocs=world, start_method="forkserver", join=False
+    )
+    deadline = time.monotonic() + GROUP_DEADLINE_S
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{world} gloo ranks did not finish within {GROUP_DEADLINE_S} s; killed")
+
+
 @pytest.fixture(scope="module", params=sorted(SPLITS), ids=lambda w: f"world{w}")
 def spawned(request, tmp_path_factory):
     world = request.param
     workdir = tmp_path_factory.mktemp(f"world{world}")
     inputs = make_inputs(world)
     torch.save(inputs, workdir / "inputs.pt")
-    # Computed before forking, so the ranks also inherit any kernels compiled on first use.
     expected = expected_results(inputs)
     runs = [key for key, value in expected.items() if not isinstance(value, str)]
-    # fork: the ranks reuse this process's imported torch (spawn re-imports it: seconds each).
-    mp.start_processes(_worker, args=(world, str(workdir), runs), nprocs=world, start_method="fork")
+    run_ranks(world, workdir, runs)
     ranks = [torch.load(workdir / f"rank{r}.pt") for r in range(world)]
     return world, inputs, expected, ranks
 
