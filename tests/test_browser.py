@@ -9,6 +9,7 @@ extra package and no chromedriver. Debian: ``apt-get install -y chromium`` (``.c
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -30,22 +31,30 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 TIMEOUT_S = 120
 
 
+def high_fd_pipe() -> tuple[int, int]:
+    """``os.pipe()`` with both ends above fd 4, so moving them onto fds 3 and 4 cannot clash."""
+    ends = []
+    for fd in os.pipe():
+        ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
+        os.close(fd)
+    return ends[0], ends[1]
+
+
 class Browser:
     """One headless Chromium with one page, spoken to in DevTools Protocol messages over a pipe."""
 
     def __init__(self, profile: Path):
-        to_chrome, self._write_end = os.pipe()
-        self._read_end, from_chrome = os.pipe()
+        to_chrome, self._write_end = high_fd_pipe()
+        self._read_end, from_chrome = high_fd_pipe()
 
-        def child_fds():  # Chromium reads commands on fd 3 and writes replies on fd 4
-            os.dup2(to_chrome, 3)
-            os.dup2(from_chrome, 4)
-            os.set_inheritable(3, True)
-            os.set_inheritable(4, True)
-
+        # Chromium reads commands on fd 3 and writes replies on fd 4. bash (dash takes one-digit fds
+        # only) moves the pipe ends there and execs Chromium: no preexec_fn (unsafe in a threaded
+        # pytest-xdist worker), and Chromium inherits no other descriptor of this process.
+        redirect = f'exec "$0" "$@" 3<&{to_chrome} 4>&{from_chrome} {to_chrome}<&- {from_chrome}>&-'
         self.process = subprocess.Popen(
-            [CHROMIUM, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"],
-            preexec_fn=child_fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ["bash", "-c", redirect, CHROMIUM, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}",
+             "about:blank"],
+            pass_fds=(to_chrome, from_chrome), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_chrome)
         os.close(from_chrome)
         self._buffer, self._next_id, self.events = b"", 0, []
