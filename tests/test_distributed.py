@@ -146,6 +146,7 @@ def run_ranks(world: int, workdir, runs: list) -> None:
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
+                process.join()
             pytest.fail(f"{world} gloo ranks did not finish within {GROUP_DEADLINE_S} s; killed")
 
 
