@@ -21,12 +21,14 @@ def is_label_map(target: Tensor) -> bool:
     return not target.is_floating_point()
 
 
-def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_finite: bool = True):
+def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_finite: bool = True,
+                   check_values: bool = True):
     """Validate ``logits`` and ``target`` against ``spec``; return them ready for an implementation.
 
     A label map of shape ``(N, 1, *spatial)`` is squeezed to ``(N, *spatial)``; logits are resized
     to the target when ``spec.resize_logits`` asks for it. Raises TypeError/ValueError naming the
-    problem.
+    problem. ``check_values=False`` skips every check that reads data (an implementation that
+    validates inside its own kernels).
     """
     if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
         raise TypeError(
@@ -74,6 +76,8 @@ def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_fini
             )
         logits = resize_to(logits, target_spatial)
     check_spec_against_channels(spec, c)
+    if not check_values:
+        return logits, target
     if check_finite:
         check_finite_logits(logits)
     if label_map:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checks import label_range, prepare_inputs
+from .fused import compound_loss as fused_compound_loss
 from .registry import get_implementation, resolve_spec
 from .score import loss_from_statistics
 from .spec import DiceSpec
@@ -77,6 +78,11 @@ class _CompoundLoss(nn.Module):
         self.lambda_dice, self.lambda_pixel, self.gamma, self.alpha = lambda_dice, lambda_pixel, gamma, alpha
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.implementation.name == "fused":  # both terms in the fused kernel's two passes, where it can
+            fused = fused_compound_loss(logits, target, self.spec, lambda_dice=self.lambda_dice,
+                                        lambda_pixel=self.lambda_pixel, gamma=self.gamma, alpha=self.alpha)
+            if fused is not None:
+                return fused
         logits, target = prepare_inputs(logits, target, self.spec, check_finite=True)
         dice = loss_from_statistics(self.implementation.statistics(logits, target, self.spec), self.spec)
         pixel = focal_loss(logits, target, self.spec, gamma=self.gamma, alpha=self.alpha)
