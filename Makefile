@@ -11,10 +11,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned and installed first: 2.13.0 is the CPU build; an unpinned torch pulls CUDA.
-$(INSTALLED): pyproject.toml | $(BIN)/python
+# The editable install compiles fused's C++ kernels in place (setup.py) against that torch, so
+# it builds without isolation (an isolated build would fetch a second torch).
+$(INSTALLED): pyproject.toml setup.py $(wildcard dice_impls/fused/*.cpp dice_impls/fused/*.h) | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q torch==2.13.0 'setuptools>=77' ninja
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $@
 
 install: $(INSTALLED)

@@ -18,7 +18,7 @@ setup(
             sources=[str(FUSED / name) for name in config.SOURCES],
             depends=[str(FUSED / name) for name in config.HEADERS],
             include_dirs=[str(FUSED.resolve())],
-            extra_compile_args=config.CFLAGS,
+            extra_compile_args=config.CFLAGS + [config.digest_define(FUSED)],
             extra_link_args=config.LDFLAGS,
         )
     ],

@@ -310,8 +310,10 @@ def test_statistics_then_scoring_equals_dice_loss(impl, case):
     stats = dice_statistics(logits, target, spec, impl=impl)
     for s in stats:
         assert s.shape == (2, C) and s.dtype in (torch.float32, torch.float64)
+    # fused's dice_loss scores the sums in float64 inside its C++ operator: equal up to float32 rounding.
+    rtol = 2 * torch.finfo(torch.float32).eps if impl == "fused" else 0
     torch.testing.assert_close(loss_from_statistics(stats, spec), dice_loss(logits, target, spec, impl=impl),
-                               rtol=0, atol=0)
+                               rtol=rtol, atol=0)
 
 
 @pytest.mark.parametrize("impl", ALL_IMPLS)

@@ -139,9 +139,11 @@ def can_fold(logits: Tensor, spec: DiceSpec, pixel: Optional[PixelTerm] = None) 
 
 
 def prepare(logits: Tensor, target: Tensor, spec: DiceSpec, validate: bool):
-    """Shape checks in Python; value checks happen in the kernels (``validate``)."""
-    logits, target = prepare_inputs(logits, target, spec, check_finite=False, check_values=False)
-    if target.is_floating_point():
+    """Shape checks in Python; value checks happen in the kernels (``validate``). A float target is
+    refused, after the checks of its values (their errors say more)."""
+    float_target = isinstance(target, Tensor) and target.is_floating_point()
+    logits, target = prepare_inputs(logits, target, spec, check_finite=False, check_values=float_target and validate)
+    if float_target:
         raise TypeError("impl='fused' takes integer label maps only; for float one-hot or soft targets "
                         "use impl='vectorized'")
     return logits, target
@@ -155,6 +157,7 @@ def compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, lambda_dice
     two passes, or None where it cannot (the caller then adds the term in torch: sigmoid, CUDA,
     a scoring the C++ code does not know). ``alpha`` weights class 0 by ``1 - alpha`` and the others
     by ``alpha`` (numerator only, as ``compound.focal_loss``)."""
+    logits, target = prepare(logits, target, spec, validate)
     channels = logits.shape[1]
     weights = None if class_weight is None else [float(w) for w in class_weight]
     numerator = weights
@@ -163,7 +166,6 @@ def compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, lambda_dice
     pixel = PixelTerm(lambda_pixel, gamma, numerator, weights, label_smoothing)
     if not can_fold(logits, spec, pixel):
         return None
-    logits, target = prepare(logits, target, spec, validate)
     return folded_loss(logits, target, spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel)
 
 

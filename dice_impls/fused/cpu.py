@@ -13,7 +13,6 @@ slices so its temporaries stay small.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import logging
 import os
@@ -27,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import autograd
-from .build_config import CFLAGS, HEADERS, LDFLAGS, SOURCES
+from .build_config import CFLAGS, DIGEST_MARKER, LDFLAGS, SOURCES, digest_define, source_digest
 from .autograd import Backend, KernelParams
 
 log = logging.getLogger(__name__)
@@ -45,11 +44,19 @@ def built_library():
 
 def jit_name() -> str:
     """A build name that changes with the sources, the flags, torch and the machine type."""
-    digest = hashlib.sha256()
-    for name in SOURCES + HEADERS:
-        digest.update((HERE / name).read_bytes())
-    digest.update(" ".join(CFLAGS + LDFLAGS).encode())
-    return f"dice_fused_{platform.machine()}_torch{torch.__version__.replace('.', '_').replace('+', '_')}_{digest.hexdigest()[:12]}"
+    torch_version = torch.__version__.replace(".", "_").replace("+", "_")
+    return f"dice_fused_{platform.machine()}_torch{torch_version}_{source_digest(HERE)}"
+
+
+def is_stale(library: str) -> bool:
+    """Whether the sources beside a built library changed since it was built (a checkout edited
+    after `make`); a wheel without sources is never stale."""
+    if not all((HERE / name).exists() for name in SOURCES):
+        return False
+    data = Path(library).read_bytes()
+    start = data.find(DIGEST_MARKER.encode())
+    built = data[start + len(DIGEST_MARKER):start + len(DIGEST_MARKER) + 16].decode(errors="replace")
+    return start < 0 or built != source_digest(HERE)
 
 
 def jit_build() -> None:
@@ -61,7 +68,8 @@ def jit_build() -> None:
     name = jit_name()
     log.warning("fused: no built C++ extension found; compiling it into %s (once per machine and torch version)",
                 _get_build_directory(name, verbose=False))
-    load(name=name, sources=[str(HERE / s) for s in SOURCES], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+    load(name=name, sources=[str(HERE / s) for s in SOURCES], extra_cflags=CFLAGS + [digest_define(HERE)],
+         extra_ldflags=LDFLAGS,
          extra_include_paths=[str(HERE)], is_python_module=False, verbose=False)
 
 
@@ -69,7 +77,9 @@ def jit_build() -> None:
 def load_extension() -> str:
     """Load the C++ operators (torch.ops.dice_fused); returns how: "built" or "jit"."""
     library = built_library()
-    if library is not None:
+    if library is not None and is_stale(library):
+        log.warning("fused: the built C++ extension %s is older than its sources; not loading it", library)
+    elif library is not None:
         try:
             torch.ops.load_library(library)
             return "built"

@@ -18,6 +18,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/fill.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,7 +26,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <limits>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -221,15 +224,76 @@ Sums run_statistics(const KernelArgs& P, const at::Tensor& logits, const at::Ten
   return sums;
 }
 
-// A fresh gradient buffer is faulted in page by page as the kernel first writes it; on Linux, ask
-// for transparent huge pages on its 2 MiB-aligned interior (512x fewer faults) before writing.
-void advise_huge_pages(void* data, size_t bytes) {
+// Gradient memory. A fresh buffer is faulted in page by page as the kernel first writes it
+// (~100 ms per 64 MiB on a 2-core VM), and glibc serves every allocation above its mmap threshold
+// (at most 32 MiB) with fresh pages. So large gradients come from a small pool instead: a freed
+// gradient (its tensor's deleter) is kept and handed to the next call of the same size, as a
+// training loop's next step asks for exactly that. At most POOL_BUFFERS buffers of at least
+// POOL_MIN_BYTES are kept; DICE_FUSED_POOL=0 turns it off. New buffers are 2 MiB aligned and
+// advised to use transparent huge pages (512x fewer faults where the kernel grants them).
+constexpr size_t POOL_MIN_BYTES = size_t(4) << 20;
+constexpr size_t POOL_BUFFERS = 2;
+constexpr size_t HUGE_PAGE = size_t(2) << 20;
+
+struct Pool {
+  std::mutex lock;
+  std::vector<std::pair<size_t, void*>> free;  // (bytes, buffer), newest last
+};
+
+Pool& pool() {
+  static Pool* instance = new Pool();  // never destroyed: deleters may run during interpreter exit
+  return *instance;
+}
+
+bool pool_enabled() {
+  const char* flag = std::getenv("DICE_FUSED_POOL");
+  return !(flag && flag[0] == '0');
+}
+
+void release_to_pool(void* data, size_t bytes) {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> guard(p.lock);
+  if (p.free.size() == POOL_BUFFERS) {
+    std::free(p.free.front().second);
+    p.free.erase(p.free.begin());
+  }
+  p.free.emplace_back(bytes, data);
+}
+
+void* acquire(size_t bytes) {
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> guard(p.lock);
+    for (auto it = p.free.rbegin(); it != p.free.rend(); ++it) {
+      if (it->first == bytes) {
+        void* data = it->second;
+        p.free.erase(std::next(it).base());
+        return data;
+      }
+    }
+  }
+  void* data = nullptr;
+  const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+  TORCH_CHECK(posix_memalign(&data, HUGE_PAGE, rounded) == 0, "fused CPU kernel: out of memory for the gradient (",
+              bytes, " bytes)");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t huge = uintptr_t(1) << 21;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(huge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: errors ignored
+  madvise(data, rounded, MADV_HUGEPAGE);  // a hint: errors ignored
 #endif
+  return data;
+}
+
+at::Tensor gradient_buffer(const at::Tensor& logits) {
+  const size_t bytes = static_cast<size_t>(logits.numel()) * logits.element_size();
+  if (bytes < POOL_MIN_BYTES || !pool_enabled()) return at::empty(logits.sizes(), logits.options());
+  void* data = acquire(bytes);
+  return at::from_blob(data, logits.sizes(), [bytes](void* ptr) { release_to_pool(ptr, bytes); }, logits.options());
+}
+
+// Buffers the pool holds now (tests, measurements).
+int64_t pooled_buffers() {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> guard(p.lock);
+  return static_cast<int64_t>(p.free.size());
 }
 
 // DICE_FUSED_POISON=1 fills the gradient with NaN before the kernel writes it (tests: every
@@ -241,9 +305,8 @@ bool poison_outputs() {
 
 at::Tensor run_gradient(const KernelArgs& P, const at::Tensor& logits, const double* a, const double* b,
                         double pixel_scale) {
-  at::Tensor grad = at::empty(logits.sizes(), logits.options());
+  at::Tensor grad = gradient_buffer(logits);
   if (poison_outputs()) grad.fill_(std::numeric_limits<double>::quiet_NaN());
-  advise_huge_pages(grad.data_ptr(), grad.nbytes());
   const Kernels& k = kernels();
   void* out = grad.data_ptr();
   at::parallel_for(0, P.N * P.tasks_per_image, 1, [&](int64_t begin, int64_t end) {
@@ -478,6 +541,11 @@ at::Tensor loss_backward(const at::Tensor& grad, const at::Tensor& logits, const
 
 std::string isa() { return kernels().name; }
 
+#if defined(FUSED_SOURCE_DIGEST)
+// Kept in the library's bytes for cpu.is_stale, which reads it without loading the library.
+extern "C" __attribute__((used, visibility("default"))) const char dice_fused_source_digest[] = FUSED_SOURCE_DIGEST;
+#endif
+
 TORCH_LIBRARY(dice_fused, m) {
   m.def("statistics(Tensor logits, Tensor labels, int activation, bool squared, int? ignore_index,"
         " bool check_finite, bool check_labels) -> (Tensor, Tensor)");
@@ -490,6 +558,7 @@ TORCH_LIBRARY(dice_fused, m) {
         " int? ignore_index, int[] flags, float[] scalars, float[]? weight, float[]? pixel_weight,"
         " float[]? norm_weight) -> Tensor");
   m.def("isa() -> str", &isa);
+  m.def("pooled_buffers() -> int", &pooled_buffers);
 }
 
 TORCH_LIBRARY_IMPL(dice_fused, CPU, m) {
