@@ -22,14 +22,15 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..checks import check_finite_logits, check_label_range, prepare_inputs
+from ..checks import check_finite_logits, check_label_range, comparable_labels, prepare_inputs
 from ..registry import Implementation, register
 from ..score import DiceStatistics, loss_from_statistics
 from ..spec import DiceSpec
 from . import cpu, ops
 from .autograd import Backend, KernelParams
 
-# Read without a copy; other integer dtypes (uint16/32/64) are converted to int64 once.
+# Read without a copy; other integer dtypes (uint16/32/64) are converted to int64 once
+# (``checks.comparable_labels``; validation has usually done it already).
 NATIVE_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 BACKENDS = tuple(ops.FAMILIES)
 # The DiceSpec fields the C++ scoring implements; any other field must keep its default to fold.
@@ -44,7 +45,7 @@ ABSENT_CLASSES = ("include", "zero", "exclude")
 def label_codes(target: Tensor) -> Tensor:
     if target.dtype == torch.bool:
         return target.view(torch.uint8)
-    return target if target.dtype in NATIVE_LABEL_DTYPES else target.to(torch.int64)
+    return target if target.dtype in NATIVE_LABEL_DTYPES else comparable_labels(target)
 
 
 def _kernel_args(spec: DiceSpec, validate: bool):
@@ -142,7 +143,7 @@ def prepare(logits: Tensor, target: Tensor, spec: DiceSpec, validate: bool):
     """Shape checks in Python; value checks happen in the kernels (``validate``). A float target is
     refused, after the checks of its values (their errors say more)."""
     float_target = isinstance(target, Tensor) and target.is_floating_point()
-    logits, target = prepare_inputs(logits, target, spec, check_finite=False, check_values=float_target and validate)
+    logits, target = prepare_inputs(logits, target, spec, check_finite=False, validate=float_target and validate)
     if float_target:
         raise TypeError("impl='fused' takes integer label maps only; for float one-hot or soft targets "
                         "use impl='vectorized'")
