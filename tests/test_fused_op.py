@@ -340,3 +340,18 @@ def test_every_instruction_set_gives_the_same_result(tmp_path):
         tol = 1e-6 if dtype == "float32" else 1e-3
         assert abs(float(loss - base_loss)) <= tol
         assert grad_error(grad, base_grad.double()) <= tol
+
+
+def test_gradient_memory_pool_reuses_a_freed_gradient(monkeypatch):
+    monkeypatch.setenv("DICE_FUSED_POOL", "1")
+    logits, labels = random_inputs((1, 512, 520), 4, seed=9)  # 4.2 MB of float32: pooled
+    a, b = torch.randn(1, 4, dtype=torch.float64), torch.randn(1, 4, dtype=torch.float64)
+    first = torch.ops.dice_fused.gradient(logits, labels, a, b, 0, False, None)
+    address, expected = first.data_ptr(), first.clone()
+    del first  # back to the pool
+    assert torch.ops.dice_fused.pooled_buffers() >= 1
+    monkeypatch.setenv("DICE_FUSED_POISON", "1")
+    again = torch.ops.dice_fused.gradient(logits, labels, a, b, 0, False, None)
+    assert again.data_ptr() == address and torch.equal(again, expected)
+    monkeypatch.setenv("DICE_FUSED_POOL", "0")
+    assert torch.ops.dice_fused.gradient(logits, labels, a, b, 0, False, None).data_ptr() != address
