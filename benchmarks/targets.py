@@ -12,9 +12,10 @@
   the inputs exist, then the median of the next ones, with the gradient pool on and off.
 - Peak memory above the inputs for one forward+backward after a warm-up (pool off: the gradient
   counts; pool on: the pooled gradient is resident before the call); target <= 1.1x the logits.
-- Per-call overhead at 4x4x128x128: the two C++ kernels alone against the whole call.
+- Per-call overhead at 4x4x128x128: the two C++ kernels alone against the whole call (folded,
+  unvalidated, and unfolded: statistics + ``loss_from_statistics``), one thread, CPU time.
 - Instruction sets: fused forward+backward with the baseline, AVX2 and AVX-512 kernels
-  (``DICE_FUSED_ISA``), alternating subprocess rounds.
+  (``DICE_FUSED_ISA``), alternating subprocess rounds, one thread, CPU time.
 - torch.compile(fullgraph=True) of a small conv net + fused loss against eager: no graph break,
   the same loss and gradients (1e-6), time per training step.
 - Accuracy at 2^27 voxels: the loss in float32, bfloat16, float16 and the float32 gradient's
@@ -70,6 +71,11 @@ def _fused_chunked(logits, labels):
     return loss_from_statistics(fused_statistics(logits, labels, SPEC, backend="chunked"), SPEC)
 
 
+def _fused_cpp_unfolded(logits, labels):
+    """The C++ statistics operator + loss_from_statistics (what ``fused`` did before the fold)."""
+    return loss_from_statistics(fused_statistics(logits, labels, SPEC, backend="cpp"), SPEC)
+
+
 def candidates() -> Dict[str, Callable]:
     return {
         "monai": LOSSES["monai"],
@@ -87,14 +93,15 @@ def forward_backward(loss_fn: Callable, logits, labels) -> Callable[[], None]:
     return run
 
 
-def interleaved(runs: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, list]:
-    """Seconds of each run per round, the runs taking turns so machine load hits them alike."""
+def interleaved(runs: Dict[str, Callable[[], None]], repeats: int, clock=time.perf_counter) -> Dict[str, list]:
+    """Seconds of each run per round, the runs taking turns so machine load hits them alike
+    (``clock=time.thread_time``: CPU seconds of this thread, for single-thread runs on a busy machine)."""
     times = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start = clock()
             run()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 
@@ -143,14 +150,18 @@ def probe(name: str, shape: str, rounds: int) -> dict:
 
 
 def isa_probe(shape: str, rounds: int) -> dict:
+    """fused forward+backward with one thread, in CPU seconds of that thread (the kernels' own
+    cost, insensitive to other processes on the machine)."""
+    pin_threads(1)
     logits, labels = make_inputs(shape, "float32")
     run = forward_backward(LOSSES["fused"], logits, labels)
     run()
-    return {"isa": ops.isa(), **spread(interleaved({"run": run}, rounds)["run"])}
+    return {"isa": ops.isa(), **spread(interleaved({"run": run}, rounds, time.thread_time)["run"])}
 
 
 def overhead(shape: str, repeats: int) -> dict:
-    """The whole call against its two kernels alone (the difference is the per-call overhead)."""
+    """The whole call against its two kernels alone (the difference is the per-call overhead),
+    one thread, CPU seconds of that thread."""
     logits, labels = make_inputs(shape, "float32")
     n, c = logits.shape[:2]
     x, y = logits.reshape(n, c, -1), labels.reshape(n, -1)
@@ -164,10 +175,15 @@ def overhead(shape: str, repeats: int) -> dict:
                                              [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None, None)[0],
             logits, labels),
         "monai": forward_backward(LOSSES["monai"], logits, labels),
+        "fused_unfolded": forward_backward(_fused_cpp_unfolded, logits, labels),
     }
+    pin_threads(1)
     for run in kernels.values():
         run()
-    return {name: spread(values) for name, values in interleaved(kernels, repeats).items()}
+    try:
+        return {name: spread(values) for name, values in interleaved(kernels, repeats, time.thread_time).items()}
+    finally:
+        pin_threads(THREADS)
 
 
 class SmallNet(torch.nn.Module):

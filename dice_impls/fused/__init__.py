@@ -27,7 +27,7 @@ from ..registry import Implementation, register
 from ..score import DiceStatistics, loss_from_statistics
 from ..spec import DiceSpec
 from . import cpu, ops
-from .autograd import Backend, KernelParams
+from .autograd import Backend, FoldedLoss, KernelParams
 
 # Read without a copy; other integer dtypes (uint16/32/64) are converted to int64 once
 # (``checks.comparable_labels``; validation has usually done it already).
@@ -128,8 +128,10 @@ def folded_loss(logits: Tensor, labels: Tensor, spec: DiceSpec, *, validate: boo
     """``lambda_dice * Dice (+ the pixel term)`` by the C++ ``loss`` operator (CPU, foldable specs)."""
     x = logits.contiguous()
     codes = label_codes(labels).contiguous()
-    loss, _ = torch.ops.dice_fused.loss(x, codes, *_kernel_args(spec, validate), *_loss_config(spec, lambda_dice, pixel))
-    return loss
+    config = (*_kernel_args(spec, validate), *_loss_config(spec, lambda_dice, pixel))
+    if torch.compiler.is_compiling():
+        return torch.ops.dice_fused.loss(x, codes, *config)[0]
+    return FoldedLoss.apply(x, codes, *config)
 
 
 def can_fold(logits: Tensor, spec: DiceSpec, pixel: Optional[PixelTerm] = None) -> bool:

@@ -229,8 +229,9 @@ Sums run_statistics(const KernelArgs& P, const at::Tensor& logits, const at::Ten
 // (at most 32 MiB) with fresh pages. So large gradients come from a small pool instead: a freed
 // gradient (its tensor's deleter) is kept and handed to the next call of the same size, as a
 // training loop's next step asks for exactly that. At most POOL_BUFFERS buffers of at least
-// POOL_MIN_BYTES are kept; DICE_FUSED_POOL=0 turns it off. New buffers are 2 MiB aligned and
-// advised to use transparent huge pages (512x fewer faults where the kernel grants them).
+// POOL_MIN_BYTES are kept; DICE_FUSED_POOL=0 turns it off (each gradient is then fresh memory).
+// Fresh buffers of that size are 2 MiB aligned and advised to use transparent huge pages (512x
+// fewer faults where the kernel grants them).
 constexpr size_t POOL_MIN_BYTES = size_t(4) << 20;
 constexpr size_t POOL_BUFFERS = 2;
 constexpr size_t HUGE_PAGE = size_t(2) << 20;
@@ -260,6 +261,17 @@ void release_to_pool(void* data, size_t bytes) {
   p.free.emplace_back(bytes, data);
 }
 
+void* acquire_fresh(size_t bytes) {
+  void* data = nullptr;
+  const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+  TORCH_CHECK(posix_memalign(&data, HUGE_PAGE, rounded) == 0, "fused CPU kernel: out of memory for the gradient (",
+              bytes, " bytes)");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  madvise(data, rounded, MADV_HUGEPAGE);  // a hint: errors ignored
+#endif
+  return data;
+}
+
 void* acquire(size_t bytes) {
   {
     Pool& p = pool();
@@ -272,21 +284,16 @@ void* acquire(size_t bytes) {
       }
     }
   }
-  void* data = nullptr;
-  const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-  TORCH_CHECK(posix_memalign(&data, HUGE_PAGE, rounded) == 0, "fused CPU kernel: out of memory for the gradient (",
-              bytes, " bytes)");
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  madvise(data, rounded, MADV_HUGEPAGE);  // a hint: errors ignored
-#endif
-  return data;
+  return acquire_fresh(bytes);
 }
 
 at::Tensor gradient_buffer(const at::Tensor& logits) {
   const size_t bytes = static_cast<size_t>(logits.numel()) * logits.element_size();
-  if (bytes < POOL_MIN_BYTES || !pool_enabled()) return at::empty(logits.sizes(), logits.options());
-  void* data = acquire(bytes);
-  return at::from_blob(data, logits.sizes(), [bytes](void* ptr) { release_to_pool(ptr, bytes); }, logits.options());
+  if (bytes < POOL_MIN_BYTES) return at::empty(logits.sizes(), logits.options());  // glibc's heap reuses these
+  if (!pool_enabled()) return at::from_blob(acquire_fresh(bytes), logits.sizes(), [](void* ptr) { std::free(ptr); },
+                                            logits.options());
+  return at::from_blob(acquire(bytes), logits.sizes(), [bytes](void* ptr) { release_to_pool(ptr, bytes); },
+                       logits.options());
 }
 
 // Buffers the pool holds now (tests, measurements).
