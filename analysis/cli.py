@@ -79,8 +79,8 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def needs_message(extras: Sequence[str], missing: Sequence[str]) -> str:
-    spec = f"dicebench[{','.join(extras)}]"
-    return f"needs the {spec} extras (missing: {', '.join(missing)}); from the checkout: pip install '.[{','.join(extras)}]'"
+    extras = ",".join(extras)
+    return f"needs dicebench[{extras}] (missing: {', '.join(missing)}); in the checkout: pip install '.[{extras}]'"
 
 
 def missing_requirements(extras: Sequence[str]) -> List[str]:
