@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "implementations": ("implementations", ()),
     "experiment": ("experiment_commands", ("experiments",)),
     "figures": ("figures", ("experiments",)),
+    "experiment-table": ("experiment_table", ("experiments",)),
     "report": ("report", ("report",)),
     "compare": ("compare", ("report",)),
     "run": ("run", ("bench", "experiments", "report")),

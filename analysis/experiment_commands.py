@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from dice_impls import IMPLEMENTATIONS
 
+from .errors import UsageError
 from .experiments import EXPERIMENTS, SCALE_NAMES
 
-DESCRIPTION = "Run synthetic experiments, store the results, print every claim (exit status 1 when one fails)."
+DESCRIPTION = "Run synthetic experiments, store the results, print every claim (exit 1: a verification failed)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,37 +21,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--impl", choices=IMPLEMENTATIONS, default="vectorized", help="Dice implementation used by the losses")
     parser.add_argument("--out", type=Path, default=Path("results/experiments"), help="results folder")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads, fixed for determinism (1: two threads ran ~30x slower on a busy 2-core machine)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run the tasks in N local processes (default 1: in this process); results do not change")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                        help="run the tasks on this existing Dask distributed cluster instead; results do not change")
     parser.add_argument("--no-figures", action="store_true", help="skip drawing the figures")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.scheduler is not None and args.workers != 1:
+        raise UsageError("give --workers (local processes) or --scheduler (a Dask cluster), not both")
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
-    return run_and_print(names, args.out, scale=args.scale, seed=args.seed, impl=args.impl, threads=args.threads,
-                         figures=not args.no_figures)
+    return run_and_print(names, args.out, scale=args.scale, seed=args.seed, impl=args.impl, workers=args.workers,
+                         scheduler=args.scheduler, figures=not args.no_figures)
 
 
-def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str = "vectorized", threads: int = 1,
-                  figures: bool = True) -> int:
-    """Run and store each experiment, print every claim; 1 when a claim failed."""
+def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str = "vectorized", workers: int = 1,
+                  scheduler: Optional[str] = None, figures: bool = True) -> int:
+    """Run and store each experiment, print every claim; 1 when a verification failed."""
     from .storage import run_experiment
 
     failed = []
     start = time.perf_counter()
+    where = f"Dask cluster {scheduler}" if scheduler else f"{workers} worker(s)"
     for name in names:
-        df, claims, manifest = run_experiment(name, out, scale=scale, seed=seed, impl=impl, threads=threads)
+        df, claims, manifest = run_experiment(name, out, scale=scale, seed=seed, impl=impl, workers=workers,
+                                              scheduler=scheduler)
         if figures:
             EXPERIMENTS[name].figures(df, out / name)
-        print(f"{name} ({scale}, seed {seed}, {manifest['wall_time_s']:.1f} s)")
+        print(f"{name} ({scale}, seed {seed}, {manifest['tasks']} tasks on {where}, {manifest['wall_time_s']:.1f} s)")
         for claim in claims:
-            print(f"  {'PASS' if claim.passed else 'FAIL'} {claim.id}: {claim.statement}: value {claim.value:.4g}")
-            if not claim.passed:
-                failed.append(claim)
+            print("  " + claim_line(claim))
+        failed += [c for c in claims if c.kind == "verification" and not c.passed]
     print(f"{len(names)} experiment(s) in {time.perf_counter() - start:.1f} s; results in {out}")
     if failed:
-        print(f"{len(failed)} claim(s) failed:")
+        print(f"{len(failed)} verification(s) failed:")
         for claim in failed:
-            print(f"  {claim.id}: {claim.statement}: value {claim.value:.4g}")
+            print("  " + claim_line(claim))
         return 1
     return 0
+
+
+def claim_line(claim) -> str:
+    """``OUTCOME id [stage]: statement: value v (CI lo..hi), required op threshold``."""
+    ci = f" (95% CI {claim.ci_low:.4g}..{claim.ci_high:.4g})" if claim.ci_low is not None else ""
+    stage = f" [{claim.stage}]" if claim.stage else ""
+    return (f"{claim.outcome} {claim.id}{stage}: {claim.statement}: value {claim.value:.4g}{ci}, "
+            f"required {claim.op} {claim.threshold:g}")
