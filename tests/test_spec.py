@@ -139,6 +139,7 @@ POST_INIT_ERRORS = [
     # as its characters, and an ignore_index beyond int64 failed later with an OverflowError.
     (dict(weight=2.0), TypeError, "DiceSpec.weight must be a sequence of numbers"),
     (dict(weight="123"), TypeError, "DiceSpec.weight must be a sequence of numbers"),
+    (dict(weight=torch.tensor(2.0)), TypeError, "DiceSpec.weight must be a sequence of numbers"),
     (dict(weight=("1", "2")), TypeError, "DiceSpec.weight must hold numbers"),
     (dict(weight=(True, 1.0)), TypeError, "DiceSpec.weight must hold numbers"),
     (dict(ignore_index=2**70), ValueError, "DiceSpec.ignore_index must fit in int64, got 1180591620717411303424"),
