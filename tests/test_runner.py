@@ -108,3 +108,29 @@ def test_progress_prints_plain_lines_off_a_terminal(capsys):
     quiet = Progress("fake", 3, enabled=False)
     quiet.update(3)
     assert capsys.readouterr().err == ""
+
+
+def test_dask_workers_running_other_code_are_refused(fake, dask_cluster, monkeypatch):
+    from analysis import runner
+
+    digests = iter(["this checkout", "another checkout"])  # ours first, then the worker's
+    monkeypatch.setattr(runner, "code_identity", lambda module_name: next(digests))
+    config = config_for(fake, "small")
+    with pytest.raises(RuntimeError, match="run different code"):
+        run_tasks(fake, config, fake.tasks(config), scheduler=dask_cluster, progress=False)
+
+
+def test_code_identity_is_a_stable_digest():
+    from analysis.runner import code_identity
+
+    first = code_identity(fake_experiment.__name__)
+    assert len(first) == 64 and first == code_identity(fake_experiment.__name__)
+    assert first != code_identity("analysis.experiments.p1_precision")
+
+
+@pytest.mark.parametrize("name", ["d1_distributed", "p1_precision"])
+def test_real_experiments_store_the_same_bytes_in_local_processes(name, tmp_path):
+    for label, workers in (("one", 1), ("two", 2)):
+        run_experiment(name, tmp_path / label, workers=workers, progress=False)
+    first, second = ((tmp_path / label / name / "results.parquet").read_bytes() for label in ("one", "two"))
+    assert first == second
