@@ -25,7 +25,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from .cli import command
+from .errors import UsageError
 from .report_template import Cell, code, esc, figure, page, table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -606,7 +606,7 @@ def section_reproduce(data: ReportData) -> str:
         parts.append(f"<p>{esc(result.name)} (commit {esc(str(m.get('git_commit', 'unknown'))[:10])}"
                      f"{', uncommitted changes' if m.get('git_dirty') else ''}):</p>")
         parts.append(code(f"dicebench experiment {result.name} --scale {m.get('scale', 'small')} --seed {m.get('seed', 0)} "
-                          f"--impl {m.get('impl', 'vectorized')} --threads {m.get('threads', 1)} --out {data.results_dir}"))
+                          f"--impl {m.get('impl', 'vectorized')} --out {data.results_dir}"))
     if data.asv is not None:
         from benchmarks.common import ASV_CPU_GRID
 
@@ -687,9 +687,10 @@ def write_report(data: ReportData, out_dir: Path, comparison_html: Optional[str]
     return index
 
 
-@command("report")
-def _report_command(parser: argparse.ArgumentParser):
-    parser.description = "Write the HTML report (index.html + figures) from stored results."
+DESCRIPTION = "Write the HTML report (index.html + figures) from stored results."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="experiments' results folder")
     parser.add_argument("--asv-results", type=Path, default=DEFAULT_ASV_RESULTS, help="asv's results folder")
     parser.add_argument("--bench-json", type=Path, action="append", default=[],
@@ -699,18 +700,22 @@ def _report_command(parser: argparse.ArgumentParser):
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the comparison")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
 
-    def handle(args: argparse.Namespace) -> int:
-        bench_json = args.bench_json or [p for p in (DEFAULT_BENCH_JSON,) if p.is_file()]
-        data = collect(args.results, args.asv_results, bench_json, args.targets)
-        comparison_html = None
-        if args.compare is not None:
-            from .compare import RunPaths, compare_runs, comparison_to_html
 
-            this_run = RunPaths(args.results if args.results.is_dir() else None,
-                                args.asv_results if args.asv_results.is_dir() else None)
-            comparison_html = comparison_to_html(compare_runs(args.compare, this_run, rtol=args.rtol))
-        index = write_report(data, args.out, comparison_html)
-        print(f"report written to {index}")
-        return 0
+def main(args: argparse.Namespace) -> int:
+    # Absent measurements show as n/a on the page; a path that does not exist is a typo, not a result.
+    for option, path in [("--results", args.results), ("--asv-results", args.asv_results), ("--targets", args.targets),
+                         ("--compare", args.compare), *(("--bench-json", p) for p in args.bench_json)]:
+        if path is not None and not path.exists():
+            raise UsageError(f"{option} {path} does not exist")
+    bench_json = args.bench_json or [p for p in (DEFAULT_BENCH_JSON,) if p.is_file()]
+    data = collect(args.results, args.asv_results, bench_json, args.targets)
+    comparison_html = None
+    if args.compare is not None:
+        from .compare import RunPaths, compare_runs, comparison_to_html
 
-    return handle
+        this_run = RunPaths(args.results if args.results.is_dir() else None,
+                            args.asv_results if args.asv_results.is_dir() else None)
+        comparison_html = comparison_to_html(compare_runs(args.compare, this_run, rtol=args.rtol))
+    index = write_report(data, args.out, comparison_html)
+    print(f"report written to {index}")
+    return 0

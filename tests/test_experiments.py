@@ -210,10 +210,17 @@ def test_command_exits_1_only_for_a_failed_verification(fake, monkeypatch, tmp_p
     assert "6 tasks on 1 worker(s)" in out and "95% CI" in out
 
 
-def test_command_refuses_workers_with_a_scheduler(fake, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run_command(["experiment", "fake", "--out", str(tmp_path), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], capsys)
-    assert exit_info.value.code == 2 and "not both" in capsys.readouterr().err
+@pytest.mark.parametrize("options, message", [
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"), (["--workers", "0"], "at least 1"),
+    (["--scheduler", "127.0.0.1:8786"], "tcp://HOST:PORT"),
+])
+def test_command_refuses_bad_worker_options(fake, tmp_path, capsys, options, message):
+    from analysis.cli import main
+
+    assert main(["experiment", "fake", "--out", str(tmp_path), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dicebench experiment: error: ") and message in err
+    assert not (tmp_path / "fake").exists()
 
 
 def table_rows(html: str) -> dict:
@@ -246,7 +253,7 @@ def test_report_shows_the_claims_table_with_failed_hypotheses(fake, monkeypatch,
 
 
 def test_docs_table_is_written_from_the_stored_claims(fake, monkeypatch, tmp_path, capsys):
-    from analysis.experiment_commands import TABLE_BEGIN, TABLE_END
+    from analysis.experiment_table import TABLE_BEGIN, TABLE_END
 
     monkeypatch.setitem(fake.SCALES, "small", dataclasses.replace(fake.SCALES["small"], hypothesis_threshold=10.0))
     _, claims, _ = run_experiment("fake", tmp_path / "results", progress=False)
@@ -264,5 +271,4 @@ def test_docs_table_is_written_from_the_stored_claims(fake, monkeypatch, tmp_pat
     assert "| budget |" in line and f"| {fake.SOURCE} | > 10 |" in line
     assert "Verifications: 1/1 passed." in text
     doc.write_text("no markers\n")
-    with pytest.raises(SystemExit):
-        run_command(argv, capsys)
+    assert run_command(argv, capsys)[0] == 2 and doc.read_text() == "no markers\n"
