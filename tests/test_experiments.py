@@ -164,7 +164,8 @@ def test_hypothesis_is_supported_only_when_the_whole_interval_clears(value, ci, 
     (lambda: verification("v", "s", 1.0, "==", 0.0), "op must be one of"),
     (lambda: Claim("c", "guess", "s", "", 1.0, None, None, "<", 2.0, True), "kind"),
     (lambda: Claim("c", "verification", "s", "", 1.0, 0.0, None, "<", 2.0, True), "both ends"),
-    (lambda: Claim.from_dict(dict(verification("v", "s", 1.0, "<", 2.0).to_dict(), note="x")), "unknown fields"),
+    (lambda: Claim.from_dict(dict(verification("v", "s", 1.0, "<", 2.0).to_dict(), note="x")), "unknown fields \\[.note.\\]"),
+    (lambda: Claim.from_dict(dict(id="old", statement="s", value=1.0, threshold=2.0, passed=True)), "missing fields \\[.kind.,"),
 ])
 def test_bad_claims_are_refused(make, message):
     with pytest.raises(ValueError, match=message):

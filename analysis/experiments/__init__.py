@@ -87,10 +87,12 @@ class Claim:
     @classmethod
     def from_dict(cls, data: dict) -> "Claim":
         """The claim stored by :meth:`to_dict` (``claims.json``); unknown or missing fields fail."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"claim {data.get('id')!r}: unknown fields {unknown}")
+        fields = dataclasses.fields(cls)
+        unknown = sorted(set(data) - {f.name for f in fields})
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in data]
+        if unknown or missing:
+            raise ValueError(f"claim {data.get('id')!r}: unknown fields {unknown}, missing fields {missing} (stored "
+                             "by another version: rerun the experiment, or analysis.storage.recheck_claims)")
         return cls(**data)
 
 
