@@ -160,6 +160,7 @@ def test_hypothesis_is_supported_only_when_the_whole_interval_clears(value, ci, 
 @pytest.mark.parametrize("make, message", [
     (lambda: hypothesis("h", "s", "  ", 1.0, (0.0, 2.0), ">", 0.0), "needs a source"),
     (lambda: hypothesis("h", "s", "src", 1.0, (2.0, 0.0), ">", 0.0), "low > high"),
+    (lambda: hypothesis("h", "s", "src", 1.0, (None, None), ">", 0.0), "needs a confidence interval"),
     (lambda: hypothesis("h", "s", "src", 1.0, (0.0, 2.0), ">", 0.0, stage="end"), "stage"),
     (lambda: verification("v", "s", 1.0, "==", 0.0), "op must be one of"),
     (lambda: Claim("c", "guess", "s", "", 1.0, None, None, "<", 2.0, True), "kind"),

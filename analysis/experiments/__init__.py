@@ -75,6 +75,8 @@ class Claim:
             raise ValueError(f"hypothesis {self.id!r} needs a source (the paper or theory it comes from)")
         if (self.ci_low is None) != (self.ci_high is None):
             raise ValueError(f"claim {self.id!r}: give both ends of the confidence interval or neither")
+        if self.kind == "hypothesis" and self.ci_low is None:
+            raise ValueError(f"hypothesis {self.id!r} needs a confidence interval (analysis.stats)")
 
     @property
     def outcome(self) -> str:
