@@ -27,8 +27,8 @@ from .errors import UsageError
 SUBCOMMANDS = {
     "implementations": ("implementations", ()),
     "experiment": ("experiment_commands", ("experiments",)),
-    "experiment-table": ("experiment_table", ("report",)),
     "figures": ("figures", ("experiments",)),
+    "experiment-table": ("experiment_table", ("experiments",)),
     "report": ("report", ("report",)),
     "compare": ("compare", ("report",)),
     "run": ("run", ("bench", "experiments", "report")),

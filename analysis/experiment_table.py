@@ -1,5 +1,4 @@
-"""``dicebench experiment-table``: the hypotheses table of docs/experiments.md, written from the
-stored claims so that the document matches the committed results exactly."""
+"""``dicebench experiment-table``: the stored hypotheses as a Markdown table inside a document."""
 
 from __future__ import annotations
 
@@ -9,9 +8,7 @@ from pathlib import Path
 from .errors import UsageError
 from .experiments import EXPERIMENTS
 
-DESCRIPTION = "Write the stored hypotheses as a table into docs/experiments.md (--check: is it up to date?)."
-TABLE_BEGIN = "<!-- hypotheses table: written by `dicebench experiment-table` from the stored claims; do not edit by hand -->"
-TABLE_END = "<!-- end of hypotheses table -->"
+DESCRIPTION = "Write the stored hypotheses as a Markdown table into a document (docs/experiments.md)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +23,10 @@ def main(args: argparse.Namespace) -> int:
     if not args.doc.is_file():
         raise UsageError(f"no document {args.doc}")
     doc = args.doc.read_text()
-    updated = with_table(doc, hypotheses_markdown(args.results), str(args.doc))
+    try:
+        updated = with_table(doc, hypotheses_markdown(args.results), str(args.doc))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if args.check:
         if updated != doc:
             print(f"{args.doc}: the hypotheses table differs from the claims under {args.results}; "
@@ -39,6 +39,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+TABLE_BEGIN = "<!-- hypotheses table: written by `dicebench experiment-table` from the stored claims; do not edit by hand -->"
+TABLE_END = "<!-- end of hypotheses table -->"
+
+
 def stored_claims(results: Path) -> list:
     """``(experiment, claim dict)`` for every claim stored under ``results``, in the registry's order."""
     from .storage import load_results
@@ -49,8 +53,8 @@ def stored_claims(results: Path) -> list:
 
 
 def hypotheses_markdown(results: Path) -> str:
-    """The Markdown table of every stored hypothesis (stage, statement, source, threshold, value, CI,
-    p, outcome), then a line counting the verifications."""
+    """The Markdown table of every stored hypothesis (source, stage, threshold, value, CI, p, outcome),
+    followed by a line counting the verifications."""
 
     def number(value) -> str:
         return "—" if value is None else f"{value:.4g}"
@@ -68,8 +72,8 @@ def hypotheses_markdown(results: Path) -> str:
             lines.append("| " + " | ".join(cell(x) for x in (
                 f"`{c['id']}`", name, c["stage"] or "—", c["statement"], c["source"], f"{c['op']} {c['threshold']:g}",
                 number(c["value"]), ci, number(c["p_value"]), outcome)) + " |")
-    verifications = [c for _, c in claims if c["kind"] == "verification"]
-    broken = [c["id"] for c in verifications if not c["passed"]]
+    verifications = [(name, c) for name, c in claims if c["kind"] == "verification"]
+    broken = [c["id"] for _, c in verifications if not c["passed"]]
     lines += ["", f"Verifications: {len(verifications) - len(broken)}/{len(verifications)} passed"
               + (f" (FAIL: {', '.join(broken)})" if broken else "") + "."]
     return "\n".join(lines)
@@ -78,7 +82,7 @@ def hypotheses_markdown(results: Path) -> str:
 def with_table(doc: str, markdown: str, doc_name: str) -> str:
     """``doc`` with the text between the table markers replaced by ``markdown``."""
     if doc.count(TABLE_BEGIN) != 1 or doc.count(TABLE_END) != 1 or doc.index(TABLE_BEGIN) > doc.index(TABLE_END):
-        raise UsageError(f"{doc_name} needs one line {TABLE_BEGIN!r} and, after it, one line {TABLE_END!r} "
+        raise ValueError(f"{doc_name} needs one line {TABLE_BEGIN!r} and, after it, one line {TABLE_END!r} "
                          "around the place the table goes")
     head, rest = doc.split(TABLE_BEGIN)
     return head + TABLE_BEGIN + "\n" + markdown + "\n" + TABLE_END + rest.split(TABLE_END, 1)[1]
