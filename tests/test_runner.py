@@ -9,7 +9,7 @@ import torch
 
 import fake_experiment
 from analysis.experiments import EXPERIMENTS, config_for
-from analysis.runner import Progress, TaskError, run_tasks
+from analysis.runner import Progress, TaskError, code_identity, run_tasks
 from analysis.storage import load_results, run_experiment
 
 
@@ -37,6 +37,7 @@ def test_local_processes_and_dask_store_the_same_bytes_as_in_process(fake, dask_
         df, claims, manifest = run_experiment("fake", tmp_path / label, seed=5, progress=False, **where)
         assert manifest["tasks"] == 6 and manifest["workers"] == where.get("workers", 1)
         assert manifest["scheduler"] == where.get("scheduler")
+        assert manifest["code_digest"] == code_identity(fake_experiment.__name__)
     parquet = {label: (tmp_path / label / "fake" / "results.parquet").read_bytes() for label in runs}
     assert parquet["processes"] == parquet["in_process"]
     assert parquet["dask"] == parquet["in_process"]
@@ -121,8 +122,6 @@ def test_dask_workers_running_other_code_are_refused(fake, dask_cluster, monkeyp
 
 
 def test_code_identity_is_a_stable_digest():
-    from analysis.runner import code_identity
-
     first = code_identity(fake_experiment.__name__)
     assert len(first) == 64 and first == code_identity(fake_experiment.__name__)
     assert first != code_identity("analysis.experiments.p1_precision")
