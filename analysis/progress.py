@@ -9,8 +9,8 @@ when it ends::
     experiments: 3/8 (38%), 41 s, about 68 s left
     experiments: 8/8 in 112 s
 
-Use it like tqdm: ``for x in progress(items, desc="..."):`` or ``with progress(total=n, desc="...")
-as bar: ... bar.update()``.
+Use it like tqdm: ``for x in track(items, desc="..."):`` or ``with track(total=n, desc="...") as
+bar: ... bar.update()``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import IO, Iterable, Iterator, Optional
 PLAIN_INTERVAL_S = 10.0
 
 
-def progress(iterable: Optional[Iterable] = None, *, total: Optional[int] = None, desc: str, unit: str = "it",
+def track(iterable: Optional[Iterable] = None, *, total: Optional[int] = None, desc: str, unit: str = "it",
              disable: bool = False, file: Optional[IO[str]] = None):
     """tqdm on a terminal (``file``, default stderr), ``PlainProgress`` elsewhere."""
     file = sys.stderr if file is None else file

@@ -116,17 +116,17 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere(monkeypatch):
 
     from analysis import progress
 
-    assert isinstance(progress.progress(range(3), desc="x", file=Terminal()), tqdm)
+    assert isinstance(progress.track(range(3), desc="x", file=Terminal()), tqdm)
     monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0)
     log = io.StringIO()
-    assert list(progress.progress(range(1000), desc="stage", file=log)) == list(range(1000))
+    assert list(progress.track(range(1000), desc="stage", file=log)) == list(range(1000))
     lines = log.getvalue().splitlines()
     assert lines[0] == "stage: 0/1000" and re.fullmatch(r"stage: 1000/1000 in \d+ s", lines[-1])
     assert 10 <= len(lines) <= 12  # about one line per tenth
     assert all(re.fullmatch(r"stage: \d+/1000 \(\d+%\), \d+ s, about \d+ s left", line) for line in lines[1:-1])
     assert "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
     quiet = io.StringIO()
-    with progress.progress(total=5, desc="off", disable=True, file=quiet) as bar:
+    with progress.track(total=5, desc="off", disable=True, file=quiet) as bar:
         bar.update(5)
     assert quiet.getvalue() == ""
 
