@@ -10,18 +10,23 @@ INSTALLED := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch is pinned and installed first: 2.13.0 is the CPU build; an unpinned torch pulls CUDA.
+# torch is pinned and installed first. pip's default torch==2.13.0 is the CUDA build on Linux
+# (several GB) unless a CPU wheel is at hand, as on the development machine; for the CPU build
+# elsewhere: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # The editable install compiles fused's C++ kernels in place (setup.py) against that torch, so
 # it builds without isolation (an isolated build would fetch a second torch).
+TORCH_INDEX ?=
 $(INSTALLED): pyproject.toml setup.py $(wildcard dice_impls/fused/*.cpp dice_impls/fused/*.h) | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0 'setuptools>=77' ninja
+	$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q 'setuptools>=77' ninja
 	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $@
 
 install: $(INSTALLED)
 
-# Triton kernels run on the CPU through its interpreter in tests.
+# Triton kernels run on the CPU through its interpreter in tests. The micro benchmarks are skipped
+# (--benchmark-skip in pyproject's addopts; make bench runs them).
 test: install
 	TRITON_INTERPRET=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q
 
@@ -61,7 +66,7 @@ asv-gpu: install
 # pytest-benchmark micro suite -> reports/bench.json (a second source for the report).
 bench: install
 	mkdir -p reports
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -m benchmark_suite -p no:xdist -q tests/test_benchmarks_micro.py --benchmark-json=reports/bench.json
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest --benchmark-only -p no:xdist -q tests/test_benchmarks_micro.py --benchmark-json=reports/bench.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
