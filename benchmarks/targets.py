@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 from tqdm import tqdm
@@ -93,15 +93,20 @@ def forward_backward(loss_fn: Callable, logits, labels) -> Callable[[], None]:
     return run
 
 
-def interleaved(runs: Dict[str, Callable[[], None]], repeats: int, clock=time.perf_counter) -> Dict[str, list]:
+def interleaved(runs: Dict[str, Callable[[], None]], repeats: int, clock=time.perf_counter,
+                cpu_times: Optional[Dict[str, list]] = None) -> Dict[str, list]:
     """Seconds of each run per round, the runs taking turns so machine load hits them alike
-    (``clock=time.thread_time``: CPU seconds of this thread, for single-thread runs on a busy machine)."""
+    (``clock=time.thread_time``: CPU seconds of this thread, for single-thread runs on a busy
+    machine). ``cpu_times``, when given, also collects the process's CPU seconds per run (all its
+    threads, OpenMP's spin-waits included)."""
     times = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            start = clock()
+            start, cpu = clock(), time.process_time()
             run()
             times[name].append(clock() - start)
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append(time.process_time() - cpu)
     return times
 
 
@@ -266,6 +271,16 @@ def accuracy(shape, progress) -> list:
     return rows
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def load_average() -> list:
     return list(os.getloadavg())
 
@@ -291,7 +306,7 @@ def main(argv=None) -> int:
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     parts = [part for part in PARTS if part not in args.skip]
     losses = candidates()
-    results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": THREADS,
+    results = {"machine": {"cpu": cpu_model(), "threads": THREADS,
                            "torch": torch.__version__, "isa": ops.isa(), "load_before": load_average()}}
     with tqdm(total=len(parts) * len(shapes), desc="targets", file=sys.stderr) as progress:
         results["machine"].update(machine_rates(repeats))
@@ -302,12 +317,14 @@ def main(argv=None) -> int:
                 runs = {name: forward_backward(fn, logits, labels) for name, fn in losses.items()}
                 for run in runs.values():  # warm-up: first touch, libraries, the gradient pool
                     run()
-                times = interleaved(runs, repeats)
+                cpu_times: Dict[str, list] = {}
+                times = interleaved(runs, repeats, cpu_times=cpu_times)
                 medians = {name: statistics.median(values) for name, values in times.items()}
                 floor = floor_seconds(shape, results["machine"])
                 for name, values in times.items():
                     results["speed"].append({
-                        "shape": shape, "impl": name, "seconds": medians[name], **spread(values), "floor_s": floor,
+                        "shape": shape, "impl": name, "seconds": medians[name], **spread(values),
+                        "cpu_median_s": statistics.median(cpu_times[name]), "floor_s": floor,
                         "floor_ratio": medians[name] / floor,
                         "vs_monai": medians["monai"] / medians[name],
                         "vs_monai_dice_ce": medians["monai_dice_ce"] / medians[name],
