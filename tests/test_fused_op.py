@@ -355,3 +355,15 @@ def test_gradient_memory_pool_reuses_a_freed_gradient(monkeypatch):
     assert again.data_ptr() == address and torch.equal(again, expected)
     monkeypatch.setenv("DICE_FUSED_POOL", "0")
     assert torch.ops.dice_fused.gradient(logits, labels, a, b, 0, False, None).data_ptr() != address
+
+
+def test_a_library_older_than_its_sources_is_not_loaded(tmp_path):
+    from dice_impls.fused import cpu
+    from dice_impls.fused.build_config import DIGEST_MARKER, source_digest
+
+    library = tmp_path / "_C.so"
+    library.write_bytes(b"\x7fELF..." + DIGEST_MARKER.encode() + b"0123456789abcdef" + b"...")
+    assert cpu.is_stale(str(library))
+    library.write_bytes(b"\x7fELF..." + DIGEST_MARKER.encode() + source_digest(cpu.HERE).encode() + b"...")
+    assert not cpu.is_stale(str(library))
+    assert cpu.jit_name().endswith(source_digest(cpu.HERE))  # the fallback build's name follows the sources
