@@ -367,3 +367,18 @@ def test_a_library_older_than_its_sources_is_not_loaded(tmp_path):
     library.write_bytes(b"\x7fELF..." + DIGEST_MARKER.encode() + source_digest(cpu.HERE).encode() + b"...")
     assert not cpu.is_stale(str(library))
     assert cpu.jit_name().endswith(source_digest(cpu.HERE))  # the fallback build's name follows the sources
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_no_host_reads_in_forward_and_backward(monkeypatch, validate):
+    reads = []
+    for name in ("__bool__", "item", "__int__", "__float__", "__index__", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(self, *a, **k))
+    logits, labels = random_inputs((2, 7, 6), 4, seed=10, ignore_index=255)
+    x = logits.clone().requires_grad_()
+    spec = DiceSpec(ignore_index=255)
+    dice_impls.dice_loss(x, labels, spec, impl="fused", validate=validate).backward()
+    compound_loss(x, labels, spec, lambda_dice=1.0, lambda_pixel=1.0, validate=validate).backward()
+    assert reads == []
