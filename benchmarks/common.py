@@ -213,8 +213,11 @@ class LossCase:
 
     param_names = ("implementation", "dtype", "shape")
     device = "cpu"
-    rounds = 1  # every combination is a separate process already; one round keeps the grid short
-    repeat = (5, 10, 2.0)  # at least 5 samples, at most 10 or about 2 s
+    # Two rounds: asv runs every combination once, then all of them again, so a burst of load on a
+    # shared machine hits one round of every implementation rather than all samples of one; the
+    # quartiles of both rounds' samples give each number its spread (benchmarks.results).
+    rounds = 2
+    repeat = (5, 10, 2.0)  # per round: at least 5 samples, at most 10 or about 2 s
     warmup_time = 0.1
 
     def setup(self, implementation: str, dtype: str = "float32", shape: str = SHAPES_2D[0], *_):
