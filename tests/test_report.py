@@ -23,7 +23,7 @@ import pytest
 
 from analysis.benchmark_report import BASELINE, MISSING, SHORT_MISSING, UNSTABLE_MARK
 from analysis.cli import main
-from analysis.compare import compare_runs
+from analysis.compare import compare_runs, comparison_to_text
 from analysis.report import SECTIONS, collect, write_report
 from analysis.storage import load_results, run_experiment
 
@@ -486,3 +486,20 @@ def test_report_includes_a_comparison(run_folder, tmp_path):
     assert '<section id="comparison">' in html
     (row,) = Tables(html).rows_starting("claim", "e2_gradients")
     assert claims[-1]["id"] in row[2][0] and "flipped" in row[2][0]
+
+
+def test_compare_lists_unstable_timings_apart(run_folder, tmp_path):
+    """A timing that is unstable moves without counting as a change (exit status 0), and is listed
+    as unstable; the same move of a stable timing is a change."""
+    other = copy_run(run_folder, tmp_path / "other")
+    (path,) = (other / "asv" / ASV_MACHINE["machine"]).glob(f"{COMMIT[:8]}-*.json")
+    stored = json.loads(path.read_text())
+    stored["results"][UNSTABLE_CELL[0]][0] = [None if v is None else 2 * v  # result column: every Grid cell doubles
+                                              for v in stored["results"][UNSTABLE_CELL[0]][0]]
+    path.write_text(json.dumps(stored))
+    comparison = compare_runs(run_folder, other)
+    wide = [ch for ch in comparison.unstable if " mixed float32 " in f" {ch.what} "]
+    assert wide and all(ch.kind == "unstable" and ch.relative == pytest.approx(0.5) for ch in wide)
+    moved = [ch for ch in comparison.changes if ch.kind == "benchmark"]
+    assert moved and all(UNSTABLE_CELL[0] in ch.what and " mixed float32 " not in f" {ch.what} " for ch in moved)
+    assert "not compared, neither a change nor agreement" in comparison_to_text(comparison)
