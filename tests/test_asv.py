@@ -42,7 +42,7 @@ def test_everything_asv_writes_is_git_ignored(key):
 
 
 def test_the_make_targets_never_write_the_curated_results():
-    for target in ("asv", "asv-range", "asv-continuous", "asv-quick", "asv-gpu", "memory-gate"):
+    for target in ("asv", "asv-range", "asv-continuous", "asv-quick", "asv-gpu"):
         commands = subprocess.run(["make", "-n", target, "ASV_MACHINE=testbox"], cwd=REPO, capture_output=True,
                                   text=True, check=True).stdout
         assert "asv" in commands and "results/asv" not in commands, target
