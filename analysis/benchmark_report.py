@@ -379,7 +379,7 @@ def ratio_figure(ratios: pd.DataFrame, label: str, methods: Dict[str, str], fig_
         cases = list(dict.fromkeys(zip(on_run["shape"], on_run["dtype"])))
         implementations = list(dict.fromkeys(on_run["implementation"]))
         height = 0.8 / len(implementations)
-        fig, ax = plt.subplots(figsize=(7.5, 0.5 + 0.32 * len(cases) * len(implementations) + 0.4))
+        fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.17 * len(cases) * len(implementations)))
         for k, implementation in enumerate(implementations):
             rows = on_run[on_run["implementation"] == implementation].set_index(["shape", "dtype"])
             y, values, low, high, unstable = [], [], [], [], []
@@ -405,9 +405,11 @@ def ratio_figure(ratios: pd.DataFrame, label: str, methods: Dict[str, str], fig_
         ax.set_xlabel("ratio to MONAI (log scale; below 1 is better)")
         ax.set_title(f"{label}\n{run}", fontsize=9)
         readable_log_axis(ax, "x")
-        handles, labels = ax.get_legend_handles_labels()
+        # Plain patches: a series' first bar may be hatched, and the legend must not suggest that all are.
+        handles = [plt.Rectangle((0, 0), 1, 1, facecolor=style(i)["color"]) for i in implementations]
         hatched = plt.Rectangle((0, 0), 1, 1, facecolor="#bbbbbb", hatch="///", edgecolor="white")
-        legend_outside(ax, handles=handles + [hatched], labels=labels + ["unstable (hatched)"], title="implementation")
+        legend_outside(ax, handles=handles + [hatched], labels=implementations + ["unstable (hatched)"],
+                       title="implementation")
         path = save_figure(fig, fig_dir, f"ratio_{_slug(label)}_{_slug(run)}")[0]
         caption = (f"{esc(label)} on {esc(run)} relative to MONAI, log scale; the black line is parity, the error bars "
                    "the quartile intervals of the ratios, hatched bars are unstable.")
