@@ -266,14 +266,13 @@ def glance_tables(ratios: pd.DataFrame) -> List[str]:
         if not columns:
             continue
         implementations = [i for i in dict.fromkeys(k[3] for k in cells) if i != BASELINE]
-        first = stored[stored["run"] == run].iloc[0]
         header = ["implementation"] + [f"{dtype} {shape}" for _, dtype, shape in columns]
         groups = [("", 1)] + [(label, sum(1 for c in columns if c[0] == label)) for label in dict.fromkeys(c[0] for c in columns)]
         body = [[i] + [ratio_cell(cells[(*c, i)]) if (*c, i) in cells else Cell(SHORT_MISSING, css="missing")
                        for c in columns] for i in implementations]
-        caption = (f"Headline ratios to MONAI on {esc(run_label(stored[stored['run'] == run], 'cpu'))} "
-                   f"({esc(first['cpu'])}): forward+backward on the headline shapes, below 1 is better, quartile "
-                   f"interval in brackets. {UNSTABLE_NOTE}")
+        caption = (f"Headline ratios to MONAI on {esc(run_label(stored[stored['run'] == run], 'cpu'))}: "
+                   "forward+backward on the headline shapes, below 1 is better, quartile interval in brackets. "
+                   f"{UNSTABLE_NOTE}")
         out.append(table(header, body, caption, groups=groups))
     return out
 

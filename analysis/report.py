@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from . import benchmark_report as bench
+from . import benchmark_report as asv_page
 from .benchmark_report import MISSING, SHORT_MISSING, display_path
 from .cli import command
 from .report_template import Cell, code, esc, figure, inline_images, page, table
@@ -40,7 +40,7 @@ DEFAULT_ASV_RESULTS = REPO / "results" / "asv"
 # benchmarks/targets.py's output: the fused path against MONAI and its physical floor.
 DEFAULT_TARGETS = REPO / "results" / "fused" / "targets_cpu.json"
 # `make bench` (pytest-benchmark) writes here; the report includes it when present.
-DEFAULT_BENCH_JSON = REPO / "reports" / "bench.json"
+DEFAULT_BENCH_JSON = REPO / "reports" / "asv_page.json"
 PRECISION_EXPERIMENT = "p1_precision"
 # The report's sections, in order: (id, title). Tests check that each one is present.
 SECTIONS = (
@@ -137,8 +137,8 @@ def collect(results_dir: Path = DEFAULT_RESULTS, asv_dir: Path = DEFAULT_ASV_RES
     from; ``fresh_asv_dir``: a new run's, shown as a comparison against them."""
     data = ReportData(Path(results_dir), Path(asv_dir), Path(fresh_asv_dir) if fresh_asv_dir else None)
     data.experiments = load_experiments(data.results_dir)
-    frames = [bench.load_benchmarks(folder, origin, display_path(folder, REPO))
-              for folder, origin in ((data.asv_dir, bench.STORED), (data.fresh_asv_dir, bench.FRESH)) if folder]
+    frames = [asv_page.load_benchmarks(folder, origin, display_path(folder, REPO))
+              for folder, origin in ((data.asv_dir, asv_page.STORED), (data.fresh_asv_dir, asv_page.FRESH)) if folder]
     frames = [f for f in frames if f is not None]
     data.asv = pd.concat(frames, ignore_index=True) if frames else None
     data.pytest_benchmarks = load_pytest_benchmarks(bench_json)
@@ -221,9 +221,9 @@ def _asv_machine_table(data: ReportData) -> str:
         return (f'<p class="note">Benchmarks: {MISSING} — no asv results under '
                 f"<code>{esc(display_path(data.asv_dir, REPO))}</code>.</p>")
     rows = []
-    folders = {bench.STORED: data.asv_dir, bench.FRESH: data.fresh_asv_dir}
+    folders = {asv_page.STORED: data.asv_dir, asv_page.FRESH: data.fresh_asv_dir}
     for (origin, run, machine), group in data.asv.groupby(["origin", "run", "machine"], sort=False):
-        info = bench.machine_info(folders[origin], machine)
+        info = asv_page.machine_info(folders[origin], machine)
         newest = group[group["latest"]]
         devices = ", ".join(sorted(newest.loc[newest["value"].notna(), "device"].unique())) or "none"
         rows.append([origin, run, info.get("cpu", MISSING), info.get("num_cpu", MISSING), info.get("ram", MISSING),
@@ -291,22 +291,22 @@ def section_implementations(data: ReportData, ratios: Optional[pd.DataFrame], fi
                                   f"<code>{esc(display_path(data.asv_dir, REPO))}</code>; run <code>dicebench run</code>.</p>",
                                   targets_block(data)])
     shown = set()
-    for number, (label, metric, methods) in enumerate(bench.MEASURES, start=4):
-        rows = bench.measure_rows(ratios, methods)
+    for number, (label, metric, methods) in enumerate(asv_page.MEASURES, start=4):
+        rows = asv_page.measure_rows(ratios, methods)
         shown.update(rows["benchmark"])
         parts.append(f"<h3>{esc(label[0].upper() + label[1:])}</h3>")
         if rows.empty:
             parts.append(f'<p class="note">{MISSING}: no benchmark measured it.</p>')
             continue
-        parts.append(bench.measure_table(ratios, label, metric, methods, number))
-        parts.append(bench.figure_html(bench.ratio_figure(ratios, label, methods, fig_dir), out_dir))
+        parts.append(asv_page.measure_table(ratios, label, metric, methods, number))
+        parts.append(asv_page.figure_html(asv_page.ratio_figure(ratios, label, methods, fig_dir), out_dir))
     parts.append(targets_block(data))
-    history = bench.history_figures(ratios, fig_dir)
+    history = asv_page.history_figures(ratios, fig_dir)
     parts.append("<h3>History over commits</h3>")
-    parts.append(bench.figure_html(history, out_dir) if history else
+    parts.append(asv_page.figure_html(history, out_dir) if history else
                  '<p class="note">Every run here holds one commit: no history to draw (<code>make asv-range</code> '
                  "benchmarks a range of commits).</p>")
-    others = sorted(set(ratios.loc[ratios["module"] != bench.SCALING_MODULE, "benchmark"]) - shown)
+    others = sorted(set(ratios.loc[ratios["module"] != asv_page.SCALING_MODULE, "benchmark"]) - shown)
     if others:
         parts.append("<p>Other benchmarks in these results (see asv's own pages): " + ", ".join(esc(o) for o in others) + ".</p>")
     return "\n".join(parts)
@@ -351,10 +351,10 @@ def section_scaling(data: ReportData, ratios: Optional[pd.DataFrame], fig_dir: P
              "and explained under each figure.</p>")
     if ratios is None:
         return intro + f'<p class="note">{MISSING}: no asv results.</p>'
-    figures = bench.scaling_figures(ratios, fig_dir)
+    figures = asv_page.scaling_figures(ratios, fig_dir)
     if not figures:
         return intro + f'<p class="note">{MISSING}: no benchmark was measured at three or more sizes.</p>'
-    return intro + bench.figure_html(figures, out_dir, width=620)
+    return intro + asv_page.figure_html(figures, out_dir, width=620)
 
 
 def precision_table(df: pd.DataFrame) -> str:
@@ -443,11 +443,11 @@ def headline(data: ReportData, ratios: Optional[pd.DataFrame]) -> str:
              + (f" (failed: {', '.join(failed)})" if failed else "") + "."]
     tables = []
     if ratios is not None:
-        items += bench.headline_sentences(ratios)
+        items += asv_page.headline_sentences(ratios)
         gpu = ratios[(ratios["device"] == "cuda") & ratios["value"].notna()]
         items.append("GPU: " + (f"{len(gpu)} numbers measured." if len(gpu) else f"{MISSING} (no GPU results in these runs)."))
-        tables += bench.glance_tables(ratios)
-        fresh = bench.fresh_comparison(ratios)
+        tables += asv_page.glance_tables(ratios)
+        fresh = asv_page.fresh_comparison(ratios)
         if fresh:
             tables.append("<h3>This run against the stored results</h3>")
             tables += fresh
@@ -477,7 +477,7 @@ def write_report(data: ReportData, out_dir: Path, comparison_html: Optional[str]
     if fig_dir.exists():
         shutil.rmtree(fig_dir)  # figures are redrawn every time; stale ones must not linger
     fig_dir.mkdir(parents=True)
-    ratios = bench.with_baseline_ratio(data.asv) if data.asv is not None else None
+    ratios = asv_page.with_baseline_ratio(data.asv) if data.asv is not None else None
     bodies = {
         "run": section_run(data),
         "implementations": section_implementations(data, ratios, fig_dir, out_dir),

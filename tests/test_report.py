@@ -503,3 +503,21 @@ def test_compare_lists_unstable_timings_apart(run_folder, tmp_path):
     moved = [ch for ch in comparison.changes if ch.kind == "benchmark"]
     assert moved and all(UNSTABLE_CELL[0] in ch.what and " mixed float32 " not in f" {ch.what} " for ch in moved)
     assert "not compared, neither a change nor agreement" in comparison_to_text(comparison)
+
+
+def test_scaling_plots_explain_irregular_points(tmp_path):
+    """A 0-byte memory point is drawn (at the axis floor) and named, a number that falls as the size
+    grows is circled and explained, and the slope-1 reference is drawn."""
+    from analysis.benchmark_report import scaling_figures
+    from benchmarks.common import SCALING_VOXELS, voxels
+
+    values = [0.0, 3e6, 12e6, 8e6]  # bytes: nothing measured, then a fall between the last two sizes
+    rows = [dict(run="testbox · stored", benchmark="bench_scaling.Voxels.track_peak_bytes_forward_backward",
+                 module="bench_scaling", implementation="fused", shape=shape, voxels=voxels(shape), value=value,
+                 unit="bytes", status="ok", q25=math.nan, q75=math.nan, spread=math.nan, unstable=False, latest=True)
+            for shape, value in zip(SCALING_VOXELS, values)]
+    ((path, caption),) = scaling_figures(pd.DataFrame(rows), tmp_path)
+    assert path.is_file()
+    assert f"fused at {SCALING_VOXELS[0]}: 0 MiB, 0 bytes measured, drawn at the axis floor" in caption
+    assert f"fused at {SCALING_VOXELS[3]}" in caption and f"lower than at {SCALING_VOXELS[2]}" in caption
+    assert "the dotted line is slope 1" in caption
