@@ -30,11 +30,11 @@ def default_name(info: dict) -> str:
 
 def define(name: Optional[str] = None) -> str:
     """Store (or refresh) the machine entry in asv's machine file; return its name."""
-    from asv.machine import Machine
+    from asv.machine import MachineCollection
 
     info = detected()
     info["machine"] = name or default_name(info)
-    Machine.load(**info)  # merges the keyword fields into ~/.asv-machine.json, no questions asked
+    MachineCollection.save(info["machine"], info)  # ~/.asv-machine.json, other entries kept
     return info["machine"]
 
 
