@@ -100,6 +100,12 @@ def load_benchmarks(asv_dir: Path, origin: str, label: str) -> Optional[pd.DataF
     return df.reset_index(drop=True)
 
 
+def environment_label(env: str) -> str:
+    """asv's environment name as the page shows it: asv names the running environment
+    (``--python=same``) after its interpreter's path, which the page never shows."""
+    return "existing (the running environment)" if str(env).startswith("existing-py_") else str(env)
+
+
 def machine_info(asv_dir: Path, machine: str) -> dict:
     path = Path(asv_dir) / machine / "machine.json"
     return json.loads(path.read_text()) if path.is_file() else {}

@@ -227,7 +227,8 @@ def _asv_machine_table(data: ReportData) -> str:
         newest = group[group["latest"]]
         devices = ", ".join(sorted(newest.loc[newest["value"].notna(), "device"].unique())) or "none"
         rows.append([origin, run, info.get("cpu", MISSING), info.get("num_cpu", MISSING), info.get("ram", MISSING),
-                     str(newest["commit"].iloc[0])[:8], number_cell(group["commit"].nunique()), str(newest["env"].iloc[0]),
+                     str(newest["commit"].iloc[0])[:8], number_cell(group["commit"].nunique()),
+                     asv_page.environment_label(newest["env"].iloc[0]),
                      devices, number_cell(int(newest["value"].notna().sum())),
                      number_cell(int((newest["unstable"]).sum()))])
     return table(["origin", "asv run (machine · folder)", "CPU", "cores", "RAM", "newest commit", "commits stored",
