@@ -28,6 +28,7 @@ from analysis.report import SECTIONS, collect, write_report
 from analysis.storage import load_results, run_experiment
 
 FAST_EXPERIMENTS = ("e2_gradients", "p1_precision")  # a few seconds each at small scale
+NO_EXPERIMENTS = Path("no-experiments-here")  # for pages about benchmarks only (no experiment figures to draw)
 
 Row = List[Tuple[str, Optional[str]]]  # (text, data-value) per cell
 
@@ -247,7 +248,7 @@ def test_the_page_is_one_self_contained_file(run_folder, built_report):
 
 
 def test_figures_can_be_written_beside_the_page(run_folder, tmp_path):
-    data = collect(run_folder / "experiments", run_folder / "asv", targets=run_folder / "targets_cpu.json")
+    data = collect(NO_EXPERIMENTS, run_folder / "asv", targets=run_folder / "targets_cpu.json")
     index = write_report(data, tmp_path / "report", inline_figures=False)
     tables = Tables(index.read_text(encoding="utf-8"))
     assert tables.images
@@ -329,7 +330,7 @@ def two_machine_report(run_folder, tmp_path_factory) -> Tuple[Path, str]:
     root = tmp_path_factory.mktemp("two-machines")
     shutil.copytree(run_folder / "asv", root / "asv")
     write_asv_results(root / "asv", seed=1, machine=OTHER_MACHINE)
-    data = collect(run_folder / "experiments", root / "asv", targets=None)
+    data = collect(NO_EXPERIMENTS, root / "asv", targets=None)
     index = write_report(data, root / "report")
     return root, index.read_text(encoding="utf-8")
 
@@ -393,7 +394,7 @@ def test_the_headline_states_its_interval_or_refuses(run_folder, tmp_path):
     unstable one is said to be unstable and no number is drawn from it."""
     from benchmarks.common import HEADLINE_SHAPES
 
-    data = collect(run_folder / "experiments", run_folder / "asv", targets=None)
+    data = collect(NO_EXPERIMENTS, run_folder / "asv", targets=None)
     html = write_report(data, tmp_path / "stable").read_text(encoding="utf-8")
     glance = html.split('<section id="glance"', 1)[1].split("</section>", 1)[0]
     line = next(li for li in glance.split("<li>") if "fused at " + HEADLINE_SHAPES[0] in li)
@@ -405,7 +406,7 @@ def test_the_headline_states_its_interval_or_refuses(run_folder, tmp_path):
     assert all(len(x.replace(".", "").lstrip("0")) <= 3 for x in (ratio, low, high))
 
     write_asv_results(tmp_path / "asv", unstable=("bench_loss.Headline.time_forward_backward", "'fused'", "'float32'"))
-    data = collect(run_folder / "experiments", tmp_path / "asv", targets=None)
+    data = collect(NO_EXPERIMENTS, tmp_path / "asv", targets=None)
     html = write_report(data, tmp_path / "unstable").read_text(encoding="utf-8")
     glance = html.split('<section id="glance"', 1)[1].split("</section>", 1)[0]
     line = next(li for li in glance.split("<li>") if "fused at " + HEADLINE_SHAPES[0] in li)
@@ -415,7 +416,7 @@ def test_the_headline_states_its_interval_or_refuses(run_folder, tmp_path):
 def test_a_fresh_run_is_compared_with_the_stored_one(run_folder, tmp_path):
     write_asv_results(tmp_path / "fresh", seed=0, machine=OTHER_MACHINE, commit="f" * 40,
                       unstable=("bench_loss.Headline.time_forward_backward", "'mixed'", "'float32'"))
-    data = collect(run_folder / "experiments", run_folder / "asv", targets=None, fresh_asv_dir=tmp_path / "fresh")
+    data = collect(NO_EXPERIMENTS, run_folder / "asv", targets=None, fresh_asv_dir=tmp_path / "fresh")
     html = write_report(data, tmp_path / "report").read_text(encoding="utf-8")
     tables = Tables(html)
     rows = tables.rows_of_tables("This run (otherbox")
