@@ -40,7 +40,7 @@ DEFAULT_ASV_RESULTS = REPO / "results" / "asv"
 # benchmarks/targets.py's output: the fused path against MONAI and its physical floor.
 DEFAULT_TARGETS = REPO / "results" / "fused" / "targets_cpu.json"
 # `make bench` (pytest-benchmark) writes here; the report includes it when present.
-DEFAULT_BENCH_JSON = REPO / "reports" / "asv_page.json"
+DEFAULT_BENCH_JSON = REPO / "reports" / "bench.json"
 PRECISION_EXPERIMENT = "p1_precision"
 # The report's sections, in order: (id, title). Tests check that each one is present.
 SECTIONS = (
