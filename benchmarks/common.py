@@ -169,6 +169,12 @@ def check_supported(name: str, shape: str, dtype: str, device: str = "cpu") -> N
     require(name != "naive" or voxels(shape) <= 2**22, "naive is only timed on small shapes (Python loops)")
     # Each compilation costs 30-70 s on the 2-core machine; one dtype keeps the grid affordable.
     require(name != "vectorized_compiled" or dtype == "float32", "torch.compile is benchmarked in float32 only")
+    if name == "fused" and device == "cpu":
+        # Without its C++ kernel fused falls back to a chunked torch path, many times slower: a number
+        # under fused's name would then measure something else (an installed copy that lacks the kernel).
+        from dice_impls.fused.cpu import extension_available
+
+        require(extension_available(), "fused's C++ CPU kernel is not available in this environment")
 
 
 def _libc():
