@@ -258,28 +258,24 @@ def _headline_rows(ratios: pd.DataFrame, methods: Dict[str, str]) -> pd.DataFram
 
 
 def glance_tables(ratios: pd.DataFrame) -> List[str]:
-    """Per stored run (machine), the headline ratios to MONAI with their intervals: one table
-    each, rows implementations, columns measure x dtype x shape."""
+    """Per stored run (machine) and headline measure, the ratios to MONAI with their intervals:
+    one table each, rows implementations, columns dtype x shape."""
     out = []
     stored = ratios[ratios["origin"] == STORED]
     for run in dict.fromkeys(stored["run"]):
-        columns, cells = [], {}
+        on_run = stored[stored["run"] == run]
         for label, _, methods in GLANCE_MEASURES:
-            rows = _headline_rows(stored[stored["run"] == run], methods)
-            for (dtype, shape), group in rows.groupby(["dtype", "shape"], sort=False):
-                columns.append((label, dtype, shape))
-                cells.update({(label, dtype, shape, r["implementation"]): r for _, r in group.iterrows()})
-        if not columns:
-            continue
-        implementations = [i for i in dict.fromkeys(k[3] for k in cells) if i != BASELINE]
-        header = ["implementation"] + [f"{dtype} {shape}" for _, dtype, shape in columns]
-        groups = [("", 1)] + [(label, sum(1 for c in columns if c[0] == label)) for label in dict.fromkeys(c[0] for c in columns)]
-        body = [[i] + [ratio_cell(cells[(*c, i)]) if (*c, i) in cells else Cell(SHORT_MISSING, css="missing")
-                       for c in columns] for i in implementations]
-        caption = (f"Headline ratios to MONAI on {esc(run_label(stored[stored['run'] == run], 'cpu'))}: "
-                   "forward+backward on the headline shapes, below 1 is better, quartile interval in brackets. "
-                   f"{UNSTABLE_NOTE}")
-        out.append(table(header, body, caption, groups=groups))
+            rows = _headline_rows(on_run, methods)
+            columns = list(dict.fromkeys(zip(rows["dtype"], rows["shape"])))
+            if not columns:
+                continue
+            cells = {(r["dtype"], r["shape"], r["implementation"]): r for _, r in rows.iterrows()}
+            implementations = [i for i in dict.fromkeys(rows["implementation"]) if i != BASELINE]
+            body = [[i] + [ratio_cell(cells[(*c, i)]) if (*c, i) in cells else Cell(SHORT_MISSING, css="missing")
+                           for c in columns] for i in implementations]
+            caption = (f"Headline {esc(label)} on {esc(run_label(on_run, 'cpu'))}, each implementation ÷ MONAI: the "
+                       f"headline shapes, below 1 is better, quartile interval in brackets. {UNSTABLE_NOTE}")
+            out.append(table(["implementation"] + [f"{dtype} {shape}" for dtype, shape in columns], body, caption))
     return out
 
 
