@@ -390,8 +390,8 @@ def ratio_figure(ratios: pd.DataFrame, label: str, methods: Dict[str, str], fig_
                 r = rows.loc[case]
                 y.append(c + (k - (len(implementations) - 1) / 2) * height)
                 values.append(r["ratio"])
-                low.append(r["ratio"] - r["ratio_low"] if np.isfinite(r["ratio_low"]) else 0.0)
-                high.append(r["ratio_high"] - r["ratio"] if np.isfinite(r["ratio_high"]) else 0.0)
+                low.append(r["ratio"] - r["ratio_low"])  # NaN (no samples, e.g. memory): no error bar drawn
+                high.append(r["ratio_high"] - r["ratio"])
                 unstable.append(bool(r["ratio_unstable"]))
             bars = ax.barh(y, values, height=height * 0.9, color=style(implementation)["color"], label=implementation,
                            xerr=[low, high], error_kw=dict(ecolor="#333333", lw=0.8, capsize=2))
