@@ -263,8 +263,9 @@ def test_benchmark_numbers_and_ratios_match_the_stored_results(run_folder, built
 
     stored = load_asv_results(run_folder / "asv")
     tables = Tables(built_report[1])
-    for benchmark, measure, scale in (("bench_loss.Grid.time_forward_backward", "forward+backward time", 1e3),
-                                      ("bench_loss.Headline.track_peak_bytes_forward_backward", "peak memory above", 1 / 2**20)):
+    for benchmark, measure, scale in (("bench_loss.Grid.time_forward_backward", "forward+backward time (cpu:", 1e3),
+                                      ("bench_loss.Headline.track_peak_bytes_forward_backward",
+                                       "peak memory above the inputs (cpu:", 1 / 2**20)):
         rows = tables.rows_of_tables(measure)
         header = [cell[0] for cell in rows[1]]  # rows[0] holds the device groups
         stored_rows = stored[stored["benchmark"] == benchmark]
