@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import label_range, prepare_inputs
+from .checks import ignored_pixels, label_equals, label_range, outside_range, prepare_inputs
 from .registry import get_implementation, resolve_spec
 from .score import loss_from_statistics
 from .spec import DiceSpec
@@ -47,11 +47,14 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Tensor] = 
 
     ``target``: a label map ``(N, *spatial)`` of any integer dtype (converted to int64, what
     ``F.cross_entropy`` reads, when it is not already) or class probabilities ``(N, C, *spatial)``.
-    Pixels labelled ``ignore_index`` leave the loss. ``reduction="mean"`` is ``F.cross_entropy``'s
+    Pixels labelled ``ignore_index`` leave the loss; half logits are computed in float32 (their
+    log-probabilities would keep 3 digits). ``reduction="mean"`` is ``F.cross_entropy``'s
     (weighted) mean, except that a batch with no counted pixel gives 0 instead of NaN;
     ``"none"`` gives ``(N, *spatial)``.
     """
     _check_reduction(reduction)
+    logits = _wide(logits)
+    weight = None if weight is None else weight.to(logits.dtype)
     if target.is_floating_point():
         return F.cross_entropy(logits, target.to(logits.dtype), weight=weight, label_smoothing=label_smoothing,
                                reduction=reduction)
@@ -79,11 +82,12 @@ def binary_cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Ten
     pixels labelled ``ignore_index`` or outside the label range leave the loss. For a label map the
     loss is ``softplus(x) - x`` at the labelled channel and ``softplus(x)`` elsewhere (with
     ``pos_weight``: ``pos_weight * softplus(-x)`` at the labelled channel), summed from a gather of
-    the labelled logit, so no one-hot is built. ``weight`` and ``pos_weight`` hold one value per
+    the labelled logit, so no one-hot is built. Half logits are computed in float32. ``weight`` and ``pos_weight`` hold one value per
     channel (or a scalar) and follow ``F.binary_cross_entropy_with_logits``: ``"mean"`` divides by
     the number of counted elements, 0 when none counts; ``"none"`` gives ``(N, C, *spatial)``.
     """
     _check_reduction(reduction)
+    logits = _wide(logits)
     channels = logits.shape[1]
     shape = (1, channels) + (1,) * (logits.ndim - 2)
     weight = None if weight is None else weight.to(logits.dtype).expand(channels).reshape(shape)
@@ -111,15 +115,24 @@ def binary_cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Ten
     return total / torch.where(count > 0, count, 1)
 
 
+def _wide(logits: Tensor) -> Tensor:
+    """Half logits as float32 (their log-probabilities would round to 3 digits); wider dtypes pass."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def _label_positions(target: Tensor, channels: int, ignore_index: Optional[int]):
     """``(positive_channel, has_positive, counted)`` of a label map, each ``(N, *spatial)``."""
-    low, high = label_range(channels)
-    counted = (target >= low) & (target < high)
-    if ignore_index is not None:
-        counted &= target != ignore_index
+    counted = _in_range_and_kept(target, channels, ignore_index)
     if channels == 1:
-        return torch.zeros_like(target, dtype=torch.long), counted & (target == 1), counted
+        return torch.zeros_like(target, dtype=torch.long), counted & label_equals(target, 1), counted
     return torch.where(counted, target, 0).long(), counted, counted
+
+
+def _in_range_and_kept(target: Tensor, channels: int, ignore_index: Optional[int]) -> Tensor:
+    """Labels inside the label range and not ``ignore_index``, compared exactly in any label dtype."""
+    counted = ~outside_range(target, *label_range(channels))
+    ignored = ignored_pixels(target, ignore_index)
+    return counted if ignored is None else counted & ~ignored
 
 
 def focal_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, gamma: float = 2.0,
@@ -136,7 +149,7 @@ def focal_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, gamma: float =
     if spec.activation == "none":
         raise ValueError("cross-entropy and focal terms need logits: use activation='softmax' or 'sigmoid'")
     _check_reduction(reduction)
-    x = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32; float64 stays float64
+    x = _wide(logits)
     channels = x.shape[1]
     counted = _counted_pixels(target, channels, spec)
     keep = counted.to(x.dtype)
@@ -189,9 +202,7 @@ def _counted_pixels(target: Tensor, channels: int, spec: DiceSpec) -> Tensor:
     """Pixels of the per-pixel term: not ignored and (for label maps) inside the label range."""
     if target.is_floating_point():
         return torch.ones_like(target[:, 0], dtype=torch.bool)
-    low, high = label_range(channels)
-    counted = (target >= low) & (target < high)
-    return counted if spec.ignore_index is None else counted & (target != spec.ignore_index)
+    return _in_range_and_kept(target, channels, spec.ignore_index)
 
 
 def _check_reduction(reduction: str) -> None:
@@ -259,8 +270,7 @@ class DiceCELoss(_CompoundLoss):
         super().__init__(impl, spec, lambda_dice, lambda_ce, weighted_ce, fields)
 
     def pixel_term(self, logits: Tensor, target: Tensor) -> Tensor:
-        x = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32 log-probabilities
-        reduction, weight = self.spec.reduction, self.class_weight(x)
+        x, reduction, weight = logits, self.spec.reduction, self.class_weight(logits)
         if target.is_floating_point():
             fn = cross_entropy if self.spec.activation == "softmax" else binary_cross_entropy
             return fn(x, target, weight=weight, reduction=reduction)

@@ -55,13 +55,20 @@ def activation_of(fn: Optional[Callable]) -> Optional[str]:
 
 
 def apply_activation(fn: Callable, logits: Tensor, argument: str) -> Tensor:
-    """``fn(logits)``, which must keep the logits' shape (the spec then scores it as probabilities)."""
+    """``fn(logits)``, scored by the spec as probabilities: it must keep the logits' shape and give
+    values in [0, 1]. Outside [0, 1] a denominator can be negative, which the spec clamps at 0 and
+    the peers divide by; such an activation is refused rather than scored differently."""
     if not callable(fn):
         raise TypeError(f"{argument} must be None or callable but is {type(fn).__name__}.")
     out = fn(logits)
     if not isinstance(out, Tensor) or out.shape != logits.shape:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"{argument} must return a tensor of the logits' shape {tuple(logits.shape)}, got {shape}")
+    if out.numel():
+        low, high = (float(v) for v in torch.aminmax(out.detach()))
+        if not 0 <= low <= high <= 1:  # also False for NaN
+            raise ValueError(f"{argument} must give probabilities in [0, 1] (it is not expressible as a DiceSpec "
+                             f"otherwise), got values in [{low:.4g}, {high:.4g}]")
     return out
 
 

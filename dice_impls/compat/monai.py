@@ -224,7 +224,7 @@ class DiceCELoss(nn.Module):
 
     def ce(self, input: Tensor, target: Tensor) -> Tensor:
         """MONAI's cross-entropy term of ``(input, target)`` (binary for one channel)."""
-        weight = None if self.class_weight is None else self.class_weight.to(input)
+        weight = None if self.class_weight is None else self.class_weight.to(input.device)  # cast where computed
         if input.shape[1] == 1:
             return binary_cross_entropy(input, target.to(input.dtype), pos_weight=weight, reduction=self.reduction)
         if target.shape[1] == 1:

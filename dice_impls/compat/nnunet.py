@@ -129,7 +129,7 @@ class DC_and_CE_loss(nn.Module):  # noqa: N801 (nnU-Net's name)
     def ce(self, net_output: Tensor, labels: Tensor) -> Tensor:
         kwargs = dict(self.ce_kwargs)
         if kwargs["weight"] is not None:
-            kwargs["weight"] = kwargs["weight"].to(net_output)
+            kwargs["weight"] = kwargs["weight"].to(net_output.device)  # cast to the dtype CE is computed in
         return cross_entropy(net_output, labels, **kwargs)
 
 
