@@ -15,6 +15,10 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# nnU-Net's loss modules, for the conformance tests of dice_impls.compat.nnunet: --no-deps keeps
+	# torch 2.13.0 (nnunetv2's requirements pull a newer torch and CUDA wheels through torchvision);
+	# the loss modules import only torch and numpy, already installed.
+	$(BIN)/python -m pip install -q --no-deps nnunetv2==2.8.1
 	touch $@
 
 install: $(INSTALLED)
