@@ -54,7 +54,7 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Tensor] = 
     """
     _check_reduction(reduction)
     logits = _wide(logits)
-    weight = None if weight is None else weight.to(logits.dtype)
+    weight = None if weight is None else weight.to(logits)
     if target.is_floating_point():
         return F.cross_entropy(logits, target.to(logits.dtype), weight=weight, label_smoothing=label_smoothing,
                                reduction=reduction)
@@ -68,7 +68,7 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Tensor] = 
     if weight is None:
         normalizer = counted.sum(dtype=total.dtype)
     else:
-        normalizer = (weight.to(total.dtype)[torch.where(counted, labels, 0)] * counted).sum()
+        normalizer = (weight[torch.where(counted, labels, 0)] * counted).sum()
     return total / torch.where(normalizer > 0, normalizer, 1)  # nothing counted: total is 0, so is the mean
 
 
@@ -90,8 +90,8 @@ def binary_cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Ten
     logits = _wide(logits)
     channels = logits.shape[1]
     shape = (1, channels) + (1,) * (logits.ndim - 2)
-    weight = None if weight is None else weight.to(logits.dtype).expand(channels).reshape(shape)
-    pos_weight = None if pos_weight is None else pos_weight.to(logits.dtype).expand(channels).reshape(shape)
+    weight = None if weight is None else weight.to(logits).expand(channels).reshape(shape)
+    pos_weight = None if pos_weight is None else pos_weight.to(logits).expand(channels).reshape(shape)
     if target.is_floating_point():
         pos = None if pos_weight is None else pos_weight.reshape(shape[1:])  # F broadcasts it over the last dims
         return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), weight=weight,
@@ -153,9 +153,10 @@ def focal_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, gamma: float =
     channels = x.shape[1]
     counted = _counted_pixels(target, channels, spec)
     keep = counted.to(x.dtype)
-    class_factor = x.new_ones(channels) if weight is None else weight.to(x.dtype)
+    class_factor = x.new_ones(channels) if weight is None else weight.to(x)
     if alpha is not None and spec.activation == "softmax":
-        class_factor = class_factor * torch.tensor([1 - alpha] + [alpha] * (channels - 1), dtype=x.dtype)
+        class_factor = class_factor * torch.tensor([1 - alpha] + [alpha] * (channels - 1), dtype=x.dtype,
+                                                   device=x.device)
     if spec.activation == "softmax":
         log_p = F.log_softmax(x, dim=1)
         if target.is_floating_point():  # class probabilities: the expectation over the target
