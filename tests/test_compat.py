@@ -350,6 +350,37 @@ def test_nnunet_refusals_and_ddp_without_process_group():
                                nnunet_dice.MemoryEfficientSoftDiceLoss(ddp=False, **kwargs)(logits, labels))
 
 
+DDP_PROBE = """
+import sys, torch, torch.distributed as dist
+import nnunetv2.training.loss.dice as nnunet_dice
+from nnunetv2.utilities.helpers import softmax_helper_dim1
+from dice_impls.compat import nnunet as ours
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+gen = torch.Generator().manual_seed(0)
+logits, labels = torch.randn(2, 3, 5, 4, 3, generator=gen), torch.randint(3, (2, 1, 5, 4, 3), generator=gen)
+kwargs = dict(apply_nonlin=softmax_helper_dim1, batch_dice=True, do_bg=False, smooth=1e-5, ddp=True)
+results = []
+for loss_fn in (ours.MemoryEfficientSoftDiceLoss(**kwargs), nnunet_dice.MemoryEfficientSoftDiceLoss(**kwargs)):
+    x = logits.clone().requires_grad_()
+    loss = loss_fn(x, labels)
+    loss.backward()
+    results.append((loss.detach(), x.grad))
+print(float((results[0][0] - results[1][0]).abs()), float((results[0][1] - results[1][1]).abs().max()))
+dist.destroy_process_group()
+"""
+
+
+def test_nnunet_ddp_with_a_process_group(tmp_path):
+    """ddp=True with batch Dice and an initialised (one-rank gloo) group: our global_dice_loss path
+    against nnU-Net's AllGatherGrad, which with one rank have the same value and gradient."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", DDP_PROBE, str(tmp_path / "rendezvous")], capture_output=True,
+                         text=True, check=True, cwd=root, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    loss_diff, grad_diff = (float(v) for v in out.stdout.split())
+    assert loss_diff < 1e-6 and grad_diff < 1e-7, out.stdout
+
+
 # ----------------------------------------------------------------------------------------------- smp
 
 @st.composite
