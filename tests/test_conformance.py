@@ -269,6 +269,29 @@ def test_nnunet_memory_efficient_soft_dice(batch, spatial, ignore, impl):
                 relation=str(spec))
 
 
+@pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_nnunet_preset_against_installed_nnunetv2(batch, ignore):
+    """The preset against nnunetv2 2.8.1 itself (installed with --no-deps): its
+    MemoryEfficientSoftDiceLoss as DC_and_CE_loss calls it, ignored pixels relabelled 0 and masked.
+    nnunetv2 2.8.1 sums in float32 even for float64 logits, hence the float32-level tolerance."""
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+
+    channels = 4
+    ignore_label = channels if ignore else None
+    logits, labels = random_inputs((3, 6, 5, 4), channels, torch.float64, seed=30 + 2 * batch + ignore,
+                                   ignore_index=ignore_label, empty_classes=(2,))
+    peer = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=batch, do_bg=False, smooth=1e-5,
+                                       ddp=False)
+    target = labels.unsqueeze(1)
+    mask = None if ignore_label is None else (target != ignore_label)
+    peer_target = target if mask is None else torch.where(mask, target, 0)
+    spec = DiceSpec.preset("nnunet", ignore_index=ignore_label, batch=batch)
+    assert_same(loss_and_grad(lambda x: dice_impls.dice_loss(x, labels, spec), logits),
+                loss_and_grad(lambda x: peer(x, peer_target, loss_mask=mask), logits), dict(loss=1e-6, grad=1e-8))
+
+
 def test_nnunet_denominator_clip_with_zero_smooth():
     """nnU-Net clips the denominator at 1e-8: with smooth=0 an all-ignored image scores 0/1e-8 = 0
     (not our empty-denominator 1), which is what the preset's min_denominator reproduces."""

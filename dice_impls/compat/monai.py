@@ -65,7 +65,10 @@ class _RegionLoss(nn.Module):
         self.class_weight = _as_weights(weight)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        target = self.target(input, target)
+        return self.loss(input, self.target(input, target))
+
+    def loss(self, input: Tensor, target: Tensor) -> Tensor:
+        """The loss of a target already in the spec's encoding (``target()``)."""
         spec = self.spec_for(input.shape[1])
         if self.other_act is not None:
             input = apply_activation(self.other_act, input, "other_act")
@@ -259,8 +262,9 @@ class DiceFocalLoss(nn.Module):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         _check_compound_inputs(input, target)
-        dice_loss = self.dice(input, target)  # validates the target before the focal term reads it
-        return self.lambda_dice * dice_loss + self.lambda_focal * self.focal(input, self.dice.target(input, target))
+        target = self.dice.target(input, target)
+        dice_loss = self.dice.loss(input, target)  # validates the target before the focal term reads it
+        return self.lambda_dice * dice_loss + self.lambda_focal * self.focal(input, target)
 
     def focal(self, input: Tensor, target: Tensor) -> Tensor:
         """MONAI's sigmoid ``FocalLoss`` of ``input`` against the Dice term's target encoding."""
