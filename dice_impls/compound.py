@@ -82,9 +82,10 @@ def binary_cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Ten
     pixels labelled ``ignore_index`` or outside the label range leave the loss. For a label map the
     loss is ``softplus(x) - x`` at the labelled channel and ``softplus(x)`` elsewhere (with
     ``pos_weight``: ``pos_weight * softplus(-x)`` at the labelled channel), summed from a gather of
-    the labelled logit, so no one-hot is built. Half logits are computed in float32. ``weight`` and ``pos_weight`` hold one value per
-    channel (or a scalar) and follow ``F.binary_cross_entropy_with_logits``: ``"mean"`` divides by
-    the number of counted elements, 0 when none counts; ``"none"`` gives ``(N, C, *spatial)``.
+    the labelled logit, so no one-hot is built. Half logits are computed in float32. ``weight``
+    and ``pos_weight`` hold one value per channel (or a scalar) and follow
+    ``F.binary_cross_entropy_with_logits``: ``"mean"`` divides by the number of counted elements,
+    0 when none counts; ``"none"`` gives ``(N, C, *spatial)``.
     """
     _check_reduction(reduction)
     logits = _wide(logits)
@@ -100,7 +101,9 @@ def binary_cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Ten
     index = positive_channel.unsqueeze(1)
     negative = F.softplus(logits)  # the loss of every element whose target is 0
     x_pos = logits.gather(1, index)
-    positive = F.softplus(-x_pos) if pos_weight is None else pos_weight.expand_as(logits).gather(1, index) * F.softplus(-x_pos)
+    positive = F.softplus(-x_pos)  # the loss of the labelled element, whose target is 1
+    if pos_weight is not None:
+        positive = positive * pos_weight.expand_as(logits).gather(1, index)
     if weight is not None:
         negative = negative * weight
         positive = positive * weight.expand_as(logits).gather(1, index)

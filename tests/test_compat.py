@@ -81,7 +81,7 @@ def compare(name, ours, peer, logits, dtype, *args):
     assert grad.dtype == dtype
     errors = error(loss, peer_loss, 1.0), error(grad, peer_grad, torch.finfo(torch.float32).tiny)
     record = WORST[f"{name} ({'float32' if dtype == torch.float32 else 'bfloat16'}, {'mixed' if dense else 'fused'})"]
-    absolute = ((loss.double() - peer_loss.double()).abs().max().item(), (grad.double() - peer_grad.double()).abs().max().item())
+    absolute = tuple((a.double() - b.double()).abs().max().item() for a, b in ((loss, peer_loss), (grad, peer_grad)))
     record[0] += 1
     record[1:] = [max(old, new) for old, new in zip(record[1:], errors + absolute)]
     tol = TOLERANCE[("mixed" if dense else "fused", dtype)]
@@ -130,7 +130,8 @@ def monai_region_case(draw, kind):
     logits, labels, dtype = draw(problems())
     channels = logits.shape[1]
     generic = channels > 1 and dtype == torch.float32  # a user's callable would run in bfloat16 on both sides
-    activation = draw(st.sampled_from(["softmax", "sigmoid"] + ["other_act"] * generic if channels > 1 else ["sigmoid"]))
+    activations = ["softmax", "sigmoid"] + ["other_act"] * generic if channels > 1 else ["sigmoid"]
+    activation = draw(st.sampled_from(activations))
     act = dict(softmax=activation == "softmax", sigmoid=activation == "sigmoid")
     if activation == "other_act":  # a callable the spec does not know: applied, then scored as probabilities
         act["other_act"] = lambda x: torch.softmax(2 * x, 1)
@@ -326,9 +327,10 @@ def test_nnunet_dc_and_ce_loss(data):
     all_ignored = kwargs["ignore_label"] is not None and bool((target == kwargs["ignore_label"]).all())
     if all_ignored and kwargs["weight_dice"] == 0:
         kwargs["weight_dice"] = 1.0  # both terms 0: nothing to compare
-    ours = ours_nnunet.DC_and_CE_loss(soft_dice_kwargs, ce_kwargs, dice_class=getattr(ours_nnunet, dice_class), **kwargs)
-    peer = nnunet_compound.DC_and_CE_loss(soft_dice_kwargs, dict(ce_kwargs), dice_class=getattr(nnunet_dice, dice_class),
-                                          **kwargs)
+    ours = ours_nnunet.DC_and_CE_loss(soft_dice_kwargs, ce_kwargs, dice_class=getattr(ours_nnunet, dice_class),
+                                      **kwargs)
+    peer = nnunet_compound.DC_and_CE_loss(soft_dice_kwargs, dict(ce_kwargs),
+                                          dice_class=getattr(nnunet_dice, dice_class), **kwargs)
     if all_ignored:  # every pixel ignored: both give the Dice term alone
         with torch.no_grad():
             torch.testing.assert_close(ours(logits.float(), target), peer(logits.float(), target), rtol=1e-6, atol=1e-7)
@@ -386,7 +388,8 @@ def test_nnunet_ddp_with_a_process_group(tmp_path):
 @st.composite
 def smp_case(draw, kind):
     mode = draw(st.sampled_from(["binary", "multiclass", "multilabel"]))
-    logits, labels, dtype = draw(problems(min_channels=1 if mode == "binary" else 2, max_channels=1 if mode == "binary" else 4))
+    binary = mode == "binary"
+    logits, labels, dtype = draw(problems(min_channels=1 if binary else 2, max_channels=1 if binary else 4))
     channels = logits.shape[1]
     kwargs = dict(log_loss=draw(st.booleans()), from_logits=draw(st.booleans()),
                   smooth=draw(st.sampled_from([0.0, 0.5])), eps=draw(st.sampled_from([1e-7, 1e-3])))

@@ -84,12 +84,14 @@ class _RegionLoss(nn.Module):
             warn_ignored("to_onehot_y=True")
         if channels > 1 and self.to_onehot_y:
             if target.shape[1] != 1:
-                raise ValueError(f"to_onehot_y=True needs a label map of shape (B, 1, *spatial), got {tuple(target.shape)}")
+                raise ValueError(
+                    f"to_onehot_y=True needs a label map of shape (B, 1, *spatial), got {tuple(target.shape)}")
             return label_map(target, ignore_index)
         if channels == 1 and not target.is_floating_point():
             return target  # a {0, 1} label map of the single channel
         if target.shape != input.shape:
-            raise ValueError(f"ground truth has different shape ({tuple(target.shape)}) from input ({tuple(input.shape)})")
+            raise ValueError(
+                f"ground truth has different shape ({tuple(target.shape)}) from input ({tuple(input.shape)})")
         if ignore_index is not None:
             raise ValueError(
                 "ignore_index with a one-hot or soft target is not supported here (MONAI masks by the target's "
@@ -152,7 +154,8 @@ class DiceLoss(_RegionLoss):
 
 
 class GeneralizedDiceLoss(_RegionLoss):
-    """``monai.losses.GeneralizedDiceLoss``; ``reduction="none"`` gives ``(B, 1, 1, ...)``, ``(1, 1, ...)`` with ``batch``."""
+    """``monai.losses.GeneralizedDiceLoss``; ``reduction="none"`` gives ``(B, 1, 1, ...)``, ``(1, 1, ...)``
+    with ``batch``."""
 
     def __init__(self, include_background: bool = True, to_onehot_y: bool = False, sigmoid: bool = False,
                  softmax: bool = False, other_act: Optional[Callable] = None, w_type="square", reduction="mean",
@@ -234,7 +237,8 @@ class DiceCELoss(nn.Module):
             return cross_entropy(input, target[:, 0], weight=weight, label_smoothing=self.label_smoothing,
                                  reduction=self.reduction)
         dense = target if target.is_floating_point() else target.to(input.dtype)
-        return cross_entropy(input, dense, weight=weight, label_smoothing=self.label_smoothing, reduction=self.reduction)
+        return cross_entropy(input, dense, weight=weight, label_smoothing=self.label_smoothing,
+                             reduction=self.reduction)
 
 
 class DiceFocalLoss(nn.Module):
