@@ -15,8 +15,10 @@ because timings on a shared machine vary far more than seeded computations.
 from __future__ import annotations
 
 import argparse
+import json
 import math
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -73,7 +75,8 @@ class Comparison:
 
 
 def relative_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # From 0 the change is infinite (the division by the tiny floor overflows): inf, no warning.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.abs(a - b) / np.maximum(np.abs(b), np.finfo(float).tiny)
 
 
@@ -214,6 +217,8 @@ def comparison_to_html(c: Comparison) -> str:
 
 
 DESCRIPTION = "Compare two run folders (exit status 1 when a number or claim moved beyond the tolerance)."
+# What makes two asv machines the same hardware (asv's machine.json); its name and OS version do not.
+MACHINE_FIELDS = ("arch", "cpu", "num_cpu", "ram")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,6 +227,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance for experiment numbers and claims")
     parser.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance for experiment numbers and claims")
     parser.add_argument("--time-rtol", type=float, default=0.25, help="relative tolerance for asv timings and memory")
+    parser.add_argument("--across-machines", action="store_true",
+                        help="compare asv timings even when the two runs measured them on different machines")
+
+
+def asv_machines(asv_dir: Path) -> List[str]:
+    """The machines of an asv results folder, each as its hardware (machine.json) or, without it, its name."""
+    machines = []
+    for folder in sorted(p for p in Path(asv_dir).iterdir() if p.is_dir()):
+        info = json.loads((folder / "machine.json").read_text()) if (folder / "machine.json").is_file() else {}
+        machines.append(", ".join(str(info[k]) for k in MACHINE_FIELDS if k in info) or folder.name)
+    return machines
 
 
 def main(args: argparse.Namespace) -> int:
@@ -229,6 +245,18 @@ def main(args: argparse.Namespace) -> int:
         run_a, run_b = RunPaths.of(args.run_a), RunPaths.of(args.run_b)
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None
-    comparison = compare_runs(run_a, run_b, args.rtol, args.atol, args.time_rtol)
+    if run_a.asv and run_b.asv and not args.across_machines:
+        machines_a, machines_b = asv_machines(run_a.asv), asv_machines(run_b.asv)
+        if machines_a and machines_b and machines_a != machines_b:
+            # Timings of two machines differ by their hardware; only the seeded numbers can reproduce.
+            print(f"dicebench compare: warning: asv timings not compared: A measured on {'; '.join(machines_a)}, "
+                  f"B on {'; '.join(machines_b)} (--across-machines compares them anyway)", file=sys.stderr)
+            run_a, run_b = replace(run_a, asv=None), replace(run_b, asv=None)
+    try:
+        comparison = compare_runs(run_a, run_b, args.rtol, args.atol, args.time_rtol)
+    except FileNotFoundError as error:  # a run folder without some of its files
+        raise UsageError(str(error)) from None
+    if not comparison.checked and not comparison.changes:
+        raise UsageError(f"nothing to compare: {args.run_a} and {args.run_b} share no stored numbers")
     print(comparison_to_text(comparison))
     return 1 if comparison.moved else 0

@@ -9,26 +9,30 @@ in-process and in each worker alike (a task's numbers must not depend on where i
 - ``workers=N``: a pool of N local processes, started with ``spawn`` (a fresh interpreter each,
   nothing inherited from this one but the import path and environment) and reused by later calls;
 - ``scheduler="tcp://HOST:PORT"``: an existing Dask distributed cluster (``distributed.Client``).
-  Its workers must import this project at the same commit (and the experiment module), e.g. with
-  ``dask worker tcp://HOST:PORT`` started from a checkout with the package installed.
+  Its workers must run the same code: before submitting, each worker's digest of the ``analysis``
+  and ``dice_impls`` sources, the experiment module and the torch/numpy/pandas versions
+  (:func:`code_identity`) is compared with this process's, and a mismatch is refused.
 
-Progress counts tasks: a tqdm bar on a terminal, plain lines (about every 5 %) otherwise.
+Progress counts tasks (``analysis.progress.track``: a tqdm bar on a terminal, plain lines otherwise).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import sys
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from importlib import import_module
+from pathlib import Path
 from types import ModuleType
 from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 import torch
+
+from .progress import track
 
 
 class TaskError(RuntimeError):
@@ -72,7 +76,7 @@ def run_tasks(module: ModuleType, config, tasks: Sequence[dict], *, workers: int
         raise ValueError("give either workers (local processes) or scheduler (a Dask cluster), not both")
     if scheduler is not None and "://" not in scheduler:
         raise ValueError(f"scheduler must be an address such as tcp://HOST:PORT, got {scheduler!r}")
-    bar = Progress(module.__name__.rsplit(".", 1)[-1], len(tasks), enabled=progress)
+    bar = track(total=len(tasks), desc=module.__name__.rsplit(".", 1)[-1], unit="task", disable=not progress)
     try:
         if scheduler is not None:
             frames = _on_dask(module, config, tasks, scheduler, bar)
@@ -130,10 +134,41 @@ def _in_processes(module, config, tasks, workers, bar) -> List[pd.DataFrame]:
     return [future.result() for future in futures]
 
 
-def _on_dask(module, config, tasks, scheduler, bar) -> List[pd.DataFrame]:
-    from distributed import Client, as_completed
+def code_identity(module_name: str) -> str:
+    """A digest of what a task's numbers depend on besides its inputs: the source of ``analysis``,
+    ``dice_impls`` and the experiment module, and the torch, numpy and pandas versions."""
+    import dice_impls
+    import numpy
 
-    with Client(scheduler) as client:
+    digest = hashlib.sha256(f"{torch.__version__} {numpy.__version__} {pd.__version__}".encode())
+    module_file = Path(import_module(module_name).__file__)
+    files = [(Path(package.__file__).parent, sorted(Path(package.__file__).parent.rglob("*.py")))
+             for package in (sys.modules[__package__], dice_impls)] + [(module_file.parent, [module_file])]
+    for root, paths in files:
+        for path in paths:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _on_dask(module, config, tasks, scheduler, bar) -> List[pd.DataFrame]:
+    try:
+        from distributed import Client, as_completed
+    except ImportError as error:
+        raise ImportError("--scheduler needs the Dask distributed package: pip install 'dicebench[experiments]'") from error
+
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as error:
+        raise ConnectionError(f"could not reach the Dask scheduler at {scheduler}: {error}") from error
+    with client:
+        ours = code_identity(module.__name__)
+        theirs = client.run(code_identity, module.__name__)
+        if not theirs:
+            raise ConnectionError(f"the Dask cluster at {scheduler} has no workers")
+        stale = sorted(worker for worker, identity in theirs.items() if identity != ours)
+        if stale:
+            raise RuntimeError(f"Dask workers {stale} run different code or library versions than this checkout; "
+                               "start them from the same commit and environment")
         futures = [client.submit(run_task, module.__name__, config, task, pure=False) for task in tasks]
         try:
             for future in as_completed(futures):
@@ -142,35 +177,3 @@ def _on_dask(module, config, tasks, scheduler, bar) -> List[pd.DataFrame]:
             return client.gather(futures)
         finally:
             client.cancel(futures)
-
-
-class Progress:
-    """Tasks done out of ``total``: a tqdm bar when stderr is a terminal, else a plain line about
-    every 5 % (and at the end), so logs stay readable."""
-
-    def __init__(self, name: str, total: int, enabled: bool = True):
-        self.name, self.total, self.done, self.enabled = name, total, 0, enabled and total > 0
-        self.start = time.perf_counter()
-        self.bar = None
-        self.printed = 0
-        if self.enabled and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=name, unit="task")
-
-    def update(self, count: int = 1) -> None:
-        self.done += count
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(count)
-            return
-        step = self.done * 20 // self.total
-        if step != self.printed:
-            self.printed = step
-            print(f"{self.name}: {self.done}/{self.total} tasks ({time.perf_counter() - self.start:.1f} s)",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
