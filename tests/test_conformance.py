@@ -317,8 +317,8 @@ def test_nnunet_negated_form_is_one_minus_dice_shifted():
 
 # ------------------------------------------------------------------------------------------------ smp
 
-# smp >= 0.4 scores (I + smooth) / max(I + FP/2 + FN/2 + smooth, eps) with I = sum min(p, g).
-SMP_SINCE_0_4 = dict(fp_weight=0.5, fn_weight=0.5, soft_label=True)
+# smp >= 0.4 scores (I + smooth) / max(I + FP/2 + FN/2 + smooth, eps) with I = sum min(p, g): the
+# preset's fp_weight = fn_weight = 1/2 and soft_label.
 SMP_GRID = list(itertools.product((None, 255), (False, True), (None, (1, 2, 3))))
 
 
@@ -350,12 +350,11 @@ def test_smp_eps_clamp_on_tiny_soft_targets():
     """smp clamps the denominator at eps=1e-7; it binds only when sum(p) + sum(g) < 1e-7, e.g. a
     near-empty soft target with confident negatives. Gradients there are tiny: compared relatively.
     smp (since 0.4) scores with its Tversky index at alpha = beta = 1/2, whose eps clamps half the
-    F-beta denominator, and with the soft-label intersection: the preset needs both overrides
-    (SMP_SINCE_0_4) to match it here; on hard labels with smooth 0 the preset alone matches."""
+    F-beta denominator, and with the soft-label intersection, as the preset does."""
     gen = torch.Generator().manual_seed(19)
     logits = -40 + torch.randn(2, 1, 6, 6, generator=gen, dtype=torch.float64)
     soft = torch.rand(2, 1, 6, 6, generator=gen, dtype=torch.float64) * 1e-12
-    spec = DiceSpec.preset("smp", activation="sigmoid", **SMP_SINCE_0_4)
+    spec = DiceSpec.preset("smp", activation="sigmoid")
     loss, grad = loss_and_grad(lambda x: dice_impls.dice_loss(x, soft, spec), logits)
     peer_loss, peer_grad = loss_and_grad(lambda x: smp_dice_loss(x, soft, "binary"), logits)
     torch.testing.assert_close(loss, peer_loss, rtol=1e-12, atol=0)
