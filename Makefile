@@ -10,16 +10,24 @@ INSTALLED := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch is pinned and installed first: 2.13.0 is the CPU build; an unpinned torch pulls CUDA.
+# torch is pinned and installed first. pip's default torch==2.13.0 is the CUDA build on Linux
+# (several GB) unless a CPU wheel is at hand, as on the development machine; for the CPU build
+# elsewhere: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# nnU-Net's loss modules, for the conformance tests of dice_impls.compat.nnunet: --no-deps keeps
+	# torch 2.13.0 (nnunetv2's requirements pull a newer torch and CUDA wheels through torchvision);
+	# the loss modules import only torch and numpy, already installed.
+	$(BIN)/python -m pip install -q --no-deps nnunetv2==2.8.1
 	touch $@
 
 install: $(INSTALLED)
 
-# Triton kernels run on the CPU through its interpreter in tests.
+# Triton kernels run on the CPU through its interpreter in tests. The micro benchmarks are skipped
+# (--benchmark-skip in pyproject's addopts; make bench runs them).
 test: install
 	TRITON_INTERPRET=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q
 
@@ -98,7 +106,7 @@ asv-gpu: install
 # pytest-benchmark micro suite -> reports/bench.json (a second source for the report).
 bench: install
 	mkdir -p reports
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -m benchmark_suite -p no:xdist -q tests/test_benchmarks_micro.py --benchmark-json=reports/bench.json
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest --benchmark-only -p no:xdist -q tests/test_benchmarks_micro.py --benchmark-json=reports/bench.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -10,17 +10,20 @@ and every float column is compared with ``|a - b| <= atol + rtol * |b|`` (NaN eq
 Claims are matched by id: a flipped outcome or a value beyond the tolerance is reported.
 Benchmarks (each machine's newest commit) are matched on machine, benchmark and parameters and
 compared with the looser ``time_rtol``, because timings on a shared machine vary far more than
-seeded computations. When the two runs share no machine, that is reported as a difference of
-setting and the numbers are matched without it. A timing that is unstable in either run
-(``benchmarks.results.is_unstable``: quartile spread over 15 % of the median, or too few samples)
-is listed as unstable instead of being compared: it neither counts as a change nor as agreement.
+seeded computations. When the two runs share no machine name, the numbers are matched without it
+(the command compares timings of different hardware only with ``--across-machines``). A timing
+that is unstable in either run (``benchmarks.results.is_unstable``: quartile spread over 15 % of
+the median, or too few samples) is listed as unstable instead of being compared: it neither
+counts as a change nor as agreement.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -78,6 +81,7 @@ class Comparison:
 
 
 def relative_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # From 0 the change is infinite (the division by the tiny floor overflows): inf, no warning.
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.abs(a - b) / np.maximum(np.abs(b), np.finfo(float).tiny)
 
@@ -170,10 +174,9 @@ def compare_benchmarks(a_dir: Optional[Path], b_dir: Optional[Path],
 
     frames = [latest(load_asv_results(d)) for d in (a_dir, b_dir)]
     changes = []
-    machines = [sorted(f["machine"].unique()) for f in frames]
-    if not set(machines[0]) & set(machines[1]):
-        changes.append(Change("setting", "asv", "no machine in common: timings of different machines compared",
-                              ", ".join(machines[0]), ", ".join(machines[1])))
+    if not set(frames[0]["machine"]) & set(frames[1]["machine"]):
+        # No machine name in common (the command line compares such runs only when asked to,
+        # --across-machines): match the numbers without it.
         frames = [f.assign(machine="(any)") for f in frames]
     keys = [k for k in BENCHMARK_KEYS if all(k in f for f in frames)]
     a, b = (f.groupby(keys, dropna=False).agg(value=("value", "median"), unstable=("unstable", "any")) for f in frames)
@@ -248,6 +251,8 @@ def comparison_to_html(c: Comparison) -> str:
 
 
 DESCRIPTION = "Compare two run folders (exit status 1 when a number or claim moved beyond the tolerance)."
+# What makes two asv machines the same hardware (asv's machine.json); its name and OS version do not.
+MACHINE_FIELDS = ("arch", "cpu", "num_cpu", "ram")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -256,6 +261,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance for experiment numbers and claims")
     parser.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance for experiment numbers and claims")
     parser.add_argument("--time-rtol", type=float, default=0.25, help="relative tolerance for asv timings and memory")
+    parser.add_argument("--across-machines", action="store_true",
+                        help="compare asv timings even when the two runs measured them on different machines")
+
+
+def asv_machines(asv_dir: Path) -> List[str]:
+    """The machines of an asv results folder, each as its hardware (machine.json) or, without it, its name."""
+    machines = []
+    for folder in sorted(p for p in Path(asv_dir).iterdir() if p.is_dir()):
+        info = json.loads((folder / "machine.json").read_text()) if (folder / "machine.json").is_file() else {}
+        machines.append(", ".join(str(info[k]) for k in MACHINE_FIELDS if k in info) or folder.name)
+    return machines
 
 
 def main(args: argparse.Namespace) -> int:
@@ -263,6 +279,18 @@ def main(args: argparse.Namespace) -> int:
         run_a, run_b = RunPaths.of(args.run_a), RunPaths.of(args.run_b)
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None
-    comparison = compare_runs(run_a, run_b, args.rtol, args.atol, args.time_rtol)
+    if run_a.asv and run_b.asv and not args.across_machines:
+        machines_a, machines_b = asv_machines(run_a.asv), asv_machines(run_b.asv)
+        if machines_a and machines_b and machines_a != machines_b:
+            # Timings of two machines differ by their hardware; only the seeded numbers can reproduce.
+            print(f"dicebench compare: warning: asv timings not compared: A measured on {'; '.join(machines_a)}, "
+                  f"B on {'; '.join(machines_b)} (--across-machines compares them anyway)", file=sys.stderr)
+            run_a, run_b = replace(run_a, asv=None), replace(run_b, asv=None)
+    try:
+        comparison = compare_runs(run_a, run_b, args.rtol, args.atol, args.time_rtol)
+    except FileNotFoundError as error:  # a run folder without some of its files
+        raise UsageError(str(error)) from None
+    if not comparison.checked and not comparison.changes:
+        raise UsageError(f"nothing to compare: {args.run_a} and {args.run_b} share no stored numbers")
     print(comparison_to_text(comparison))
     return 1 if comparison.moved else 0

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import List
 
+from .errors import UsageError
 from .experiments import SCALE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,13 +87,11 @@ def run_asv(results_dir: Path, quick: bool) -> int:
 
 def run_experiments(out_dir: Path, names: List[str], scale: str, seed: int) -> int:
     """``dicebench experiment NAME`` for each name (it prints every claim); 1 when a claim failed."""
-    from tqdm.auto import tqdm
-
     from . import experiment_commands
 
     status = 0
-    for name in tqdm(names, desc="experiments", unit="experiment"):
-        banner(f"experiment {name} ({scale})")
+    for i, name in enumerate(names, 1):
+        banner(f"experiment {i}/{len(names)}: {name} ({scale})")
         # Figures are drawn by the report, from the stored results.
         status |= experiment_commands.run_and_print([name], out_dir, scale=scale, seed=seed, figures=False)
     return status
@@ -115,6 +115,10 @@ def main(args: argparse.Namespace) -> int:
 
     start, status = time.perf_counter(), 0
     out: Path = args.out
+    if not args.skip_asv and (shutil.which("git") is None or subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0):
+        raise UsageError(f"the asv stage stores its results under the checkout's git commit, and {REPO} is not a "
+                         "git checkout (or git is missing); --skip-asv skips that stage")
     if not args.skip_asv:
         banner("1/3 benchmarks: asv CPU grid" + (" (quick subset)" if args.quick else ""))
         if run_asv(out / "asv", args.quick) != 0:
