@@ -244,11 +244,12 @@ PRESETS = {
         activation="softmax", smooth_nr=1e-5, smooth_dr=1e-5, batch=True,
         include_background=False, min_denominator=1e-8, negate=True,
     ),
-    # segmentation_models_pytorch DiceLoss(mode="multiclass"): smooth 0, eps 1e-7 clamp,
-    # batch sums, classes absent from the batch count with loss 0.
+    # segmentation_models_pytorch DiceLoss(mode="multiclass") since 0.4: smooth 0, batch sums, the
+    # Tversky index at alpha = beta = 1/2 with the soft-label intersection sum min(p, g), its
+    # denominator clamped at eps 1e-7; classes absent from the batch count with loss 0.
     "smp": dict(
-        activation="softmax", smooth_nr=0.0, smooth_dr=0.0, batch=True,
-        min_denominator=1e-7, absent_classes="zero",
+        activation="softmax", smooth_nr=0.0, smooth_dr=0.0, batch=True, fp_weight=0.5, fn_weight=0.5,
+        soft_label=True, min_denominator=1e-7, absent_classes="zero",
     ),
     # kornia.losses.dice_loss: eps 1e-8 in the denominator only, per image, micro average,
     # label -100 ignored.

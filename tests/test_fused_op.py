@@ -276,8 +276,9 @@ def test_large_logit_gaps_keep_the_exact_nll():
     assert abs(float(got) - 120.0) <= 1e-4
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("module", ["ce", "focal"])
-def test_compound_modules_use_the_fused_op(module, monkeypatch):
+def test_compound_modules_use_the_fused_op(module, weighted, monkeypatch):
     calls = []
     original = torch.ops.dice_fused.loss
 
@@ -288,10 +289,14 @@ def test_compound_modules_use_the_fused_op(module, monkeypatch):
 
     monkeypatch.setattr(torch.ops.dice_fused, "loss", Spy())
     logits, labels = random_inputs((2, 9, 8), 3, seed=5, ignore_index=255)
-    spec = DiceSpec(ignore_index=255)
-    loss = (DiceCELoss(impl="fused", spec=spec) if module == "ce" else DiceFocalLoss(impl="fused", spec=spec, alpha=0.3))
-    reference = (DiceCELoss(impl="reference", spec=spec) if module == "ce"
-                 else DiceFocalLoss(impl="reference", spec=spec, alpha=0.3))
+    spec = DiceSpec(ignore_index=255, weight=(0.5, 2.0, 1.0) if weighted else None)
+
+    def make(impl):
+        if module == "ce":
+            return DiceCELoss(impl=impl, spec=spec, weighted_ce=weighted)
+        return DiceFocalLoss(impl=impl, spec=spec, alpha=0.3, weighted_focal=weighted)
+
+    loss, reference = make("fused"), make("reference")
     x = logits.clone().requires_grad_()
     got = loss(x, labels)
     got.backward()

@@ -12,13 +12,14 @@ from dice_impls import PRESETS, DiceSpec, dice_loss
 from dice_impls.spec import field_names
 from helpers import random_inputs
 
-# What each peer's default is documented to be (DESIGN.md section 3, docs/conventions.md);
+# What each peer's default is documented to be (docs/conventions.md);
 # fields not listed keep DiceSpec's defaults.
 DOCUMENTED = {
     "monai": dict(activation="softmax", smooth_nr=1e-5, smooth_dr=1e-5, batch=False, include_background=True),
     "nnunet": dict(smooth_nr=1e-5, smooth_dr=1e-5, batch=True, include_background=False, min_denominator=1e-8,
                    negate=True),
-    "smp": dict(smooth_nr=0.0, smooth_dr=0.0, batch=True, min_denominator=1e-7, absent_classes="zero"),
+    "smp": dict(smooth_nr=0.0, smooth_dr=0.0, batch=True, fp_weight=0.5, fn_weight=0.5, soft_label=True,
+                min_denominator=1e-7, absent_classes="zero"),
     "kornia": dict(smooth_nr=0.0, smooth_dr=1e-8, batch=False, average="micro", include_background=True,
                    ignore_index=-100),
     "seed": dict(smooth_nr=1e-5, smooth_dr=1e-5, batch=True, include_background=True, out_of_range="zero_target",

@@ -1,6 +1,6 @@
 """E1, imbalance sweep: recall and DSC of six losses as the foreground fraction falls.
 
-Setting (DESIGN §6): 128x128 images, one disc covering a fraction rho of each image, intensity
+Setting: 128x128 images, one disc covering a fraction rho of each image, intensity
 ``label + N(0, sigma^2)``, the logistic model on (intensity, 3x3 mean), Adam, full batch,
 threshold 0.5, evaluated on fresh test images. Expected: cross-entropy collapses to background at
 tiny rho (recall near 0) while Dice keeps recall; at rho = 10 % the losses agree; CE's ranking

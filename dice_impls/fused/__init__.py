@@ -154,19 +154,26 @@ def prepare(logits: Tensor, target: Tensor, spec: DiceSpec, validate: bool):
 
 def compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, lambda_dice: float, lambda_pixel: float,
                   gamma: float = 0.0, alpha: Optional[float] = None, class_weight: Optional[Sequence[float]] = None,
-                  label_smoothing: float = 0.0, validate: bool = True) -> Optional[Tensor]:
-    """``lambda_dice * Dice + lambda_pixel * focal(gamma, alpha)`` (cross-entropy at gamma = 0,
-    with ``class_weight`` and ``label_smoothing`` as in ``F.cross_entropy``) in the C++ kernel's
-    two passes, or None where it cannot (the caller then adds the term in torch: sigmoid, CUDA,
-    a scoring the C++ code does not know). ``alpha`` weights class 0 by ``1 - alpha`` and the others
-    by ``alpha`` (numerator only, as ``compound.focal_loss``)."""
+                  normalize_by_weight: bool = True, label_smoothing: float = 0.0,
+                  validate: bool = True) -> Optional[Tensor]:
+    """``lambda_dice * Dice + lambda_pixel * focal(gamma, alpha)`` (cross-entropy at gamma = 0) in
+    the C++ kernel's two passes, or None where it cannot (the caller then adds the term in torch:
+    sigmoid, CUDA, a reduction other than "mean", a scoring the C++ code does not know).
+
+    The pixel term is ``sum_i u_y (1 - p_y)**gamma nll_i / sum_i d_y`` over the counted pixels:
+    ``u = class_weight`` times, with ``alpha``, ``1 - alpha`` for class 0 and ``alpha`` for the
+    others; ``d = class_weight`` when ``normalize_by_weight`` (``F.cross_entropy``'s mean) else 1
+    (a mean over the counted pixels, as ``compound.focal_loss``); ``label_smoothing`` as in
+    ``F.cross_entropy`` (cross-entropy only)."""
     logits, target = prepare(logits, target, spec, validate)
     channels = logits.shape[1]
     weights = None if class_weight is None else [float(w) for w in class_weight]
     numerator = weights
     if alpha is not None:
         numerator = [(1 - alpha if c == 0 else alpha) * (1.0 if weights is None else weights[c]) for c in range(channels)]
-    pixel = PixelTerm(lambda_pixel, gamma, numerator, weights, label_smoothing)
+    if spec.reduction != "mean":
+        return None
+    pixel = PixelTerm(lambda_pixel, gamma, numerator, weights if normalize_by_weight else None, label_smoothing)
     if not can_fold(logits, spec, pixel):
         return None
     return folded_loss(logits, target, spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel)
