@@ -351,7 +351,7 @@ Scoring make_scoring(at::IntArrayRef flags, at::ArrayRef<double> scalars, std::o
 
 // The loss of (3, N, C) sums; writes dL/dpred_sum into a and dL/dintersection into b (N x C).
 double score(const Scoring& S, const double* stats, int64_t N, int64_t C, double* a, double* b) {
-  const int64_t units = S.batch ? (N ? 1 : 0) : N, first = S.background ? 0 : 1;
+  const int64_t units = S.batch ? 1 : N, first = S.background ? 0 : 1;  // batch: one pooled unit, even of no images
   const double tiny = std::numeric_limits<float>::min();
   std::vector<double> tp(units * C, 0.0), ps(units * C, 0.0), gs(units * C, 0.0);
   for (int64_t n = 0; n < N; ++n)
