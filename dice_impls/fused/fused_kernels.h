@@ -335,11 +335,10 @@ void block_sums(const acc_t* u, const acc_t* r, const acc_t* keep, const int32_t
 // focal factor f = (1 - p_y)^gamma, adds sum u_y f nll, sum_c w_c (lse - x_c) and sum d_y over the
 // counted pixels (class >= 0) to acc[0..3). u, d: numerator and normaliser weights per class,
 // indexed by class + 1 (entry 0 = 0 for pixels that are not counted).
-template <typename acc_t>
-void pixel_sums(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const acc_t* wx,
-                const int32_t* cls, int64_t len, const acc_t* uw, const acc_t* dw, double* acc) {
+template <bool FOCAL, bool SMOOTHING, typename acc_t>
+void pixel_sums_t(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const acc_t* wx,
+                  const int32_t* cls, int64_t len, const acc_t* uw, const acc_t* dw, double* acc) {
   const acc_t gamma = static_cast<acc_t>(P.gamma), weight_sum = static_cast<acc_t>(P.pixel_weight_sum);
-  const bool focal = P.gamma != 0, smoothing = P.smoothing != 0;
   acc_t main = 0, smooth = 0, norm = 0;
 #pragma omp simd reduction(+ : main, smooth, norm)
   for (int64_t v = 0; v < len; ++v) {
@@ -347,17 +346,27 @@ void pixel_sums(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_
     const acc_t nll = lse - xy[v];
     const int32_t k = cls[v] + 1;
     acc_t factor = uw[k];
-    if (focal) {
+    if (FOCAL) {
       const acc_t rest = acc_t(1) - exp_approx(-nll);
       factor *= rest > acc_t(0) ? exp_approx(gamma * log_approx(rest)) : acc_t(0);
     }
     main += factor * nll;
-    if (smoothing) smooth += k > 0 ? weight_sum * lse - wx[v] : acc_t(0);
+    if (SMOOTHING) smooth += k > 0 ? weight_sum * lse - wx[v] : acc_t(0);
     norm += dw[k];
   }
   acc[0] += main;
   acc[1] += smooth;
   acc[2] += norm;
+}
+
+// The loop-invariant choices as template arguments: branches inside the loop kept it scalar.
+template <typename acc_t>
+void pixel_sums(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const acc_t* wx,
+                const int32_t* cls, int64_t len, const acc_t* uw, const acc_t* dw, double* acc) {
+  const bool focal = P.gamma != 0, smoothing = P.smoothing != 0;
+  if (focal) return pixel_sums_t<true, false>(P, mx, s, xy, wx, cls, len, uw, dw, acc);
+  if (smoothing) return pixel_sums_t<false, true>(P, mx, s, xy, wx, cls, len, uw, dw, acc);
+  return pixel_sums_t<false, false>(P, mx, s, xy, wx, cls, len, uw, dw, acc);
 }
 
 // Per-image, per-task sums of tasks [begin, end): partial[t] holds 3C Dice sums then 3 pixel
@@ -462,17 +471,16 @@ void softmax_dot(const acc_t* u, const acc_t* r, const int32_t* cls, const acc_t
 // + eps/C (p_c sum_j w_j - w_c)] on counted pixels, h = 1 for cross-entropy and, for focal,
 // h = (1 - p_y)^(gamma - 1) (1 - p_y + gamma p_y nll). A = k (h u_y + eps/C sum_j w_j),
 // H = k h u_y, cnt = counted; the last term is bias_c = k eps w_c / C times cnt.
-template <typename acc_t>
-void pixel_coefficients(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const int32_t* cls,
-                        int64_t len, const acc_t* uw, acc_t k, acc_t* A, acc_t* H, acc_t* cnt) {
+template <bool FOCAL, typename acc_t>
+void pixel_coefficients_t(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const int32_t* cls,
+                          int64_t len, const acc_t* uw, acc_t k, acc_t* A, acc_t* H, acc_t* cnt) {
   const acc_t gamma = static_cast<acc_t>(P.gamma);
   const acc_t smooth = k * static_cast<acc_t>(P.smoothing * P.pixel_weight_sum / P.C);
-  const bool focal = P.gamma != 0;
 #pragma omp simd
   for (int64_t v = 0; v < len; ++v) {
     const int32_t j = cls[v] + 1;
     acc_t h = uw[j];
-    if (focal) {
+    if (FOCAL) {
       const acc_t nll = mx[v] + log_approx(s[v]) - xy[v];
       const acc_t py = exp_approx(-nll);
       const acc_t rest = acc_t(1) - py;
@@ -483,6 +491,13 @@ void pixel_coefficients(const KernelArgs& P, const acc_t* mx, const acc_t* s, co
     A[v] = k * h + smooth * counted;
     cnt[v] = counted;
   }
+}
+
+template <typename acc_t>
+void pixel_coefficients(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const int32_t* cls,
+                        int64_t len, const acc_t* uw, acc_t k, acc_t* A, acc_t* H, acc_t* cnt) {
+  if (P.gamma != 0) return pixel_coefficients_t<true>(P, mx, s, xy, cls, len, uw, k, A, H, cnt);
+  return pixel_coefficients_t<false>(P, mx, s, xy, cls, len, uw, k, A, H, cnt);
 }
 
 // dL/dlogits of tasks [begin, end) into grad; a, b (N x C, already scaled by the upstream
