@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ASV := $(BIN)/asv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test report experiments targets asv asv-quick asv-gpu bench clean
+.PHONY: install test report experiments targets asv asv-quick asv-gpu gpu-compile gpu-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,16 @@ asv-gpu: install
 	$(ASV) machine --yes
 	$(ASV) run --python=same --show-stderr --set-commit-hash $$(git rev-parse HEAD) -b '^bench_cuda\.'
 	$(ASV) publish
+
+# CI: every Triton kernel compiled for sm_80 and sm_90 (no GPU needed), registers and spills
+# printed, launch limits checked (benchmarks/gpu_compile.py; --sweep layouts|full for more).
+gpu-compile: install
+	$(BIN)/python -m benchmarks.gpu_compile
+
+# On a CUDA machine: fused vs reference on CUDA, kernel times, the CUDA grid and peak memory into
+# results/gpu/ (benchmarks/gpu_check.py, at most ~8 minutes). Without CUDA: one line, exit 2.
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check
 
 # pytest-benchmark micro suite -> reports/bench.json (a second source for the report).
 bench: install

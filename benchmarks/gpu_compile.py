@@ -13,7 +13,8 @@ pointers get divisibility hints) and compiled ttir → ttgir → llir → ptx �
 the Triton wheel, for sm_80 and sm_90, without a driver. ptxas's ``-v`` log gives registers, spills
 and stack; the compiled metadata gives warps and shared memory.
 
-Fails (exit 1) on a compile error, a spill, or a launch a GPU would refuse: grid x > 2^31 - 1,
+Fails (exit 1) on a compile error, a spill, a 32-bit multiply in the TTIR (index arithmetic must
+be int64), or a launch a GPU would refuse: grid x > 2^31 - 1,
 y or z > 65535, more than 1024 threads or more than 64 K registers per block, more shared memory
 than the target allows per block.
 """
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -259,6 +261,9 @@ def _compile(index: int) -> Dict[str, Any]:
         result.update(error=f"could not read ptxas's log:\n{text}")
         return result
     stack, stores, loads = (int(s) for s in spills[0])
+    # Index arithmetic must be int64: a 32-bit multiply is where V * C or tile offsets wrap.
+    narrow = [line.strip() for line in compiled.asm["ttir"].splitlines() if re.search(r"arith\.muli .*: i32", line)]
+    result.update(int32_multiplies=narrow)
     result.update(registers=int(registers[0]), spill_stores=stores, spill_loads=loads, stack=stack,
                   shared=int(compiled.metadata.shared), num_warps=int(compiled.metadata.num_warps),
                   seconds=round(time.perf_counter() - start, 2))
@@ -281,6 +286,8 @@ def launch_problems(result: Dict[str, Any], grid: Sequence[int], target: int) ->
         problems.append(f"{result['registers']} registers x {threads} threads > {REGISTERS_PER_BLOCK_MAX}")
     if result["shared"] > SHARED_PER_BLOCK_MAX[target]:
         problems.append(f"{result['shared']} bytes of shared memory > {SHARED_PER_BLOCK_MAX[target]}")
+    if result["int32_multiplies"]:
+        problems.append(f"int32 index arithmetic: {result['int32_multiplies'][0]}")
     if result["spill_stores"] or result["spill_loads"]:
         problems.append(f"spills {result['spill_stores']} bytes stored, {result['spill_loads']} loaded")
     return problems
@@ -297,6 +304,32 @@ def label(result: Dict[str, Any]) -> str:
     return text + (f" [{ints}]" if ints else "") + f" div16={hints}"
 
 
+def layout_table(results: List[Dict[str, Any]]) -> str:
+    """Markdown: per kernel, layout and accumulator type, the most registers (and spills) over every
+    other option, with the warps one SM then holds, for each target."""
+    rows: Dict[tuple, Dict[str, tuple]] = {}
+    for r in results:
+        if "error" in r:
+            continue
+        const = r["constexprs"]
+        kernel = r["kernel"].strip("_").replace("_kernel", "")
+        if "DETERMINISTIC" in const:
+            kernel += " (fixed order)" if const["DETERMINISTIC"] else " (atomics)"
+        looped = not const.get("RESIDENT", True)
+        shape = f"{const['BLOCK_C']}x{const['BLOCK_V']}" + (" looped" if looped else "")
+        key = (kernel, str(const.get("ACC", "fp32")), looped, const["BLOCK_C"], shape)
+        best = rows.setdefault(key, {}).get(r["target"])
+        value = (r["registers"], r["spill_stores"] + r["spill_loads"], resident_warps(r["registers"], r["num_warps"]))
+        if best is None or value[:2] > best[:2]:
+            rows[key][r["target"]] = value
+    lines = ["| kernel | acc | tile (C x V) | sm_80 regs / spill B / warps per SM | sm_90 regs / spill B / warps per SM |",
+             "|---|---|---|---|---|"]
+    for key in sorted(rows):
+        cells = [" / ".join(map(str, rows[key][t])) if t in rows[key] else "-" for t in ("sm_80", "sm_90")]
+        lines.append(f"| {key[0]} | {key[1]} | {key[4]} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_compile", description=__doc__.split("\n")[0])
     parser.add_argument("--sweep", choices=SWEEPS, default="ci", help="which configurations (see sweep())")
@@ -310,9 +343,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     os.environ["TRITON_INTERPRET"] = "0"
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"
-    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="dicebench-triton-")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the 3.9 default, stated to silence its warning
+    cache = tempfile.mkdtemp(prefix="dicebench-triton-")
+    os.environ["TRITON_CACHE_DIR"] = cache
+    try:
+        return _run(args)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
+
+def _run(args) -> int:
     start = time.perf_counter()
     cases = sweep(args.sweep)
     jobs: Dict[tuple, int] = {}
@@ -373,6 +413,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             json.dump(dict(sweep=args.sweep, targets=[f"sm_{t}" for t in TARGETS],
                            configurations=results), f, indent=1, default=str)
             f.write("\n")
+    print(layout_table(results))
     elapsed = time.perf_counter() - start
     for failure in dict.fromkeys(failures):
         print(f"FAIL {failure}")

@@ -2,7 +2,8 @@
 
 Both kernels walk tiles of ``BLOCK_V`` pixels on a 1-D grid of ``N x programs`` programs; program
 ``i`` takes image ``i // programs`` and ``tiles_per_program`` consecutive tiles of it. All index
-arithmetic past the program id is int64, so no product of V, C and tile counts can wrap.
+arithmetic past the program id is int64, so no product of V, C and tile counts can wrap (the
+compile check refuses any 32-bit multiply in the kernels' TTIR).
 
 Channels have two layouts, chosen from C by ``layout``:
 
@@ -86,12 +87,13 @@ def _softmax_normaliser(x_ptr, n, v, C, V, channel_blocks, BLOCK_C: tl.constexpr
     """Per-pixel max and 1 / sum of exp over all channel blocks (online: one pass, rescaled)."""
     m = tl.full([BLOCK_V], float("-inf"), ACC)
     s = tl.zeros([BLOCK_V], ACC)
-    for block in range(channel_blocks):
-        c = block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    c = tl.arange(0, BLOCK_C).to(tl.int64)  # advanced by BLOCK_C per block: int64, no multiply
+    for _ in range(channel_blocks):
         x = _load_logits(x_ptr, n, c, v, C, V, ACC)
         m_new = tl.maximum(m, tl.max(x, 0))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[None, :]), 0)
         m = m_new
+        c += BLOCK_C
     return m, 1.0 / s
 
 
@@ -150,8 +152,8 @@ def _statistics_kernel(x_ptr, y_ptr, out_ptr, V, C, ignore_index, programs, tile
             r = m
             if ACTIVATION == 0:
                 m, r = _softmax_normaliser(x_ptr, n, v, C, V, channel_blocks, BLOCK_C, BLOCK_V, ACC)
+            c = c_in_block
             for block in range(channel_blocks):
-                c = block * BLOCK_C + c_in_block
                 x = _load_logits(x_ptr, n, c, v, C, V, ACC)
                 tile_tp, tile_ps, tile_gs = _block_terms(x, c, c < C, v_ok, keep, y, m, r, ACTIVATION, SQUARED,
                                                          ACC)
@@ -159,15 +161,15 @@ def _statistics_kernel(x_ptr, y_ptr, out_ptr, V, C, ignore_index, programs, tile
                 tp += tl.where(here, tl.sum(tile_tp, 1)[None, :], 0.0)
                 ps += tl.where(here, tl.sum(tile_ps, 1)[None, :], 0.0)
                 gs += tl.where(here, tl.sum(tile_gs, 1)[None, :], 0.0)
+                c += BLOCK_C
         sums = (tl.reshape(tp, [ACC_ROWS * BLOCK_C]), tl.reshape(ps, [ACC_ROWS * BLOCK_C]),
                 tl.reshape(gs, [ACC_ROWS * BLOCK_C]))
         c_all = tl.arange(0, ACC_ROWS * BLOCK_C).to(tl.int64)
     c_ok = c_all < C
     if DETERMINISTIC:
         # Slot (n, program) of the (N, programs, 3, C) partials; summed in order by the launcher.
-        slot = pid * 3 * C
         for k in tl.static_range(3):
-            tl.store(out_ptr + slot + k * C + c_all, sums[k], mask=c_ok)
+            tl.store(out_ptr + (pid * 3 + k) * C + c_all, sums[k], mask=c_ok)
     else:
         # Atomics into the zeroed (3, N, C) sums.
         stride = (tl.num_programs(0).to(tl.int64) // programs) * C
@@ -217,8 +219,8 @@ def _gradient_kernel(x_ptr, y_ptr, a_ptr, b_ptr, grad_ptr, V, C, ignore_index, p
             s = tl.zeros([BLOCK_V], ACC)
             sa = tl.zeros([BLOCK_V], ACC)
             sb = tl.zeros([BLOCK_V], ACC)
-            for block in range(channel_blocks):
-                c = block * BLOCK_C + c_in_block
+            c = c_in_block
+            for _ in range(channel_blocks):
                 c_ok = c < C
                 x = _load_logits(x_ptr, n, c, v, C, V, ACC)
                 a = tl.load(a_ptr + n * C + c, mask=c_ok, other=0.0).to(ACC)
@@ -231,10 +233,11 @@ def _gradient_kernel(x_ptr, y_ptr, a_ptr, b_ptr, grad_ptr, V, C, ignore_index, p
                     sa * scale + tl.sum(a[:, None] * e, 0)
                 sb = sb * scale + tl.sum(tl.where(y[None, :] == c[:, None], b[:, None] * e, 0.0), 0)
                 m = m_new
+                c += BLOCK_C
             r = 1.0 / s
             dot = (2.0 * sa * r * r if SQUARED else sa * r) + sb * r
-        for block in range(channel_blocks):
-            c = block * BLOCK_C + c_in_block
+        c = c_in_block
+        for _ in range(channel_blocks):
             c_ok = c < C
             if not RESIDENT:
                 x = _load_logits(x_ptr, n, c, v, C, V, ACC)
@@ -248,6 +251,7 @@ def _gradient_kernel(x_ptr, y_ptr, a_ptr, b_ptr, grad_ptr, V, C, ignore_index, p
             d = tl.where(keep[None, :] & c_ok[:, None], d, 0.0)
             offsets = (n * C + c[:, None]) * V + v[None, :]
             tl.store(grad_ptr + offsets, d.to(grad_ptr.dtype.element_ty), mask=c_ok[:, None] & v_ok[None, :])
+            c += BLOCK_C
 
 
 class Layout(NamedTuple):
