@@ -17,8 +17,8 @@ Channels have two layouts, chosen from C by ``layout``:
   are added into ``(ACC_ROWS, BLOCK_C)`` accumulators (rows padded to a power of two).
 
 Statistics are accumulated in float32 (float64 for float64 logits, which are computed in float64
-throughout). With ``deterministic`` every program writes its partial sums to its own slot of an
-``(N, programs, 3, C)`` buffer that is summed in a fixed order; otherwise partials are added with
+throughout). With ``deterministic`` every program writes its partial sums to its own slot of a
+``(3, N, programs, C)`` buffer that is summed in a fixed order; otherwise partials are added with
 atomics into zeroed ``(3, N, C)`` sums (faster, order-dependent rounding). The gradient kernel
 recomputes p from the logits and writes ``dL/dlogits`` (see ``autograd``) in the logits' dtype.
 
@@ -167,9 +167,10 @@ def _statistics_kernel(x_ptr, y_ptr, out_ptr, V, C, ignore_index, programs, tile
         c_all = tl.arange(0, ACC_ROWS * BLOCK_C).to(tl.int64)
     c_ok = c_all < C
     if DETERMINISTIC:
-        # Slot (n, program) of the (N, programs, 3, C) partials; summed in order by the launcher.
+        # Slot (k, n, program) of the (3, N, programs, C) partials; summed in order by the launcher.
+        total = tl.num_programs(0).to(tl.int64)
         for k in tl.static_range(3):
-            tl.store(out_ptr + (pid * 3 + k) * C + c_all, sums[k], mask=c_ok)
+            tl.store(out_ptr + (k * total + pid) * C + c_all, sums[k], mask=c_ok)
     else:
         # Atomics into the zeroed (3, N, C) sums.
         stride = (tl.num_programs(0).to(tl.int64) // programs) * C
@@ -312,7 +313,7 @@ def triton_statistics(logits: Tensor, labels: Tensor, params: KernelParams, dete
         programs = max(1, triton.cdiv(tiles, split))
     acc = accumulator_dtype(logits)
     if deterministic:
-        out = autograd.output_buffer((n, programs, 3, c), logits.device, acc)
+        out = autograd.output_buffer((3, n, programs, c), logits.device, acc)
     else:
         out = torch.zeros((3, n, c), device=logits.device, dtype=acc)
     if n:  # also with no voxels: every program writes its (zero) partials
@@ -320,7 +321,7 @@ def triton_statistics(logits: Tensor, labels: Tensor, params: KernelParams, dete
             logits, labels, out, v, c, ignore, programs, split, shape.channel_blocks,
             ACC_ROWS=triton.next_power_of_2(shape.channel_blocks), DETERMINISTIC=deterministic, **constants,
         )
-    stats = out.double().sum(1).permute(1, 0, 2) if deterministic else out.double()
+    stats = out.double().sum(2) if deterministic else out.double()
     return stats, stats[1].sum()  # pred_sum carries the probe (see _block_terms)
 
 
