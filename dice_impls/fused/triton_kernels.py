@@ -10,11 +10,12 @@ Channels have two layouts, chosen from C by ``layout``:
 - resident (C <= ``RESIDENT_CHANNELS``): a tile holds all ``BLOCK_C = next_pow2(C)`` channels of
   its pixels; softmax needs one exp per logit, and the statistics keep per-lane accumulators that
   are reduced once at the end.
-- looped (larger C): channels are walked in ``channel_blocks`` blocks of ``BLOCK_C`` (the block size that
-  pads C least), so registers do not grow with C. Softmax takes two passes over the blocks of a
-  tile: the first an online max and sum (``m``, ``s``, rescaled when the max grows; the gradient
-  also carries the softmax dot product there), the second the probabilities. Per-tile channel sums
-  are added into ``(ACC_ROWS, BLOCK_C)`` accumulators (rows padded to a power of two).
+- looped (larger C): channels are walked in ``channel_blocks`` blocks of ``BLOCK_C = 8``, so
+  registers do not grow with C and fewer than 8 lanes are padding. Softmax takes two passes over
+  the blocks of a tile: the first an online max and sum (``m``, ``s``, rescaled when the max
+  grows; the gradient also carries the softmax dot product there), the second the probabilities.
+  Per-tile channel sums are added into ``(ACC_ROWS, BLOCK_C)`` accumulators (rows padded to a
+  power of two).
 
 Statistics are accumulated in float32 (float64 for float64 logits, which are computed in float64
 throughout). With ``deterministic`` every program writes its partial sums to its own slot of a
@@ -42,7 +43,7 @@ from .autograd import Backend, KernelParams
 
 TILE_ELEMENTS = 2048  # BLOCK_C * BLOCK_V: 16 values per thread and tensor at 4 warps
 RESIDENT_CHANNELS = 32  # up to this C all channels of a tile stay in registers
-CHANNEL_BLOCKS = (8, 16, 32)  # block sizes of the looped layout
+CHANNEL_BLOCK = 8  # channels per block of the looped layout: pads fewer than 8 lanes; larger blocks spilled
 STATISTICS_PROGRAMS = 2048  # statistics programs in all, enough to fill a large GPU
 GRID_X_MAX = 2**31 - 1  # CUDA's limit on grid dimension x (y and z: 65535; both kernels use x only)
 
@@ -268,10 +269,7 @@ class Layout(NamedTuple):
 
 
 def layout(channels: int) -> Layout:
-    if channels <= RESIDENT_CHANNELS:
-        block_c = triton.next_power_of_2(channels)
-    else:  # the block that pads C least; the larger one on a tie (fewer blocks)
-        block_c = min(CHANNEL_BLOCKS, key=lambda b: (triton.cdiv(channels, b) * b, -b))
+    block_c = triton.next_power_of_2(channels) if channels <= RESIDENT_CHANNELS else CHANNEL_BLOCK
     return Layout(block_c, TILE_ELEMENTS // block_c, triton.cdiv(channels, block_c))
 
 
