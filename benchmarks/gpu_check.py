@@ -37,6 +37,7 @@ import torch
 CORRECTNESS_SHAPES = [((2, 33, 47), 4), ((2, 5, 7, 9), 3), ((1, 64, 64), 32), ((2, 17, 19), 150),
                       ((1, 9, 11), 256), ((3, 40, 40), 1)]
 KERNEL_SHAPE = (16, 4, 512 * 512)  # the shape of the performance model in docs/performance.md
+CSV_COLUMNS = ["loss", "dtype", "shape", "forward_ms", "forward_backward_ms", "peak_mib"]
 
 
 def cuda_unavailable() -> str:
@@ -88,7 +89,8 @@ def correctness_checks(checks: List[Dict[str, Any]]) -> None:
         loss_error = float((loss - expected_loss).abs().max())
         grad_error = float((grad - expected_grad).norm() / expected_grad.norm().clamp_min(1e-30))
         tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-2)
-        assert loss_error <= tol and grad_error <= tol, f"loss error {loss_error:.2e}, gradient {grad_error:.2e} > {tol}"
+        assert loss_error <= tol and grad_error <= tol, \
+            f"loss error {loss_error:.2e}, gradient {grad_error:.2e} > {tol}"
         return f"loss error {loss_error:.1e}, gradient {grad_error:.1e} (tolerance {tol})"
 
     specs = [DiceSpec(ignore_index=255, squared=True), DiceSpec(batch=True), DiceSpec(activation="sigmoid"),
@@ -253,7 +255,7 @@ def main(argv=None) -> int:
         json.dump(summary, f, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
         f.write("\n")
     with open(os.path.join(args.out, "bench_cuda.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["loss", "dtype", "shape", "forward_ms", "forward_backward_ms", "peak_mib"])
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     failed = [c["name"] for c in checks if not c["passed"]]

@@ -139,7 +139,8 @@ def launches_of(case: Case) -> List[Launch]:
     return launches
 
 
-BASE = Case(2, 4, 4096 * 3, torch.float32, torch.uint8, "softmax", True, 255, True)  # heaviest options
+# The heaviest options, and enough voxels that every layout's statistics programs walk several tiles.
+BASE = Case(1, 4, 2**22 + 3 * 4096, torch.float32, torch.uint8, "softmax", True, 255, True)
 LIMIT_SHAPES = (  # (N, C, V): sizes whose launches broke or came near a limit before
     (1, 4, 512**3), (2, 7, 256**3), (1, 32, 2048**2), (4, 150, 1024**2), (2, 150, 128**3),
     (16, 4, 512 * 512), (1, 256, 2**24), (1, 1, 2**31 + 17),
@@ -162,8 +163,9 @@ def layouts(counts: Iterable[int] = range(1, 1025)) -> Dict[tuple, List[int]]:
 def sweep(name: str) -> List[Case]:
     """The cases whose launches are compiled.
 
-    ci: a resident (C = 4) and two looped layouts (C = 150, 256) with the heaviest options, then
-    bfloat16, float64, sigmoid, identity, no ignore_index and the atomic reduction once each.
+    ci: the resident (C = 4) and the looped layout (C = 150, and 256 for a 16-divisible C) with the
+    heaviest options, then a small input (one tile per program), bfloat16, float64, sigmoid,
+    identity, no ignore_index and the atomic reduction once each.
     About 40 compilations. Every sweep adds ``LIMIT_SHAPES``: their grids are checked against the
     compiled configuration with the same constexprs and pointer types (their V and tile counts
     only change the JIT's integer hints), except V >= 2^31, which is compiled (int64 V).
@@ -171,8 +173,9 @@ def sweep(name: str) -> List[Case]:
     full: every layout x logits dtype x activation x squared x ignore x reduction x label dtype.
     """
     small, large = BASE, BASE._replace(c=150)
-    cases = [small, large, BASE._replace(c=256), large._replace(deterministic=False),
-             small._replace(dtype=torch.bfloat16), large._replace(dtype=torch.float64),
+    cases = [small, large, BASE._replace(c=256), small._replace(n=2, v=3 * 4096),
+             large._replace(deterministic=False), small._replace(dtype=torch.bfloat16),
+             large._replace(dtype=torch.float64),
              large._replace(activation="sigmoid"), small._replace(activation="none", squared=False),
              small._replace(ignore_index=None, label_dtype=torch.int64, deterministic=False)]
     if name == "ci":
@@ -322,7 +325,8 @@ def layout_table(results: List[Dict[str, Any]]) -> str:
         value = (r["registers"], r["spill_stores"] + r["spill_loads"], resident_warps(r["registers"], r["num_warps"]))
         if best is None or value[:2] > best[:2]:
             rows[key][r["target"]] = value
-    lines = ["| kernel | acc | tile (C x V) | sm_80 regs / spill B / warps per SM | sm_90 regs / spill B / warps per SM |",
+    lines = ["| kernel | acc | tile (C x V) | sm_80 regs / spill B / warps per SM "
+             "| sm_90 regs / spill B / warps per SM |",
              "|---|---|---|---|---|"]
     for key in sorted(rows):
         cells = [" / ".join(map(str, rows[key][t])) if t in rows[key] else "-" for t in ("sm_80", "sm_90")]
@@ -409,10 +413,10 @@ def _run(args) -> int:
             failures.append(f"{problem}: {launch.name} grid {launch.grid} on sm_{target} for {case}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(dict(sweep=args.sweep, targets=[f"sm_{t}" for t in TARGETS],
-                           configurations=results), f, indent=1, default=str)
-            f.write("\n")
+        with open(args.json, "w") as f:  # one configuration per line
+            head = json.dumps(dict(sweep=args.sweep, targets=[f"sm_{t}" for t in TARGETS]))[:-1]
+            rows = ",\n".join(json.dumps(r, default=str) for r in results)
+            f.write(f'{head}, "configurations": [\n{rows}\n]}}\n')
     print(layout_table(results))
     elapsed = time.perf_counter() - start
     for failure in dict.fromkeys(failures):
