@@ -79,12 +79,12 @@ def test_layouts_match_reference(channels, spec):
 
 
 def test_looped_layout_walks_tiles_and_programs():
-    # 40 channels: 5 blocks of 8 x 256 pixels; 600 pixels are 3 tiles, over 2 programs of 2 tiles.
+    # 40 channels: 5 blocks of 8 x 128 pixels; 600 pixels are 5 tiles, over 3 programs of 2 tiles.
     logits, labels = random_inputs((2, 600), 40, seed=3, ignore_index=7)
     params = KernelParams.from_spec(DiceSpec(ignore_index=7))
     expected = torch.stack(dice_impls.dice_statistics(logits, labels, impl="reference", ignore_index=7))
     x, y = logits.reshape(2, 40, -1), labels.reshape(2, -1)
-    assert triton_kernels.layout(40) == triton_kernels.Layout(8, 256, 5)
+    assert triton_kernels.layout(40) == triton_kernels.Layout(8, 128, 5)
     for deterministic in (True, False):
         stats, probe = triton_kernels.triton_statistics(x, y, params, deterministic, tiles_per_program=2)
         assert torch.isfinite(probe) and torch.allclose(stats, expected, rtol=1e-6, atol=1e-6)
@@ -119,9 +119,12 @@ def test_no_voxels_with_fixed_order_reduction(channels):
 def test_padding_lanes():
     for channels in range(1, 1025):
         shape = triton_kernels.layout(channels)
-        assert shape.block_c * shape.block_v == triton_kernels.TILE_ELEMENTS
+        tile = triton_kernels.TILE_ELEMENTS if shape.resident else triton_kernels.LOOPED_TILE_ELEMENTS
+        assert shape.block_c * shape.block_v == tile
         padded = shape.block_c * shape.channel_blocks
         assert padded >= channels and (shape.resident or padded - channels < 8)
+        wide = triton_kernels.layout(channels, float64=True)
+        assert wide.block_c * wide.block_v * 2 == tile and wide.channel_blocks == shape.channel_blocks
     assert triton_kernels.layout(150).block_c * triton_kernels.layout(150).channel_blocks == 152
 
 

@@ -41,7 +41,8 @@ from torch.library import wrap_triton
 from . import autograd
 from .autograd import Backend, KernelParams
 
-TILE_ELEMENTS = 2048  # BLOCK_C * BLOCK_V: 16 values per thread and tensor at 4 warps
+TILE_ELEMENTS = 2048  # BLOCK_C * BLOCK_V of the resident layout: 16 values per thread and tensor at 4 warps
+LOOPED_TILE_ELEMENTS = 1024  # of the looped layout, which also holds the (ACC_ROWS, 8) accumulators
 RESIDENT_CHANNELS = 32  # up to this C all channels of a tile stay in registers
 CHANNEL_BLOCK = 8  # channels per block of the looped layout: pads fewer than 8 lanes; larger blocks spilled
 STATISTICS_PROGRAMS = 2048  # statistics programs in all, enough to fill a large GPU
@@ -268,9 +269,13 @@ class Layout(NamedTuple):
         return self.channel_blocks == 1
 
 
-def layout(channels: int) -> Layout:
-    block_c = triton.next_power_of_2(channels) if channels <= RESIDENT_CHANNELS else CHANNEL_BLOCK
-    return Layout(block_c, TILE_ELEMENTS // block_c, triton.cdiv(channels, block_c))
+def layout(channels: int, float64: bool = False) -> Layout:
+    """The tiles for C channels; float64 values take two registers each, so their tiles are halved."""
+    shrink = 2 if float64 else 1
+    if channels <= RESIDENT_CHANNELS:
+        block_c = triton.next_power_of_2(channels)
+        return Layout(block_c, max(1, TILE_ELEMENTS // shrink // block_c), 1)
+    return Layout(CHANNEL_BLOCK, LOOPED_TILE_ELEMENTS // shrink // CHANNEL_BLOCK, triton.cdiv(channels, CHANNEL_BLOCK))
 
 
 def program_split(images: int, tiles: int, max_programs: int):
@@ -289,13 +294,14 @@ def accumulator_dtype(logits: Tensor) -> torch.dtype:
 
 def _arguments(logits: Tensor, params: KernelParams):
     """(layout, the scalars after V and C, the constexprs) common to both kernels."""
-    shape = layout(logits.shape[1])
+    float64 = accumulator_dtype(logits) == torch.float64
+    shape = layout(logits.shape[1], float64)
     ignore = 0 if params.ignore_index is None else params.ignore_index
     constants = dict(
         BLOCK_C=shape.block_c, BLOCK_V=shape.block_v, RESIDENT=shape.resident, ACTIVATION=params.activation,
         SQUARED=params.squared, HAS_IGNORE=params.ignore_index is not None,
         LABEL_LOW=1 if logits.shape[1] == 1 else 0,
-        ACC=tl.float64 if accumulator_dtype(logits) == torch.float64 else tl.float32,
+        ACC=tl.float64 if float64 else tl.float32,
     )
     return shape, ignore, constants
 
