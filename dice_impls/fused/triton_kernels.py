@@ -43,6 +43,7 @@ from .autograd import Backend, KernelParams
 
 TILE_ELEMENTS = 2048  # BLOCK_C * BLOCK_V of the resident layout: 16 values per thread and tensor at 4 warps
 LOOPED_TILE_ELEMENTS = 1024  # of the looped layout, which also holds the (ACC_ROWS, 8) accumulators
+LOOPED_WARPS = 8  # at 4 warps ptxas spilled 16 bytes of the looped statistics on sm_80
 RESIDENT_CHANNELS = 32  # up to this C all channels of a tile stay in registers
 CHANNEL_BLOCK = 8  # channels per block of the looped layout: pads fewer than 8 lanes; larger blocks spilled
 STATISTICS_PROGRAMS = 2048  # statistics programs in all, enough to fill a large GPU
@@ -298,6 +299,7 @@ def _arguments(logits: Tensor, params: KernelParams):
     shape = layout(logits.shape[1], float64)
     ignore = 0 if params.ignore_index is None else params.ignore_index
     constants = dict(
+        num_warps=4 if shape.resident else LOOPED_WARPS,
         BLOCK_C=shape.block_c, BLOCK_V=shape.block_v, RESIDENT=shape.resident, ACTIVATION=params.activation,
         SQUARED=params.squared, HAS_IGNORE=params.ignore_index is not None,
         LABEL_LOW=1 if logits.shape[1] == 1 else 0,
