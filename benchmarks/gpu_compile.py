@@ -308,8 +308,8 @@ def label(result: Dict[str, Any]) -> str:
 
 
 def layout_table(results: List[Dict[str, Any]]) -> str:
-    """Markdown: per kernel, layout and accumulator type, the most registers (and spills) over every
-    other option, with the warps one SM then holds, for each target."""
+    """Markdown: per kernel, layout and accumulator type, the most registers, the most spilled bytes
+    and the fewest warps one SM holds, over every other option, for each target."""
     rows: Dict[tuple, Dict[str, tuple]] = {}
     for r in results:
         if "error" in r:
@@ -321,10 +321,9 @@ def layout_table(results: List[Dict[str, Any]]) -> str:
         looped = not const.get("RESIDENT", True)
         shape = f"{const['BLOCK_C']}x{const['BLOCK_V']}" + (" looped" if looped else "")
         key = (kernel, str(const.get("ACC", "fp32")), looped, const["BLOCK_C"], shape)
-        best = rows.setdefault(key, {}).get(r["target"])
         value = (r["registers"], r["spill_stores"] + r["spill_loads"], resident_warps(r["registers"], r["num_warps"]))
-        if best is None or value[:2] > best[:2]:
-            rows[key][r["target"]] = value
+        best = rows.setdefault(key, {}).get(r["target"], value)
+        rows[key][r["target"]] = (max(best[0], value[0]), max(best[1], value[1]), min(best[2], value[2]))
     lines = ["| kernel | acc | tile (C x V) | sm_80 regs / spill B / warps per SM "
              "| sm_90 regs / spill B / warps per SM |",
              "|---|---|---|---|---|"]
