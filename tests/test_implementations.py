@@ -425,10 +425,13 @@ EDGE_SPECS = {
 
 
 @pytest.mark.parametrize("spec_id", list(EDGE_SPECS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("impl", ALL_IMPLS)
-def test_all_ignored_batch_is_finite_with_zero_gradient(impl, spec_id):
+def test_all_ignored_batch_is_finite_with_zero_gradient(impl, dtype, spec_id):
+    # float16 catches a mask applied as a product: the statistics' gradient 1 / smooth_dr overflows
+    # float16 and inf * 0 is NaN.
     spec = EDGE_SPECS[spec_id]
-    logits, labels = random_inputs((2, 5, 4), 3, seed=14, ignore_index=255, ignore_fraction=1.0)
+    logits, labels = random_inputs((2, 5, 4), 3, dtype, seed=14, ignore_index=255, ignore_fraction=1.0)
     assert (labels == 255).all()
     x = logits.clone().requires_grad_()
     loss = dice_loss(x, labels, spec, impl=impl)
