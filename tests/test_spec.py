@@ -12,7 +12,7 @@ from dice_impls import PRESETS, DiceSpec, dice_loss
 from dice_impls.spec import field_names
 from helpers import random_inputs
 
-# What each peer's default is documented to be (DESIGN.md section 3, docs/conventions.md);
+# What each peer's default is documented to be (docs/conventions.md);
 # fields not listed keep DiceSpec's defaults.
 DOCUMENTED = {
     "monai": dict(activation="softmax", smooth_nr=1e-5, smooth_dr=1e-5, batch=False, include_background=True),
