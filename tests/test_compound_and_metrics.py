@@ -145,6 +145,22 @@ def test_focal_with_gamma_zero_is_cross_entropy():
     assert_same_loss_and_grad(focal, labels, lambda x: F.cross_entropy(x, labels), logits)
 
 
+@pytest.mark.parametrize("soft_target", [False, True])
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_focal_gamma_below_one_on_saturated_logits_has_finite_gradient(activation, soft_target):
+    """A confident correct prediction (p rounds to 1): (1 - p)**gamma with gamma < 1 must not give
+    inf * 0 = NaN in the gradient; the focal term there is 0 (float64 reference: < 1e-12)."""
+    labels = random_inputs((2, 4, 4), 3, seed=16)[1]
+    onehot = F.one_hot(labels, 3).movedim(-1, 1)
+    logits = onehot.float() * 80 - 40
+    target = onehot.float() if soft_target else labels
+    x = logits.clone().requires_grad_()
+    focal = compound.focal_loss(x, target, DiceSpec(activation=activation), gamma=0.5)
+    focal.backward()
+    assert torch.isfinite(x.grad).all()
+    assert focal.item() < 1e-12
+
+
 def test_compound_all_ignored_batch_is_finite():
     """No counted pixel: the per-pixel term is 0 and the Dice term is its documented all-ignored value."""
     logits = random_inputs((2, 5, 5), 3, torch.float64, seed=13)[0]
