@@ -75,7 +75,9 @@ def loss_from_statistics(stats: DiceStatistics, spec: DiceSpec) -> Tensor:
     normalizer = weights.sum(1)
     no_class = normalizer == 0  # only with absent_classes="exclude": kornia scores such a unit 1
     per_unit = torch.where(no_class, 1.0, weighted.sum(1) / torch.where(no_class, 1.0, normalizer))
-    return per_unit.mean()
+    # No image (an empty batch, e.g. a data-parallel rank's share): 0, like the pooled sums of
+    # batch Dice, and still attached to the graph; a plain mean of nothing would be NaN.
+    return per_unit.mean() if per_unit.numel() else per_unit.sum()
 
 
 def score_terms(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, spec: DiceSpec) -> Tuple[Tensor, Tensor]:

@@ -56,8 +56,8 @@ class DiceSpec:
             (integer label maps only).
         weight: one non-negative weight per channel of the logits; the loss is the weighted mean
             over classes ``sum w_c l_c / sum w_c``.
-        reduction: ``"mean"`` over reduction units, ``"sum"``, or ``"none"`` (the weighted
-            per-unit, per-class losses ``w_c * l_c``, shape ``(units, classes)``).
+        reduction: ``"mean"`` over reduction units (0 for a batch of no images), ``"sum"``, or
+            ``"none"`` (the weighted per-unit, per-class losses ``w_c * l_c``, shape ``(units, classes)``).
         log_loss: ``loss = -log(score)`` (score clamped at the smallest normal float32, 1.2e-38,
             whatever the statistics' dtype, so the loss is at most 87.3).
         average: ``"macro"`` scores each class; ``"micro"`` pools the (weighted) sums of all

@@ -580,9 +580,10 @@ def test_metrics_class_count_beyond_the_label_dtype():
         assert torch.equal(a, e)
 
 
-@pytest.mark.parametrize("spec", [DiceSpec(batch=True), DiceSpec(batch=False, reduction="sum"),
+@pytest.mark.parametrize("spec", [DiceSpec(batch=True), DiceSpec(batch=False, reduction="sum"), DiceSpec(batch=False),
+                                  DiceSpec(batch=False, absent_classes="exclude"),
                                   DiceSpec(batch=True, generalized="square", fp_weight=0.3, fn_weight=0.7)],
-                         ids=["batch", "image-sum", "batch-family"])
+                         ids=["batch", "image-sum", "image-mean", "image-mean-exclude", "batch-family"])
 @pytest.mark.parametrize("impl", ALL_IMPLS)
 def test_empty_batch_loss_stays_attached_to_the_graph(impl, spec):
     # naive used to return fresh zeros, so global_dice_loss(...).backward() on a rank without
@@ -593,5 +594,6 @@ def test_empty_batch_loss_stays_attached_to_the_graph(impl, spec):
     labels = torch.randint(0, 3, (0, 5, 4))
     for loss in (dice_loss(logits, labels, spec, impl=impl), global_dice_loss(logits, labels, spec, impl=impl)):
         assert loss.requires_grad and torch.isfinite(loss).all()
+        assert loss.item() == 0.0  # nothing to score: the per-image mean of no image is 0, not NaN
         (grad,) = torch.autograd.grad(loss, logits)
         assert grad.shape == logits.shape
