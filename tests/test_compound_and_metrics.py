@@ -14,12 +14,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+import torchmetrics.functional.classification as tm_classification  # dev dependency: never skipped
 
 import dice_impls
 from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec, compound, metrics
 from helpers import random_inputs
-
-tm_classification = pytest.importorskip("torchmetrics.functional.classification")
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
