@@ -40,7 +40,7 @@ report: install
 experiments: install
 	OMP_NUM_THREADS=1 $(BIN)/dicebench experiment all --scale paper --out results/experiments
 
-# Issue-3 targets of the fused implementation against MONAI (time, peak memory, accuracy).
+# The fused implementation's targets against MONAI (time, peak memory, accuracy): results/fused/
 targets: install
 	$(BIN)/python -m benchmarks.targets
 

@@ -25,6 +25,8 @@ it in one call. docs/conventions.md "Compound losses" restates these rules with 
 
 from __future__ import annotations
 
+import math
+
 from typing import NamedTuple, Optional
 
 import torch
@@ -151,6 +153,7 @@ def focal_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, gamma: float =
     """
     if spec.activation == "none":
         raise ValueError("cross-entropy and focal terms need logits: use activation='softmax' or 'sigmoid'")
+    check_focal_parameters(gamma, alpha)
     _check_reduction(reduction)
     x = _wide(logits)
     channels = x.shape[1]
@@ -181,6 +184,14 @@ def focal_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, gamma: float =
         per_value = per_value * (alpha * g + (1 - alpha) * (1 - g))
     per_value = per_value * _channel_view(class_factor, x) * keep.unsqueeze(1)
     return _reduce(per_value, reduction, keep.sum() * channels)
+
+
+def check_focal_parameters(gamma: float, alpha: Optional[float]) -> None:
+    """``gamma >= 0`` (finite) and ``alpha`` in ``[0, 1]`` or None; a ValueError names the bad one."""
+    if not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"focal gamma must be finite and >= 0, got {gamma}")
+    if alpha is not None and not 0 <= alpha <= 1:
+        raise ValueError(f"focal alpha must lie in [0, 1] (or be None), got {alpha}")
 
 
 def _modulating(log_p: Tensor, gamma: float):
@@ -303,6 +314,7 @@ class DiceFocalLoss(_CompoundLoss):
                  lambda_focal: float = 1.0, gamma: float = 2.0, alpha: Optional[float] = None,
                  weighted_focal: bool = False, **fields) -> None:
         super().__init__(impl, spec, lambda_dice, lambda_focal, weighted_focal, fields)
+        check_focal_parameters(gamma, alpha)
         self.gamma, self.alpha = gamma, alpha
 
     def pixel_term(self, logits: Tensor, target: Tensor) -> Tensor:

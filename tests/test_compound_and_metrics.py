@@ -376,3 +376,13 @@ def test_predict_labels():
     assert torch.equal(metrics.predict_labels(binary, "sigmoid"), (binary[:, 0] > 0).long())
     assert torch.equal(metrics.predict_labels(torch.sigmoid(binary), "none", threshold=0.7),
                        (torch.sigmoid(binary[:, 0]) > 0.7).long())
+
+
+@pytest.mark.parametrize("gamma, alpha, named", [(-0.5, None, "gamma"), (float("nan"), None, "gamma"),
+                                                 (2.0, 1.5, "alpha"), (2.0, -0.1, "alpha")])
+def test_focal_parameters_out_of_range_are_refused(gamma, alpha, named):
+    with pytest.raises(ValueError, match=f"focal {named}"):
+        DiceFocalLoss(gamma=gamma, alpha=alpha)
+    logits, labels = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(ValueError, match=f"focal {named}"):
+        compound.focal_loss(logits, labels, DiceSpec(), gamma=gamma, alpha=alpha)
