@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 ASV := $(BIN)/asv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test report experiments targets asv asv-range asv-continuous asv-quick asv-curated asv-gpu memory-gate bench clean
+.PHONY: install test report experiments targets asv asv-range asv-continuous asv-quick asv-curated asv-gpu memory-gate \
+	gpu-compile gpu-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +43,7 @@ report: install
 experiments: install
 	OMP_NUM_THREADS=1 $(BIN)/dicebench experiment all --scale paper --out results/experiments
 
-# Issue-3 targets of the fused implementation against MONAI (time, peak memory, accuracy).
+# The fused implementation's targets against MONAI (time, peak memory, accuracy): results/fused/
 targets: install
 	$(BIN)/python -m benchmarks.targets
 
@@ -105,6 +106,16 @@ asv-gpu: install
 	$(BIN)/python -m benchmarks.asv_machine $(ASV_MACHINE)
 	$(ASV) run --python=same --machine $(ASV_MACHINE) --show-stderr --set-commit-hash $$(git rev-parse HEAD) -b '^bench_cuda\.'
 	$(ASV) publish
+
+# CI: every Triton kernel compiled for sm_80 and sm_90 (no GPU needed), registers and spills
+# printed, launch limits checked (benchmarks/gpu_compile.py; --sweep layouts|full for more).
+gpu-compile: install
+	$(BIN)/python -m benchmarks.gpu_compile
+
+# On a CUDA machine: fused vs reference on CUDA, kernel times, the CUDA grid and peak memory into
+# results/gpu/ (benchmarks/gpu_check.py, at most ~8 minutes). Without CUDA: one line, exit 2.
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check
 
 # pytest-benchmark micro suite -> reports/bench.json (a second source for the report).
 bench: install

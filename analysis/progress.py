@@ -1,7 +1,7 @@
 """Progress of long stages: a tqdm bar on a terminal, plain lines anywhere else.
 
 A bar redraws itself with carriage returns and, when bars nest, cursor moves (``\\x1b[A``): fine on
-a terminal, garbage in a log file, a pipe or CI. Off a terminal, ``progress`` writes one line when
+a terminal, garbage in a log file, a pipe or CI. Off a terminal, ``track`` writes one line when
 the stage starts, one about every tenth of the way (at most one per ``PLAIN_INTERVAL_S``), and one
 when it ends::
 
@@ -23,7 +23,7 @@ PLAIN_INTERVAL_S = 10.0
 
 
 def track(iterable: Optional[Iterable] = None, *, total: Optional[int] = None, desc: str, unit: str = "it",
-             disable: bool = False, file: Optional[IO[str]] = None):
+          disable: bool = False, file: Optional[IO[str]] = None):
     """tqdm on a terminal (``file``, default stderr), ``PlainProgress`` elsewhere."""
     file = sys.stderr if file is None else file
     if total is None and iterable is not None and hasattr(iterable, "__len__"):

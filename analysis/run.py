@@ -7,9 +7,8 @@ Writes one self-describing run folder (default ``reports/``)::
     reports/index.html, figures/    the report
 
 The page shows the curated results (``results/asv``) as its headline and this run's asv numbers
-as a comparison against them. The full run (the whole CPU asv grid, every experiment at small
-scale) fits in 20 minutes on a 2-core machine; ``--quick`` (the headline cell of every
-implementation, every experiment at small scale) in 3.
+as a comparison against them. The full run is the whole CPU asv grid and every experiment at small
+scale; ``--quick`` times only the headline cell of every implementation (README gives the times).
 """
 
 from __future__ import annotations

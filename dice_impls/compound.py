@@ -25,6 +25,8 @@ it in one call. docs/conventions.md "Compound losses" restates these rules with 
 
 from __future__ import annotations
 
+import math
+
 from typing import NamedTuple, Optional
 
 import torch
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from .checks import ignored_pixels, label_equals, label_range, outside_range, prepare_inputs
 from .fused import compound_loss as fused_compound_loss
 from .registry import get_implementation, resolve_spec
-from .score import loss_from_statistics
+from .score import focal_power, loss_from_statistics
 from .spec import DiceSpec
 
 PIXEL_REDUCTIONS = ("mean", "sum", "none")
@@ -152,6 +154,7 @@ def focal_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, gamma: float =
     """
     if spec.activation == "none":
         raise ValueError("cross-entropy and focal terms need logits: use activation='softmax' or 'sigmoid'")
+    check_focal_parameters(gamma, alpha)
     _check_reduction(reduction)
     x = _wide(logits)
     channels = x.shape[1]
@@ -163,13 +166,15 @@ def focal_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, gamma: float =
                                                    device=x.device)
     if spec.activation == "softmax":
         log_p = F.log_softmax(x, dim=1)
+        # (1 - p)**gamma through focal_power: where p rounds to 1 and gamma < 1, a plain power has an
+        # infinite gradient, and inf * 0 makes the logits' gradient NaN
         if target.is_floating_point():  # class probabilities: the expectation over the target
-            per_class = -target.to(x.dtype) * (1 - log_p.exp()) ** gamma * log_p
+            per_class = -target.to(x.dtype) * _modulating(log_p, gamma) * log_p
             per_pixel = (per_class * _channel_view(class_factor, x)).sum(1)
         else:
             labels = torch.where(counted, target, 0).long()
             log_p_y = log_p.gather(1, labels.unsqueeze(1)).squeeze(1)
-            per_pixel = -class_factor[labels] * (1 - log_p_y.exp()) ** gamma * log_p_y
+            per_pixel = -class_factor[labels] * _modulating(log_p_y, gamma) * log_p_y
         per_pixel = per_pixel * keep
         return _reduce(per_pixel, reduction, keep.sum())
     g = _binary_target(target, channels, x.dtype)
@@ -180,6 +185,19 @@ def focal_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, gamma: float =
         per_value = per_value * (alpha * g + (1 - alpha) * (1 - g))
     per_value = per_value * _channel_view(class_factor, x) * keep.unsqueeze(1)
     return _reduce(per_value, reduction, keep.sum() * channels)
+
+
+def check_focal_parameters(gamma: float, alpha: Optional[float]) -> None:
+    """``gamma >= 0`` (finite) and ``alpha`` in ``[0, 1]`` or None; a ValueError names the bad one."""
+    if not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"focal gamma must be finite and >= 0, got {gamma}")
+    if alpha is not None and not 0 <= alpha <= 1:
+        raise ValueError(f"focal alpha must lie in [0, 1] (or be None), got {alpha}")
+
+
+def _modulating(log_p: Tensor, gamma: float):
+    """The focal factor ``(1 - p)**gamma`` of the log-probabilities ``log_p`` (1 for gamma = 0)."""
+    return focal_power(1 - log_p.exp(), gamma) if gamma else 1.0
 
 
 def _binary_target(target: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
@@ -309,6 +327,7 @@ class DiceFocalLoss(_CompoundLoss):
                  lambda_focal: float = 1.0, gamma: float = 2.0, alpha: Optional[float] = None,
                  weighted_focal: bool = False, **fields) -> None:
         super().__init__(impl, spec, lambda_dice, lambda_focal, weighted_focal, fields)
+        check_focal_parameters(gamma, alpha)
         self.gamma, self.alpha = gamma, alpha
 
     def fused_pixel_term(self) -> dict:

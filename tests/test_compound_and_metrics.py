@@ -14,12 +14,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+import torchmetrics.functional.classification as tm_classification  # dev dependency: never skipped
 
 import dice_impls
 from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec, compound, metrics
 from helpers import random_inputs
-
-tm_classification = pytest.importorskip("torchmetrics.functional.classification")
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
@@ -143,6 +142,22 @@ def test_focal_with_gamma_zero_is_cross_entropy():
     logits, labels = random_inputs((2, 7, 7), 3, torch.float64, seed=12)
     focal = DiceFocalLoss(lambda_dice=0.0, gamma=0.0, alpha=None)
     assert_same_loss_and_grad(focal, labels, lambda x: F.cross_entropy(x, labels), logits)
+
+
+@pytest.mark.parametrize("soft_target", [False, True])
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_focal_gamma_below_one_on_saturated_logits_has_finite_gradient(activation, soft_target):
+    """A confident correct prediction (p rounds to 1): (1 - p)**gamma with gamma < 1 must not give
+    inf * 0 = NaN in the gradient; the focal term there is 0 (float64 reference: < 1e-12)."""
+    labels = random_inputs((2, 4, 4), 3, seed=16)[1]
+    onehot = F.one_hot(labels, 3).movedim(-1, 1)
+    logits = onehot.float() * 80 - 40
+    target = onehot.float() if soft_target else labels
+    x = logits.clone().requires_grad_()
+    focal = compound.focal_loss(x, target, DiceSpec(activation=activation), gamma=0.5)
+    focal.backward()
+    assert torch.isfinite(x.grad).all()
+    assert focal.item() < 1e-12
 
 
 def test_compound_all_ignored_batch_is_finite():
@@ -361,3 +376,13 @@ def test_predict_labels():
     assert torch.equal(metrics.predict_labels(binary, "sigmoid"), (binary[:, 0] > 0).long())
     assert torch.equal(metrics.predict_labels(torch.sigmoid(binary), "none", threshold=0.7),
                        (torch.sigmoid(binary[:, 0]) > 0.7).long())
+
+
+@pytest.mark.parametrize("gamma, alpha, named", [(-0.5, None, "gamma"), (float("nan"), None, "gamma"),
+                                                 (2.0, 1.5, "alpha"), (2.0, -0.1, "alpha")])
+def test_focal_parameters_out_of_range_are_refused(gamma, alpha, named):
+    with pytest.raises(ValueError, match=f"focal {named}"):
+        DiceFocalLoss(gamma=gamma, alpha=alpha)
+    logits, labels = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(ValueError, match=f"focal {named}"):
+        compound.focal_loss(logits, labels, DiceSpec(), gamma=gamma, alpha=alpha)

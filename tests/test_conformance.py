@@ -12,9 +12,13 @@ from __future__ import annotations
 import itertools
 import warnings
 
+# The peers are dev dependencies (make test installs them): a missing one fails, it is not skipped.
+import kornia.losses as kornia_losses
+import monai.losses as monai_losses
 import pytest
 import torch
 import torch.nn.functional as F
+import torchmetrics.functional.segmentation as tm_segmentation
 
 import dice_impls
 from dice_impls import DiceSpec, metrics
@@ -22,10 +26,6 @@ from helpers import random_inputs
 from peers.nnunet import dc_and_ce_dice_term, memory_efficient_soft_dice
 from peers.seed import Dice_loss, seed_target
 from peers.smp import smp_dice_loss
-
-monai_losses = pytest.importorskip("monai.losses")
-kornia_losses = pytest.importorskip("kornia.losses")
-tm_segmentation = pytest.importorskip("torchmetrics.functional.segmentation")
 
 # float64 inputs: both sides then differ by summation order only.
 F64 = dict(loss=1e-12, grad=1e-12)

@@ -222,7 +222,7 @@ def test_cpu_is_bitwise_deterministic():
 def triton_cases():
     from dice_impls.fused import triton_kernels
 
-    block_v = triton_kernels._blocks(4)[1]
+    block_v = triton_kernels.layout(4).block_v
     return [
         ((2, 13, 7), 4),  # odd sizes
         ((1, block_v), 4),  # exactly one tile
