@@ -480,3 +480,23 @@ def test_compound_cross_entropy_builds_no_one_hot():
     peaks = {name: int(value) for name, value in (line.split() for line in out.stdout.strip().splitlines())}
     assert peaks["compound"] <= peaks["cross_entropy"] + 0.5 * peaks["logits"], peaks
     assert peaks["compound"] < 4 * peaks["logits"], peaks  # the one-hot focal formulation used 9.6x
+
+
+@pytest.mark.parametrize("options", [dict(), dict(batch=True), dict(include_background=False),
+                                     dict(label_smoothing=0.1, lambda_ce=0.5, lambda_dice=2.0)])
+@pytest.mark.parametrize("shape", [(2, 4, 9, 11), (2, 3, 5, 6, 7)])
+def test_monai_dice_ce_folds_into_the_fused_kernel_and_matches_monai(options, shape):
+    """MONAI's usual DiceCELoss(to_onehot_y=True, softmax=True) runs both terms in the fused op's two
+    passes (no one-hot, no CE buffers) and still equals MONAI's loss and gradient."""
+    gen = torch.Generator().manual_seed(len(shape) * 10 + len(options))
+    logits = torch.randn(*shape, generator=gen, requires_grad=True)
+    labels = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]), generator=gen)
+    ours = ours_monai.DiceCELoss(to_onehot_y=True, softmax=True, **options)
+    peer = monai_losses.DiceCELoss(to_onehot_y=True, softmax=True, **options)
+    assert ours.fused(logits, labels) is not None
+    loss = ours(logits, labels)
+    (grad,) = torch.autograd.grad(loss, logits)
+    peer_loss = peer(logits, labels)
+    (peer_grad,) = torch.autograd.grad(peer_loss, logits)
+    torch.testing.assert_close(loss, peer_loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, peer_grad, rtol=1e-5, atol=1e-8)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..compound import binary_cross_entropy, cross_entropy, focal_loss
+from ..fused import compound_loss as fused_compound_loss
 from ..spec import DiceSpec
 from .dispatch import activation_of, apply_activation, dice, label_map, warn_ignored
 
@@ -226,7 +227,21 @@ class DiceCELoss(nn.Module):
         _check_compound_inputs(input, target)
         if target.shape[1] == 1 and input.shape[1] != 1 and target.is_floating_point():
             target = target.long()  # MONAI's CE takes .long() of a float label map; the Dice term reads it too
+        fused = self.fused(input, target)
+        if fused is not None:
+            return fused
         return self.lambda_dice * self.dice(input, target) + self.lambda_ce * self.ce(input, target)
+
+    def fused(self, input: Tensor, target: Tensor) -> Optional[Tensor]:
+        """Both terms in the fused kernel's two passes, where that is MONAI's loss: softmax over a label
+        map, reduction "mean", no class weight (MONAI's weighted Dice mean is not the spec's weighted
+        mean), no ``other_act``; None elsewhere (and where the kernel cannot fold the spec)."""
+        if (self.reduction != "mean" or self.class_weight is not None or self.dice.other_act is not None
+                or input.shape[1] == 1 or not self.dice.to_onehot_y or self.dice.spec.activation != "softmax"):
+            return None
+        spec = self.dice.spec_for(input.shape[1]).replace(reduction="mean")
+        return fused_compound_loss(input, self.dice.target(input, target), spec, lambda_dice=self.lambda_dice,
+                                   lambda_pixel=self.lambda_ce, label_smoothing=self.label_smoothing)
 
     def ce(self, input: Tensor, target: Tensor) -> Tensor:
         """MONAI's cross-entropy term of ``(input, target)`` (binary for one channel)."""

@@ -13,8 +13,9 @@ HEADERS = ["fused_args.h", "fused_kernels.h"]
 CFLAGS = ["-O3", "-g0", "-fno-trapping-math", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 # The library embeds "<DIGEST_MARKER><digest of sources and flags>"; a library whose digest is not
-# that of the sources beside it is stale (edited after the build) and is not loaded.
-DIGEST_MARKER = "DICE_FUSED_SOURCE_DIGEST="
+# that of the sources beside it is stale (edited after the build) and is not loaded. One identifier,
+# stringified in C++: a quoted define would lose its quotes in the shell that ninja runs.
+DIGEST_MARKER = "DICE_FUSED_SOURCE_DIGEST_"
 
 
 def source_digest(directory: Path) -> str:
@@ -26,4 +27,4 @@ def source_digest(directory: Path) -> str:
 
 
 def digest_define(directory: Path) -> str:
-    return f'-DFUSED_SOURCE_DIGEST="{DIGEST_MARKER}{source_digest(directory)}"'
+    return f"-DFUSED_SOURCE_DIGEST={DIGEST_MARKER}{source_digest(directory)}"

@@ -550,7 +550,10 @@ std::string isa() { return kernels().name; }
 
 #if defined(FUSED_SOURCE_DIGEST)
 // Kept in the library's bytes for cpu.is_stale, which reads it without loading the library.
-extern "C" __attribute__((used, visibility("default"))) const char dice_fused_source_digest[] = FUSED_SOURCE_DIGEST;
+#define FUSED_STRINGIFY_(token) #token
+#define FUSED_STRINGIFY(token) FUSED_STRINGIFY_(token)
+extern "C" __attribute__((used, visibility("default"))) const char dice_fused_source_digest[] =
+    FUSED_STRINGIFY(FUSED_SOURCE_DIGEST);
 #endif
 
 TORCH_LIBRARY(dice_fused, m) {
