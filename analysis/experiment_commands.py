@@ -12,15 +12,18 @@ from .experiments import EXPERIMENTS, SCALE_NAMES
 
 @command("experiment")
 def _experiment(parser: argparse.ArgumentParser):
-    parser.description = ("Run synthetic experiments (DESIGN §6), store <out>/<name>/results.parquet, claims.json, "
-                          "manifest.json and figures, and print every claim; exit 1 when a claim fails.")
+    parser.description = ("Run synthetic experiments, store <out>/<name>/results.parquet, claims.json, manifest.json "
+                          "and figures, and print every claim. Exit 1 when a verification fails; a failed "
+                          "hypothesis is a finding, reported as FAILED (exit 0).")
     parser.add_argument("name", choices=[*EXPERIMENTS, "all"], help="experiment, or all of them")
     parser.add_argument("--scale", choices=SCALE_NAMES, default="small")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--impl", default="vectorized", help="Dice implementation used by the losses")
     parser.add_argument("--out", type=Path, default=Path("results/experiments"), help="results folder")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads, fixed for determinism (1: two threads ran ~30x slower on a busy 2-core machine)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run the tasks in N local processes (default 1: in this process); results do not change")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                        help="run the tasks on this existing Dask distributed cluster instead; results do not change")
     parser.add_argument("--no-figures", action="store_true", help="skip drawing the figures")
 
     def handle(args: argparse.Namespace) -> int:
@@ -29,28 +32,41 @@ def _experiment(parser: argparse.ArgumentParser):
         from .storage import run_experiment
 
         get_implementation(args.impl)  # an unknown name fails before any work
+        if args.workers < 1:
+            parser.error(f"--workers must be at least 1, got {args.workers}")
+        if args.scheduler is not None and args.workers != 1:
+            parser.error("give --workers (local processes) or --scheduler (a Dask cluster), not both")
         names = list(EXPERIMENTS) if args.name == "all" else [args.name]
         failed = []
         start = time.perf_counter()
+        where = f"Dask cluster {args.scheduler}" if args.scheduler else f"{args.workers} worker(s)"
         for name in names:
             df, claims, manifest = run_experiment(name, args.out, scale=args.scale, seed=args.seed, impl=args.impl,
-                                                  threads=args.threads)
+                                                  workers=args.workers, scheduler=args.scheduler)
             if not args.no_figures:
                 EXPERIMENTS[name].figures(df, args.out / name)
-            print(f"{name} ({args.scale}, seed {args.seed}, {manifest['wall_time_s']:.1f} s)")
+            print(f"{name} ({args.scale}, seed {args.seed}, {manifest['tasks']} tasks on {where}, "
+                  f"{manifest['wall_time_s']:.1f} s)")
             for claim in claims:
-                print(f"  {'PASS' if claim.passed else 'FAIL'} {claim.id}: {claim.statement}: value {claim.value:.4g}")
-                if not claim.passed:
-                    failed.append(claim)
+                print("  " + claim_line(claim))
+            failed += [c for c in claims if c.kind == "verification" and not c.passed]
         print(f"{len(names)} experiment(s) in {time.perf_counter() - start:.1f} s; results in {args.out}")
         if failed:
-            print(f"{len(failed)} claim(s) failed:")
+            print(f"{len(failed)} verification(s) failed:")
             for claim in failed:
-                print(f"  {claim.id}: {claim.statement}: value {claim.value:.4g}")
+                print("  " + claim_line(claim))
             return 1
         return 0
 
     return handle
+
+
+def claim_line(claim) -> str:
+    """``OUTCOME id [stage]: statement: value v (CI lo..hi) op threshold``."""
+    ci = f" (95% CI {claim.ci_low:.4g}..{claim.ci_high:.4g})" if claim.ci_low is not None else ""
+    stage = f" [{claim.stage}]" if claim.stage else ""
+    return (f"{claim.outcome} {claim.id}{stage}: {claim.statement}: value {claim.value:.4g}{ci}, "
+            f"required {claim.op} {claim.threshold:g}")
 
 
 @command("figures")

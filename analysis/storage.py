@@ -1,8 +1,9 @@
 """Experiment results on disk: ``<out>/<name>/results.parquet``, ``claims.json``, ``manifest.json``.
 
-The parquet file holds the raw measurements only (no timestamps, no index), so the same seed and
-scale on the same machine, with the same thread count, give byte-identical files; everything
-about the run itself (versions, commit, hardware, config, wall time) goes into the manifest.
+The parquet file holds the raw measurements only (no timestamps, no index), concatenated in task
+order, so the same seed and scale on the same machine give byte-identical files however the tasks
+ran (in-process, local processes, a Dask cluster); everything about the run itself (versions,
+commit, hardware, config, task count, workers, wall time) goes into the manifest.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .experiments import EXPERIMENTS, Claim, config_for
+from .experiments import EXPERIMENTS, Claim, config_for, config_from_dict
+from .runner import run_tasks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,51 +37,67 @@ def save_results(out_dir: Path, name: str, df: pd.DataFrame, claims: List[Claim]
 
 
 def _write_claims_and_manifest(folder: Path, claims: List[Claim], manifest: dict) -> None:
-    (folder / "claims.json").write_text(json.dumps([dataclasses.asdict(c) for c in claims], indent=2) + "\n")
+    (folder / "claims.json").write_text(json.dumps([c.to_dict() for c in claims], indent=2) + "\n")
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 def load_results(out_dir: Path, name: str) -> Tuple[pd.DataFrame, List[dict], dict]:
-    """``(df, claims, manifest)`` of experiment ``name`` stored under ``out_dir``."""
+    """``(df, claims, manifest)`` of experiment ``name`` stored under ``out_dir``; each claim is the
+    dict of a :class:`Claim` (checked on loading)."""
     folder = Path(out_dir) / name
     if not (folder / "results.parquet").is_file():
         raise FileNotFoundError(f"no stored results for {name!r} under {folder}")
     df = pd.read_parquet(folder / "results.parquet")
-    claims = json.loads((folder / "claims.json").read_text())
+    claims = [Claim.from_dict(c).to_dict() for c in json.loads((folder / "claims.json").read_text())]
     manifest = json.loads((folder / "manifest.json").read_text())
     return df, claims, manifest
 
 
+def checked_claims(name: str, claims) -> List[Claim]:
+    """``claims`` as a list of :class:`Claim` with distinct ids (what ``claims(df, config)`` must return)."""
+    claims = list(claims)
+    if not all(isinstance(c, Claim) for c in claims):
+        raise TypeError(f"{name}.claims must return Claim objects (analysis.experiments.verification/hypothesis)")
+    ids = [c.id for c in claims]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"{name}: claim ids must be distinct, repeated: {repeated}")
+    return claims
+
+
 def recheck_claims(out_dir: Path, name: str) -> List[Claim]:
-    """Recompute the claims of stored results with the current ``claims(df)`` and rewrite
+    """Recompute the claims of stored results with the current ``claims(df, config)`` and rewrite
     ``claims.json``; the manifest records when and at which commit (the data are untouched)."""
-    df, _, manifest = load_results(out_dir, name)
-    claims = EXPERIMENTS[name].claims(df)
+    folder = Path(out_dir) / name
+    if not (folder / "results.parquet").is_file():
+        raise FileNotFoundError(f"no stored results for {name!r} under {folder}")
+    df = pd.read_parquet(folder / "results.parquet")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    module = EXPERIMENTS[name]
+    claims = checked_claims(name, module.claims(df, config_from_dict(module, manifest["config"])))
     manifest["claims_rechecked"] = dict(at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                         git_commit=_git("rev-parse", "HEAD"))
-    _write_claims_and_manifest(Path(out_dir) / name, claims, manifest)
+    _write_claims_and_manifest(folder, claims, manifest)
     return claims
 
 
 def run_experiment(name: str, out_dir: Path, *, scale: str = "small", seed: int = 0, impl: str = "vectorized",
-                   threads: int = 1, progress: bool = True) -> Tuple[pd.DataFrame, List[Claim], dict]:
-    """Run experiment ``name`` deterministically on ``threads`` CPU threads, store and return its results."""
+                   workers: int = 1, scheduler: Optional[str] = None,
+                   progress: bool = True) -> Tuple[pd.DataFrame, List[Claim], dict]:
+    """Run experiment ``name``'s tasks (``analysis.runner``: in this process, in ``workers`` local
+    processes, or on the Dask cluster at ``scheduler``), then store and return the results, claims
+    and manifest. The stored parquet does not depend on ``workers`` or ``scheduler``."""
     module = EXPERIMENTS[name]
     config = config_for(module, scale, seed=seed, impl=impl)
+    tasks = module.tasks(config)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
-    try:
-        df = module.run(config, progress=progress)
-    finally:
-        torch.set_num_threads(previous[0])
-        torch.use_deterministic_algorithms(previous[1])
+    df = run_tasks(module, config, tasks, workers=workers, scheduler=scheduler, progress=progress)
     wall = time.perf_counter() - start
-    claims = module.claims(df)
+    claims = checked_claims(name, module.claims(df, config))
     manifest = dict(
-        experiment=name, scale=scale, seed=seed, impl=impl, threads=threads, config=dataclasses.asdict(config),
+        experiment=name, scale=scale, seed=seed, impl=impl, config=dataclasses.asdict(config), tasks=len(tasks),
+        workers=workers, scheduler=scheduler, threads=1,  # torch threads per task, wherever it ran
         started_at=started_at, wall_time_s=round(wall, 3), **environment(),
     )
     save_results(out_dir, name, df, claims, manifest)
@@ -98,7 +116,7 @@ def environment() -> dict:
 
     return dict(
         python=sys.version.split()[0], torch=torch.__version__, numpy=np.__version__, pandas=pd.__version__,
-        packages={name: package_version(name) for name in ("dicebench", "pyarrow", "matplotlib", "monai", "triton")},
+        packages={name: package_version(name) for name in ("dicebench", "pyarrow", "matplotlib", "monai", "triton", "distributed")},
         git_commit=_git("rev-parse", "HEAD"), git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
         platform=platform.platform(), cpu=_cpu_model(),
         gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analysis.experiments import EXPERIMENTS, Claim, check
+from analysis.experiments import EXPERIMENTS
 from analysis.experiments import e2_gradients
 from analysis.storage import load_results, run_experiment
 from analysis.synthetic import generator_for, make_batch, object_masks
@@ -16,9 +16,9 @@ from dice_impls import IMPLEMENTATIONS
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_small_scale_claims_hold_and_figures_render(name, seed, tmp_path):
-    df, claims, manifest = run_experiment(name, tmp_path, scale="small", seed=seed, threads=1, progress=False)
+    df, claims, manifest = run_experiment(name, tmp_path, scale="small", seed=seed, progress=False)
     assert len(df) > 0 and claims
-    failed = [f"{c.id}: {c.statement}: value {c.value:.4g}" for c in claims if not c.passed]
+    failed = [f"{c.id}: {c.statement}: value {c.value:.4g}" for c in claims if c.kind == "verification" and not c.passed]
     assert not failed, "claims failed:\n" + "\n".join(failed)
 
     stored, stored_claims, stored_manifest = load_results(tmp_path, name)
@@ -36,11 +36,11 @@ def test_small_scale_claims_hold_and_figures_render(name, seed, tmp_path):
 @pytest.mark.parametrize("name", ["e5_empty", "p1_precision"])
 def test_same_seed_gives_identical_parquet(name, tmp_path):
     for run in ("a", "b"):
-        run_experiment(name, tmp_path / run, scale="small", seed=3, threads=1, progress=False)
+        run_experiment(name, tmp_path / run, scale="small", seed=3, progress=False)
     first, second = ((tmp_path / run / name / "results.parquet").read_bytes() for run in ("a", "b"))
     assert first == second
     if name == "p1_precision":  # cheap: a different seed must change the bytes
-        run_experiment(name, tmp_path / "c", scale="small", seed=4, threads=1, progress=False)
+        run_experiment(name, tmp_path / "c", scale="small", seed=4, progress=False)
         assert (tmp_path / "c" / name / "results.parquet").read_bytes() != first
 
 
@@ -93,12 +93,6 @@ def test_synthetic_3d_and_fraction():
 def test_synthetic_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_batch(2, (16, 16), generator=generator_for(0), **kwargs)
-
-
-def test_claim_check_compares_and_fails_on_nan():
-    assert check("x", "v", 0.5, "<", 1.0) == Claim("x", "v [< 1]", 0.5, 1.0, True)
-    assert not check("x", "v", 2.0, "<", 1.0).passed
-    assert not check("x", "v", float("nan"), "<", 1.0).passed
 
 
 def test_average_precision_and_calibration_error_on_known_cases():

@@ -151,7 +151,7 @@ def write_targets(path: Path, seed: int = 0) -> None:
 def run_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("run")
     for name in FAST_EXPERIMENTS:
-        run_experiment(name, root / "experiments", scale="small", threads=1, progress=False)
+        run_experiment(name, root / "experiments", scale="small", progress=False)
     write_asv_results(root / "asv")
     write_targets(root / "targets_cpu.json")
     return root

@@ -1,9 +1,23 @@
-"""The synthetic experiments (DESIGN §6): one module each, all with the same interface.
+"""The synthetic experiments: one module each, all with the same interface.
 
-Each module has ``Config`` (a frozen dataclass with ``seed`` and ``impl`` fields), ``SCALES``
-(``{"small": Config(...), "paper": Config(...)}``), ``run(config, progress=True) -> DataFrame``
-of raw measurements, ``claims(df) -> list[Claim]`` computed from that DataFrame alone, and
-``figures(df, out_dir) -> list[Path]``.
+Each module has
+
+- ``Config``: a frozen dataclass with ``seed`` and ``impl`` fields, and ``SCALES``
+  (``{"small": Config(...), "paper": Config(...)}``), read by :func:`config_for`;
+- ``tasks(config) -> list[dict]``: the experiment's independent units of work (e.g. one setting
+  and seed each), JSON-serialisable so that any worker can receive them;
+- ``run_task(config, task) -> DataFrame``: the raw measurements of one task, determined by
+  ``config`` and ``task`` alone (every random generator seeded from them, no global state), so
+  ``analysis.runner`` may run the tasks in any process and in any order;
+- ``claims(df, config) -> list[Claim]``: computed from the concatenated measurements alone;
+- ``figures(df, out_dir) -> list[Path]``.
+
+Claims come in two kinds. A *verification* (an identity, a precision bound, an exactness check)
+must pass: its failure is a bug, and ``dicebench experiment`` exits 1. A *hypothesis* is a
+statement from the literature, with its threshold and citation fixed in code before the data are
+seen; it is SUPPORTED only when its value **and its whole confidence interval** satisfy
+``<op> threshold``, and FAILED otherwise (including a NaN anywhere). A FAILED hypothesis is a
+finding: it is reported, and the command still exits 0.
 """
 
 from __future__ import annotations
@@ -14,32 +28,99 @@ import operator
 from dataclasses import dataclass
 from importlib import import_module
 from types import ModuleType
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 NAMES = (
     "e1_imbalance", "e2_gradients", "e3_saturation", "e4_tiny", "e5_empty", "e6_compound", "p1_precision",
     "d1_distributed",
 )
 SCALE_NAMES = ("small", "paper")
+KINDS = ("verification", "hypothesis")
+STAGES = ("budget", "convergence", "")
+OUTCOMES = {("verification", True): "PASS", ("verification", False): "FAIL",
+            ("hypothesis", True): "SUPPORTED", ("hypothesis", False): "FAILED"}
 _OPERATORS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A falsifiable statement checked on an experiment's own data: ``passed = value <op> threshold``."""
+    """A falsifiable statement checked on an experiment's own data (see the module docstring).
+
+    ``stage`` says where in training a hypothesis was measured: ``"budget"`` (a fixed step
+    budget), ``"convergence"`` (at the stated convergence criterion) or ``""`` (not about
+    training). ``p_value`` is the paired test's, where a claim compares two losses.
+    """
 
     id: str
+    kind: str
     statement: str
+    source: str
     value: float
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+    op: str
     threshold: float
     passed: bool
+    stage: str = ""
+    p_value: Optional[float] = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.id!r}: kind must be one of {KINDS}, not {self.kind!r}")
+        if self.op not in _OPERATORS:
+            raise ValueError(f"claim {self.id!r}: op must be one of {sorted(_OPERATORS)}, not {self.op!r}")
+        if self.stage not in STAGES:
+            raise ValueError(f"claim {self.id!r}: stage must be one of {STAGES}, not {self.stage!r}")
+        if self.kind == "hypothesis" and not self.source.strip():
+            raise ValueError(f"hypothesis {self.id!r} needs a source (the paper or theory it comes from)")
+        if (self.ci_low is None) != (self.ci_high is None):
+            raise ValueError(f"claim {self.id!r}: give both ends of the confidence interval or neither")
+
+    @property
+    def outcome(self) -> str:
+        """PASS / FAIL for a verification, SUPPORTED / FAILED for a hypothesis."""
+        return OUTCOMES[self.kind, self.passed]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Claim":
+        """The claim stored by :meth:`to_dict` (``claims.json``); unknown or missing fields fail."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"claim {data.get('id')!r}: unknown fields {unknown}")
+        return cls(**data)
 
 
-def check(claim_id: str, statement: str, value: float, op: str, threshold: float) -> Claim:
-    """The claim ``value <op> threshold``; a NaN value fails."""
-    value = float(value)
-    passed = not math.isnan(value) and bool(_OPERATORS[op](value, threshold))
-    return Claim(claim_id, f"{statement} [{op} {threshold:g}]", value, float(threshold), passed)
+def _satisfies(value: Optional[float], op: str, threshold: float) -> bool:
+    return value is not None and not math.isnan(value) and bool(_OPERATORS[op](value, threshold))
+
+
+def _number(value) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+def verification(claim_id: str, statement: str, value: float, op: str, threshold: float) -> Claim:
+    """A check that must hold, ``value <op> threshold``; a NaN value fails."""
+    value, threshold = float(value), float(threshold)
+    passed = op in _OPERATORS and _satisfies(value, op, threshold)
+    return Claim(claim_id, "verification", statement, "", value, None, None, op, threshold, passed)
+
+
+def hypothesis(claim_id: str, statement: str, source: str, value: float, ci: Tuple[float, float], op: str,
+               threshold: float, stage: str = "", p_value: Optional[float] = None) -> Claim:
+    """A hypothesis from ``source`` (a citation): SUPPORTED only when ``value`` and both ends of its
+    confidence interval ``ci = (low, high)`` satisfy ``<op> threshold`` (the whole interval lies on
+    the claimed side), FAILED otherwise. NaN anywhere fails."""
+    low, high = _number(ci[0]), _number(ci[1])
+    value, threshold = float(value), float(threshold)
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"hypothesis {claim_id!r}: confidence interval ({low}, {high}) has low > high")
+    passed = op in _OPERATORS and all(_satisfies(x, op, threshold) for x in (value, low, high))
+    return Claim(claim_id, "hypothesis", statement, source, value, low, high, op, threshold, passed, stage,
+                 _number(p_value))
 
 
 def config_for(module: ModuleType, scale: str, **changes):
@@ -47,6 +128,16 @@ def config_for(module: ModuleType, scale: str, **changes):
     if scale not in module.SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(module.SCALES)}")
     return dataclasses.replace(module.SCALES[scale], **{k: v for k, v in changes.items() if v is not None})
+
+
+def config_from_dict(module: ModuleType, stored: dict):
+    """The ``Config`` stored in a manifest (``dataclasses.asdict``, through JSON: tuples read back as
+    lists, and are turned back into tuples)."""
+
+    def thaw(value):
+        return tuple(thaw(v) for v in value) if isinstance(value, list) else value
+
+    return module.Config(**{key: thaw(value) for key, value in stored.items()})
 
 
 EXPERIMENTS: Dict[str, ModuleType] = {name: import_module(f"{__name__}.{name}") for name in NAMES}

@@ -27,9 +27,8 @@ from typing import List, Tuple
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from analysis.experiments import Claim, check
+from analysis.experiments import Claim, verification
 from analysis.synthetic import generator_for, make_batch
 from analysis.training import features
 from dice_impls import DiceSpec, DiceStatistics, dice_loss, dice_statistics, loss_from_statistics
@@ -90,21 +89,22 @@ def compare(logits: torch.Tensor, masks: torch.Tensor, per_rank: int, impl: str)
     )
 
 
-def run(config: Config, progress: bool = True) -> pd.DataFrame:
-    rows = []
-    settings = [(i, rho, j, empty, draw) for i, rho in enumerate(config.fg_fractions)
-                for j, empty in enumerate(config.empty_fractions) for draw in range(config.draws)]
-    for i, rho, j, empty, draw in tqdm(settings, desc="d1_distributed", disable=not progress):
-        batch = make_batch(config.images, (config.size, config.size), fg_fraction=rho, sigma=config.sigma,
-                           empty_fraction=empty, generator=generator_for(config.seed, i, j, draw))
-        logits = detector_logits(batch.images, config.sharpness)
-        for per_rank in config.per_rank:
-            rows.append(dict(fg_fraction=rho, empty_fraction=empty, draw=draw, images=config.images,
-                             per_rank=per_rank, **compare(logits, batch.masks, per_rank, config.impl)))
-    return pd.DataFrame(rows)
+def tasks(config: Config) -> List[dict]:
+    return [dict(fg_index=i, fg_fraction=rho, empty_index=j, empty_fraction=empty, draw=draw)
+            for i, rho in enumerate(config.fg_fractions) for j, empty in enumerate(config.empty_fractions)
+            for draw in range(config.draws)]
 
 
-def claims(df: pd.DataFrame) -> List[Claim]:
+def run_task(config: Config, task: dict) -> pd.DataFrame:
+    rho, empty, draw = task["fg_fraction"], task["empty_fraction"], task["draw"]
+    batch = make_batch(config.images, (config.size, config.size), fg_fraction=rho, sigma=config.sigma,
+                       empty_fraction=empty, generator=generator_for(config.seed, task["fg_index"], task["empty_index"], draw))
+    logits = detector_logits(batch.images, config.sharpness)
+    return pd.DataFrame([dict(fg_fraction=rho, empty_fraction=empty, draw=draw, images=config.images, per_rank=per_rank,
+                              **compare(logits, batch.masks, per_rank, config.impl)) for per_rank in config.per_rank])
+
+
+def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
     mean = df.groupby(["fg_fraction", "empty_fraction", "per_rank"])[["loss_error", "grad_cosine"]].mean().reset_index()
     worst = mean[(mean["per_rank"] == 1) & (mean["empty_fraction"] == mean["empty_fraction"].max())
                  & (mean["fg_fraction"] == mean["fg_fraction"].max())]
@@ -117,18 +117,18 @@ def claims(df: pd.DataFrame) -> List[Claim]:
         by_rank = group.set_index("per_rank")["loss_error"].abs()
         growth.append(by_rank.loc[1] / max(by_rank.loc[two_ranks], 1e-12))
     return [
-        check("d1.summed_statistics_are_exact", "max relative error of the loss from summed per-rank statistics vs the "
+        verification("d1.summed_statistics_are_exact", "max relative error of the loss from summed per-rank statistics vs the "
               "whole batch, and of its gradient (what global_dice_loss computes)",
               max(df["global_rel_error"].max(), df["global_grad_rel_error"].max()), "<=", 1e-5),
-        check("d1.one_rank_is_exact", "max |naive - global| with a single rank",
+        verification("d1.one_rank_is_exact", "max |naive - global| with a single rank",
               df.loc[df["ranks"] == 1, "loss_error"].abs().max(), "<=", 1e-6),
-        check("d1.empty_ranks_bias_the_loss_up", "most empty images, largest foreground, one image per rank: "
+        verification("d1.empty_ranks_bias_the_loss_up", "most empty images, largest foreground, one image per rank: "
               "mean (naive - global) loss", worst["loss_error"].iloc[0], ">=", 0.1),
-        check("d1.empty_ranks_turn_the_gradient", "most empty images, largest foreground, one image per rank: "
+        verification("d1.empty_ranks_turn_the_gradient", "most empty images, largest foreground, one image per rank: "
               "mean cosine between the naive and the global gradient", worst["grad_cosine"].iloc[0], "<=", 0.9),
-        check("d1.error_comes_from_ranks_without_foreground", "mean |naive - global| over splits where some rank "
+        verification("d1.error_comes_from_ranks_without_foreground", "mean |naive - global| over splits where some rank "
               "holds no foreground / the same where every rank holds some", with_empty_ranks / without, ">=", 10.0),
-        check("d1.error_grows_as_ranks_shrink", "settings with empty images: smallest ratio of |mean naive error| "
+        verification("d1.error_grows_as_ranks_shrink", "settings with empty images: smallest ratio of |mean naive error| "
               "with one image per rank to that with two ranks", min(growth), ">=", 5.0),
     ]
 

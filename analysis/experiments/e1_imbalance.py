@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..synthetic import generator_for, make_batch
 from ..training import LOSSES, evaluate, make_loss, make_model, predict, train
-from . import Claim, check
+from . import Claim, verification
 
 
 @dataclass(frozen=True)
@@ -48,39 +47,39 @@ SCALES = {
 TINY, COMMON = 0.001, 0.1  # the fractions the claims compare
 
 
-def run(config: Config, progress: bool = True) -> pd.DataFrame:
+def tasks(config: Config) -> List[dict]:
+    return [dict(seed=config.seed + s, index=i, fg_fraction=rho)
+            for s in range(config.seeds) for i, rho in enumerate(config.fg_fractions)]
+
+
+def run_task(config: Config, task: dict) -> pd.DataFrame:
+    seed, i, rho = task["seed"], task["index"], task["fg_fraction"]
+    shape = (config.size, config.size)
+    data = make_batch(config.train_images, shape, fg_fraction=rho, sigma=config.sigma, generator=generator_for(seed, i, 0))
+    test = make_batch(config.test_images, shape, fg_fraction=rho, sigma=config.sigma, generator=generator_for(seed, i, 1))
     rows = []
-    settings = [(s, i, rho) for s in range(config.seeds) for i, rho in enumerate(config.fg_fractions)]
-    bar = tqdm(total=len(settings) * len(config.losses), desc="e1_imbalance", disable=not progress)
-    for s, i, rho in settings:
-        seed = config.seed + s
-        shape = (config.size, config.size)
-        data = make_batch(config.train_images, shape, fg_fraction=rho, sigma=config.sigma, generator=generator_for(seed, i, 0))
-        test = make_batch(config.test_images, shape, fg_fraction=rho, sigma=config.sigma, generator=generator_for(seed, i, 1))
-        for loss in config.losses:
-            model = make_model(config.model, generator=generator_for(seed, i, 2))
-            train(model, data.images, data.masks, make_loss(loss, impl=config.impl, fg_fraction=rho),
-                  steps=config.steps, lr=config.lr)
-            rows.append(dict(seed=seed, fg_fraction=rho, loss=loss, **evaluate(predict(model, test.images), test.masks)))
-            bar.update()
-    bar.close()
+    for loss in config.losses:
+        model = make_model(config.model, generator=generator_for(seed, i, 2))
+        train(model, data.images, data.masks, make_loss(loss, impl=config.impl, fg_fraction=rho),
+              steps=config.steps, lr=config.lr)
+        rows.append(dict(seed=seed, fg_fraction=rho, loss=loss, **evaluate(predict(model, test.images), test.masks)))
     return pd.DataFrame(rows)
 
 
-def claims(df: pd.DataFrame) -> List[Claim]:
+def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
     mean = df.groupby(["fg_fraction", "loss"]).mean(numeric_only=True)
     tiny = mean.xs(TINY, level="fg_fraction")
     common = mean.xs(COMMON, level="fg_fraction")
     unweighted = common.drop(index="wce")
     return [
-        check("e1.ce_recall_collapses", f"at rho = {TINY:.1%} cross-entropy's mean foreground recall", tiny.loc["ce", "recall"], "<", 0.1),
-        check("e1.dice_recall_holds", f"at rho = {TINY:.1%} Dice's mean foreground recall", tiny.loc["dice", "recall"], ">", 0.3),
-        check("e1.unweighted_agree_common", f"at rho = {COMMON:.0%} the spread (max - min) of mean DSC over all losses "
+        verification("e1.ce_recall_collapses", f"at rho = {TINY:.1%} cross-entropy's mean foreground recall", tiny.loc["ce", "recall"], "<", 0.1),
+        verification("e1.dice_recall_holds", f"at rho = {TINY:.1%} Dice's mean foreground recall", tiny.loc["dice", "recall"], ">", 0.3),
+        verification("e1.unweighted_agree_common", f"at rho = {COMMON:.0%} the spread (max - min) of mean DSC over all losses "
               "but class-balanced weighted CE", unweighted["dsc"].max() - unweighted["dsc"].min(), "<", 0.03),
-        check("e1.weighted_ce_trades_precision", f"at rho = {COMMON:.0%} weighted CE's precision minus the lowest "
+        verification("e1.weighted_ce_trades_precision", f"at rho = {COMMON:.0%} weighted CE's precision minus the lowest "
               "precision of the other losses (it has the highest recall and lowest precision)",
               common.loc["wce", "precision"] - unweighted["precision"].min(), "<", 0.0),
-        check("e1.ce_ranks_as_well", f"at rho = {TINY:.1%} |PR-AUC(CE) - PR-AUC(Dice)| (CE's collapse is a threshold effect)",
+        verification("e1.ce_ranks_as_well", f"at rho = {TINY:.1%} |PR-AUC(CE) - PR-AUC(Dice)| (CE's collapse is a threshold effect)",
               abs(tiny.loc["ce", "pr_auc"] - tiny.loc["dice", "pr_auc"]), "<", 0.05),
     ]
 

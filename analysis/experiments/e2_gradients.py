@@ -19,13 +19,12 @@ from typing import List, Tuple
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from dice_impls import DiceSpec, dice_loss
 
 from ..synthetic import generator_for, object_masks
 from ..training import FOCAL_ALPHA, FOCAL_GAMMA
-from . import Claim, check
+from . import Claim, verification
 
 LOSSES = ("dice", "dice_squared", "ce", "focal")
 
@@ -74,23 +73,24 @@ def analytic(loss: str, p: torch.Tensor, g: torch.Tensor, smooth: float) -> torc
     return torch.full_like(p, math.nan)
 
 
-def run(config: Config, progress: bool = True) -> pd.DataFrame:
-    frames = []
-    settings = [(i, rho, mode) for i, rho in enumerate(config.fg_fractions) for mode in ("random", "half")]
-    for i, rho, mode in tqdm(settings, desc="e2_gradients", disable=not progress):
-        gen = generator_for(config.seed, i)
-        shape = (config.size, config.size)
-        g = object_masks(1, shape, max(1, round(rho * config.size**2)), generator=gen)[0]
-        p = torch.rand(shape, generator=gen, dtype=torch.float64) * 0.98 + 0.01 if mode == "random" else \
-            torch.full(shape, 0.5, dtype=torch.float64)
-        for loss in LOSSES:
-            frames.append(pd.DataFrame(dict(
-                fg_fraction=rho, actual_fg_fraction=float(g.double().mean()), smooth=config.smooth,
-                probabilities=mode, loss=loss, p=p.flatten().numpy(), g=g.flatten().numpy(),
-                grad=gradients(loss, p, g, config.impl, config.smooth).flatten().numpy(),
-                analytic=analytic(loss, p, g, config.smooth).flatten().numpy(),
-            )))
-    return pd.concat(frames, ignore_index=True)
+def tasks(config: Config) -> List[dict]:
+    return [dict(index=i, fg_fraction=rho, probabilities=mode)
+            for i, rho in enumerate(config.fg_fractions) for mode in ("random", "half")]
+
+
+def run_task(config: Config, task: dict) -> pd.DataFrame:
+    rho, mode = task["fg_fraction"], task["probabilities"]
+    gen = generator_for(config.seed, task["index"])
+    shape = (config.size, config.size)
+    g = object_masks(1, shape, max(1, round(rho * config.size**2)), generator=gen)[0]
+    p = torch.rand(shape, generator=gen, dtype=torch.float64) * 0.98 + 0.01 if mode == "random" else \
+        torch.full(shape, 0.5, dtype=torch.float64)
+    return pd.concat([pd.DataFrame(dict(
+        fg_fraction=rho, actual_fg_fraction=float(g.double().mean()), smooth=config.smooth,
+        probabilities=mode, loss=loss, p=p.flatten().numpy(), g=g.flatten().numpy(),
+        grad=gradients(loss, p, g, config.impl, config.smooth).flatten().numpy(),
+        analytic=analytic(loss, p, g, config.smooth).flatten().numpy(),
+    )) for loss in LOSSES], ignore_index=True)
 
 
 def _pushes(group: pd.DataFrame) -> float:
@@ -99,7 +99,7 @@ def _pushes(group: pd.DataFrame) -> float:
     return group.loc[fg, "grad"].abs().sum() / group.loc[~fg, "grad"].abs().sum()
 
 
-def claims(df: pd.DataFrame) -> List[Claim]:
+def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
     exact = df[df["loss"] != "focal"]
     scale = exact.groupby(["loss", "fg_fraction", "probabilities"])["analytic"].transform(lambda a: a.abs().max())
     rel_error = ((exact["grad"] - exact["analytic"]).abs() / scale).max()
@@ -126,18 +126,18 @@ def claims(df: pd.DataFrame) -> List[Claim]:
     ce_ratio = max(abs(_pushes(g) / (g["actual_fg_fraction"].iloc[0] / (1 - g["actual_fg_fraction"].iloc[0])) - 1)
                    for _, g in half[half["loss"] == "ce"].groupby("fg_fraction"))
     return [
-        check("e2.autograd_matches_analytic", "max |autograd - analytic| / max |analytic| over Dice, squared Dice and CE (float64)",
+        verification("e2.autograd_matches_analytic", "max |autograd - analytic| / max |analytic| over Dice, squared Dice and CE (float64)",
               rel_error, "<=", 1e-8),
-        check("e2.dice_gradient_ignores_own_p", "linear Dice: relative spread (max - min) / mean |.| of dL/dp within fg and within bg, random p",
+        verification("e2.dice_gradient_ignores_own_p", "linear Dice: relative spread (max - min) / mean |.| of dL/dp within fg and within bg, random p",
               max(spread), "<=", 1e-8),
-        check("e2.fg_bg_ratio_is_2_minus_D_over_D", "linear Dice: max relative error of |fg grad| / |bg grad| vs (2 - D) / D",
+        verification("e2.fg_bg_ratio_is_2_minus_D_over_D", "linear Dice: max relative error of |fg grad| / |bg grad| vs (2 - D) / D",
               max(ratio_error), "<=", 1e-8),
-        check("e2.squared_bg_proportional_to_p", "squared Dice: relative spread of (bg dL/dp) / p",
+        verification("e2.squared_bg_proportional_to_p", "squared Dice: relative spread of (bg dL/dp) / p",
               max(per_p_spread), "<=", 1e-8),
-        check("e2.dice_pushes_balance", "at p = 0.5, rho <= 10 %: max |log(total fg push / total bg push)| for Dice "
+        verification("e2.dice_pushes_balance", "at p = 0.5, rho <= 10 %: max |log(total fg push / total bg push)| for Dice "
               "(theory: log((1 + rho) / (1 - rho)) = 0.20 at 10 %)",
               dice_balance, "<", math.log(1.25)),
-        check("e2.ce_pushes_follow_prior", "at p = 0.5: max relative deviation of CE's total fg / bg push from rho / (1 - rho)",
+        verification("e2.ce_pushes_follow_prior", "at p = 0.5: max relative deviation of CE's total fg / bg push from rho / (1 - rho)",
               ce_ratio, "<=", 1e-8),
     ]
 

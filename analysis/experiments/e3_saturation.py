@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..synthetic import generator_for, make_batch
 from ..training import evaluate, gradient_norm, make_loss, make_model, train
-from . import Claim, check
+from . import Claim, verification
 
 
 @dataclass(frozen=True)
@@ -47,26 +46,25 @@ SCALES = {
 }
 
 
-def run(config: Config, progress: bool = True) -> pd.DataFrame:
-    rows = []
-    runs = [(s, optimizer, loss) for s in range(config.seeds)
+def tasks(config: Config) -> List[dict]:
+    return [dict(seed=config.seed + s, optimizer=optimizer, loss=loss) for s in range(config.seeds)
             for optimizer, losses in (("adam", config.losses), ("sgd", config.sgd_losses)) for loss in losses]
-    bar = tqdm(total=len(runs), desc="e3_saturation", disable=not progress)
-    for s, optimizer, loss in runs:
-        seed = config.seed + s
-        data = make_batch(config.images, (config.size, config.size), fg_fraction=config.fg_fraction,
-                          sigma=config.sigma, generator=generator_for(seed, 0))
 
-        def log(step, value, logits, model):
-            rows.append(dict(seed=seed, optimizer=optimizer, loss=loss, step=step, loss_value=float(value),
-                             grad_norm=gradient_norm(model), **evaluate(logits, data.masks)))
 
-        adam = optimizer == "adam"
-        train(make_model(config.model, generator=generator_for(seed, 1)), data.images, data.masks,
-              make_loss(loss, impl=config.impl), steps=config.steps if adam else config.sgd_steps,
-              lr=config.lr if adam else config.sgd_lr, optimizer=optimizer, log_every=config.log_every, log=log)
-        bar.update()
-    bar.close()
+def run_task(config: Config, task: dict) -> pd.DataFrame:
+    seed, optimizer, loss = task["seed"], task["optimizer"], task["loss"]
+    data = make_batch(config.images, (config.size, config.size), fg_fraction=config.fg_fraction,
+                      sigma=config.sigma, generator=generator_for(seed, 0))
+    rows = []
+
+    def log(step, value, logits, model):
+        rows.append(dict(seed=seed, optimizer=optimizer, loss=loss, step=step, loss_value=float(value),
+                         grad_norm=gradient_norm(model), **evaluate(logits, data.masks)))
+
+    adam = optimizer == "adam"
+    train(make_model(config.model, generator=generator_for(seed, 1)), data.images, data.masks,
+          make_loss(loss, impl=config.impl), steps=config.steps if adam else config.sgd_steps,
+          lr=config.lr if adam else config.sgd_lr, optimizer=optimizer, log_every=config.log_every, log=log)
     return pd.DataFrame(rows)
 
 
@@ -89,23 +87,23 @@ def _steps_to(df: pd.DataFrame, loss: str, fraction: float) -> float:
     return float(sum(firsts) / len(firsts))
 
 
-def claims(df: pd.DataFrame) -> List[Claim]:
+def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
     final = _final(df)
     dice, ce = final.loc["dice"], final.loc["ce"]
     adam_dice = df[(df["optimizer"] == "adam") & (df["loss"] == "dice")]
     peak = adam_dice.groupby("seed")["grad_norm"].max()
     last_grad = adam_dice[adam_dice["step"] == adam_dice["step"].max()].set_index("seed")["grad_norm"]
     return [
-        check("e3.dice_larger_logits", "final mean |logit|, Dice / CE", dice["logit_scale"] / ce["logit_scale"], ">", 1.0),
-        check("e3.dice_fewer_unsaturated", "final fraction of pixels with 0.01 < p < 0.99, Dice / CE",
+        verification("e3.dice_larger_logits", "final mean |logit|, Dice / CE", dice["logit_scale"] / ce["logit_scale"], ">", 1.0),
+        verification("e3.dice_fewer_unsaturated", "final fraction of pixels with 0.01 < p < 0.99, Dice / CE",
               dice["unsaturated"] / ce["unsaturated"], "<", 1.0),
-        check("e3.dice_worse_nll", "final negative log-likelihood, Dice / CE (calibration)", dice["nll"] / ce["nll"], ">", 1.0),
-        check("e3.dice_worse_ece", "final expected calibration error, Dice - CE", dice["ece"] - ce["ece"], ">", 0.0),
-        check("e3.soft_loss_above_hard", "final soft Dice loss - (1 - hard DSC) of the Dice run",
+        verification("e3.dice_worse_nll", "final negative log-likelihood, Dice / CE (calibration)", dice["nll"] / ce["nll"], ">", 1.0),
+        verification("e3.dice_worse_ece", "final expected calibration error, Dice - CE", dice["ece"] - ce["ece"], ">", 0.0),
+        verification("e3.soft_loss_above_hard", "final soft Dice loss - (1 - hard DSC) of the Dice run",
               dice["loss_value"] - (1 - dice["dsc"]), ">", 0.0),
-        check("e3.dice_gradient_vanishes", "Dice run: final / peak parameter-gradient norm (max over seeds)",
+        verification("e3.dice_gradient_vanishes", "Dice run: final / peak parameter-gradient norm (max over seeds)",
               (last_grad / peak).max(), "<", 0.1),
-        check("e3.sgd_dice_plateau", "plain SGD at CE's lr: steps to half the Adam-Dice DSC, Dice minus Dice+CE",
+        verification("e3.sgd_dice_plateau", "plain SGD at CE's lr: steps to half the Adam-Dice DSC, Dice minus Dice+CE",
               _steps_to(df, "dice", 0.5) - _steps_to(df, "dice_ce", 0.5), ">", 0.0),
     ]
 

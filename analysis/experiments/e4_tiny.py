@@ -17,13 +17,12 @@ from typing import List, Tuple
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from dice_impls import DiceSpec, dice_loss
 
 from ..synthetic import generator_for, make_batch
 from ..training import evaluate, make_loss, make_model, predict, train
-from . import Claim, check
+from . import Claim, verification
 
 
 @dataclass(frozen=True)
@@ -58,25 +57,26 @@ def foreground_gradient(logits: torch.Tensor, masks: torch.Tensor, spec: DiceSpe
     return float(per_image.mean())
 
 
-def run(config: Config, progress: bool = True) -> pd.DataFrame:
-    rows = []
-    settings = [(s, i, area, smooth) for s in range(config.seeds) for i, area in enumerate(config.areas)
-                for smooth in config.smooths]
+def tasks(config: Config) -> List[dict]:
+    return [dict(seed=config.seed + s, index=i, area=area, smooth=smooth) for s in range(config.seeds)
+            for i, area in enumerate(config.areas) for smooth in config.smooths]
+
+
+def run_task(config: Config, task: dict) -> pd.DataFrame:
+    seed, i, area, smooth = task["seed"], task["index"], task["area"], task["smooth"]
     shape = (config.size, config.size)
-    for s, i, area, smooth in tqdm(settings, desc="e4_tiny", disable=not progress):
-        seed = config.seed + s
-        data = make_batch(config.train_images, shape, area=area, sigma=config.sigma, generator=generator_for(seed, i, 0))
-        test = make_batch(config.test_images, shape, area=area, sigma=config.sigma, generator=generator_for(seed, i, 1))
-        spec = DiceSpec(activation="sigmoid", smooth_nr=smooth, smooth_dr=smooth)
-        model = train(make_model(config.model, generator=generator_for(seed, i, 2)), data.images, data.masks,
-                      make_loss("dice", impl=config.impl, spec=spec), steps=config.steps, lr=config.lr)
-        logits = predict(model, test.images)
-        rows.append(dict(seed=seed, area=area, smooth=smooth, fg_gradient=foreground_gradient(logits, test.masks, spec, config.impl),
-                         **evaluate(logits, test.masks)))
-    return pd.DataFrame(rows)
+    data = make_batch(config.train_images, shape, area=area, sigma=config.sigma, generator=generator_for(seed, i, 0))
+    test = make_batch(config.test_images, shape, area=area, sigma=config.sigma, generator=generator_for(seed, i, 1))
+    spec = DiceSpec(activation="sigmoid", smooth_nr=smooth, smooth_dr=smooth)
+    model = train(make_model(config.model, generator=generator_for(seed, i, 2)), data.images, data.masks,
+                  make_loss("dice", impl=config.impl, spec=spec), steps=config.steps, lr=config.lr)
+    logits = predict(model, test.images)
+    return pd.DataFrame([dict(seed=seed, area=area, smooth=smooth,
+                              fg_gradient=foreground_gradient(logits, test.masks, spec, config.impl),
+                              **evaluate(logits, test.masks))])
 
 
-def claims(df: pd.DataFrame) -> List[Claim]:
+def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
     smallest = df["smooth"].min()
     tiny_smooth = df[df["smooth"] == smallest].groupby("area").mean(numeric_only=True)
     slope = np.polyfit(np.log(tiny_smooth.index.values.astype(float)), np.log(tiny_smooth["fg_gradient"].values), 1)[0]
@@ -84,13 +84,13 @@ def claims(df: pd.DataFrame) -> List[Claim]:
     vanished = df[df["smooth"] >= 10 * df["area"]]
     found = df[(df["smooth"] == smallest) & df["area"].isin(vanished["area"].unique())]
     return [
-        check("e4.gradient_scales_as_inverse_area", f"smooth {smallest:g}: |slope + 1| of log(mean fg |dL/dp|) vs log(area)",
+        verification("e4.gradient_scales_as_inverse_area", f"smooth {smallest:g}: |slope + 1| of log(mean fg |dL/dp|) vs log(area)",
               abs(slope + 1), "<", 0.2),
-        check("e4.seed_spread_falls_with_area", "smooth <= 1e-2: seed sd of test DSC at the largest area / "
+        verification("e4.seed_spread_falls_with_area", "smooth <= 1e-2: seed sd of test DSC at the largest area / "
               "the largest sd at any smaller area", spread.iloc[-1] / spread.iloc[:-1].max(), "<", 1.0),
-        check("e4.large_smooth_erases_tiny", "mean test recall over (area, smooth) cells with smooth >= 10 * area",
+        verification("e4.large_smooth_erases_tiny", "mean test recall over (area, smooth) cells with smooth >= 10 * area",
               vanished["recall"].mean(), "<", 0.2),
-        check("e4.small_smooth_keeps_tiny", f"the same areas at smooth {smallest:g}: mean test recall", found["recall"].mean(), ">", 0.3),
+        verification("e4.small_smooth_keeps_tiny", f"the same areas at smooth {smallest:g}: mean test recall", found["recall"].mean(), ">", 0.3),
     ]
 
 

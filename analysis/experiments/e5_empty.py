@@ -21,13 +21,12 @@ from typing import List, Tuple
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from dice_impls import DiceSpec
 
 from ..synthetic import generator_for, make_batch
 from ..training import evaluate, make_loss, make_model, predict, train
-from . import Claim, check
+from . import Claim, verification
 
 # name -> (loss, DiceSpec fields)
 VARIANTS = {
@@ -67,30 +66,30 @@ def empty_gradient_share(logits: torch.Tensor, masks: torch.Tensor, loss_fn) -> 
     return float(per_image[empty].mean() / per_image[~empty].mean())
 
 
-def run(config: Config, progress: bool = True) -> pd.DataFrame:
-    rows = []
-    settings = [(s, variant) for s in range(config.seeds) for variant in config.variants]
+def tasks(config: Config) -> List[dict]:
+    return [dict(seed=config.seed + s, variant=variant) for s in range(config.seeds) for variant in config.variants]
+
+
+def run_task(config: Config, task: dict) -> pd.DataFrame:
+    seed, variant = task["seed"], task["variant"]
     shape = (config.size, config.size)
-    for s, variant in tqdm(settings, desc="e5_empty", disable=not progress):
-        seed = config.seed + s
-        make = dict(fg_fraction=config.fg_fraction, sigma=config.sigma, empty_fraction=config.empty_fraction)
-        data = make_batch(config.train_images, shape, generator=generator_for(seed, 0), **make)
-        test = make_batch(config.test_images, shape, generator=generator_for(seed, 1), **make)
-        loss, fields = VARIANTS[variant]
-        loss_fn = make_loss(loss, impl=config.impl, spec=DiceSpec(activation="sigmoid", **fields))
-        model = make_model(config.model, generator=generator_for(seed, 2))
-        share_at_start = empty_gradient_share(predict(model, data.images), data.masks, loss_fn)
-        train(model, data.images, data.masks, loss_fn, steps=config.steps, lr=config.lr)
-        logits = predict(model, test.images)
-        empty = test.masks.flatten(1).sum(1) == 0
-        full = evaluate(logits[~empty], test.masks[~empty])
-        rows.append(dict(
-            seed=seed, variant=variant, empty_gradient_share_start=share_at_start,
-            empty_gradient_share_end=empty_gradient_share(predict(model, data.images), data.masks, loss_fn),
-            fp_per_empty_image=evaluate(logits[empty], test.masks[empty])["fp_per_image"],
-            recall=full["recall"], dsc=full["dsc"], fp_per_object_image=full["fp_per_image"],
-        ))
-    return pd.DataFrame(rows)
+    make = dict(fg_fraction=config.fg_fraction, sigma=config.sigma, empty_fraction=config.empty_fraction)
+    data = make_batch(config.train_images, shape, generator=generator_for(seed, 0), **make)
+    test = make_batch(config.test_images, shape, generator=generator_for(seed, 1), **make)
+    loss, fields = VARIANTS[variant]
+    loss_fn = make_loss(loss, impl=config.impl, spec=DiceSpec(activation="sigmoid", **fields))
+    model = make_model(config.model, generator=generator_for(seed, 2))
+    share_at_start = empty_gradient_share(predict(model, data.images), data.masks, loss_fn)
+    train(model, data.images, data.masks, loss_fn, steps=config.steps, lr=config.lr)
+    logits = predict(model, test.images)
+    empty = test.masks.flatten(1).sum(1) == 0
+    full = evaluate(logits[~empty], test.masks[~empty])
+    return pd.DataFrame([dict(
+        seed=seed, variant=variant, empty_gradient_share_start=share_at_start,
+        empty_gradient_share_end=empty_gradient_share(predict(model, data.images), data.masks, loss_fn),
+        fp_per_empty_image=evaluate(logits[empty], test.masks[empty])["fp_per_image"],
+        recall=full["recall"], dsc=full["dsc"], fp_per_object_image=full["fp_per_image"],
+    )])
 
 
 def _shares(df: pd.DataFrame, variant: str) -> pd.Series:
@@ -99,20 +98,20 @@ def _shares(df: pd.DataFrame, variant: str) -> pd.Series:
     return pd.concat([rows["empty_gradient_share_start"], rows["empty_gradient_share_end"]])
 
 
-def claims(df: pd.DataFrame) -> List[Claim]:
+def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
     mean = df.groupby("variant").mean(numeric_only=True)
     per_image = mean.loc["per_image"]
     return [
-        check("e5.empty_images_get_no_gradient", "per-image Dice, smooth 1e-5: max over seeds and start/end of "
+        verification("e5.empty_images_get_no_gradient", "per-image Dice, smooth 1e-5: max over seeds and start/end of "
               "mean |dL/dlogit| on empty images / on object images", _shares(df, "per_image").max(), "<", 1e-3),
-        check("e5.batch_dice_fewer_fp", "false-positive pixels per empty test image, batch Dice / per-image Dice",
+        verification("e5.batch_dice_fewer_fp", "false-positive pixels per empty test image, batch Dice / per-image Dice",
               mean.loc["batch", "fp_per_empty_image"] / per_image["fp_per_empty_image"], "<", 1.0),
-        check("e5.dice_ce_trains_on_empty_images", "min over seeds and start/end of Dice+CE's empty / object "
+        verification("e5.dice_ce_trains_on_empty_images", "min over seeds and start/end of Dice+CE's empty / object "
               "gradient share, over the max of per-image Dice's", _shares(df, "per_image_dice_ce").min() /
               _shares(df, "per_image").max(), ">", 1e3),
-        check("e5.dice_ce_fewer_fp", "false-positive pixels per empty test image, per-image Dice+CE / per-image Dice",
+        verification("e5.dice_ce_fewer_fp", "false-positive pixels per empty test image, per-image Dice+CE / per-image Dice",
               mean.loc["per_image_dice_ce", "fp_per_empty_image"] / per_image["fp_per_empty_image"], "<", 1.0),
-        check("e5.large_smooth_costs_recall", "test recall on object images, per-image Dice smooth 100 minus smooth 1e-5",
+        verification("e5.large_smooth_costs_recall", "test recall on object images, per-image Dice smooth 100 minus smooth 1e-5",
               mean.loc["per_image_smooth_100", "recall"] - per_image["recall"], "<", 0.0),
     ]
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..synthetic import generator_for, make_batch
 from ..training import evaluate, make_loss, make_model, predict, train
-from . import Claim, check
+from . import Claim, verification
 
 SINGLE, COMPOUND = ("ce", "focal", "dice"), ("dice_ce", "dice_focal")
 
@@ -50,30 +49,30 @@ SCALES = {
 }
 
 
-def run(config: Config, progress: bool = True) -> pd.DataFrame:
-    rows = []
+def tasks(config: Config) -> List[dict]:
+    return [dict(seed=config.seed + s, index=i, fg_fraction=rho)
+            for s in range(config.seeds) for i, rho in enumerate(config.fg_fractions)]
+
+
+def run_task(config: Config, task: dict) -> pd.DataFrame:
+    seed, i, rho = task["seed"], task["index"], task["fg_fraction"]
     shape = (config.size, config.size)
-    settings = [(s, i, rho) for s in range(config.seeds) for i, rho in enumerate(config.fg_fractions)]
-    bar = tqdm(total=len(settings) * len(config.lrs) * len(config.losses), desc="e6_compound", disable=not progress)
-    for s, i, rho in settings:
-        seed = config.seed + s
-        data = make_batch(config.train_images, shape, fg_fraction=rho, sigma=config.sigma, generator=generator_for(seed, i, 0))
-        test = make_batch(config.test_images, shape, fg_fraction=rho, sigma=config.sigma, generator=generator_for(seed, i, 1))
-        for lr in config.lrs:
-            for loss in config.losses:
-                model = train(make_model(config.model, generator=generator_for(seed, i, 2)), data.images, data.masks,
-                              make_loss(loss, impl=config.impl, fg_fraction=rho), steps=config.steps, lr=lr)
-                rows.append(dict(seed=seed, fg_fraction=rho, lr=lr, loss=loss,
-                                 **evaluate(predict(model, test.images), test.masks)))
-                bar.update()
-    bar.close()
+    data = make_batch(config.train_images, shape, fg_fraction=rho, sigma=config.sigma, generator=generator_for(seed, i, 0))
+    test = make_batch(config.test_images, shape, fg_fraction=rho, sigma=config.sigma, generator=generator_for(seed, i, 1))
+    rows = []
+    for lr in config.lrs:
+        for loss in config.losses:
+            model = train(make_model(config.model, generator=generator_for(seed, i, 2)), data.images, data.masks,
+                          make_loss(loss, impl=config.impl, fg_fraction=rho), steps=config.steps, lr=lr)
+            rows.append(dict(seed=seed, fg_fraction=rho, lr=lr, loss=loss,
+                             **evaluate(predict(model, test.images), test.masks)))
     return pd.DataFrame(rows)
 
 
 CONVERGED_LR = 0.1
 
 
-def claims(df: pd.DataFrame) -> List[Claim]:
+def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
     cells = df.groupby(["fg_fraction", "lr", "loss"])["dsc"].mean().unstack("loss")
     gap = cells.sub(cells[list(SINGLE)].max(axis=1), axis=0)  # DSC minus the best single loss's, per cell
     # Spread across learning rates: per rho, max - min of the mean DSC over lrs; then the mean over rho.
@@ -81,13 +80,13 @@ def claims(df: pd.DataFrame) -> List[Claim]:
     converged = gap[gap.index.get_level_values("lr") >= CONVERGED_LR]
     hardest = cells.loc[(cells.index.get_level_values("fg_fraction").min(), cells.index.get_level_values("lr").min())]
     return [
-        check("e6.dice_focal_never_far_below", "min over (lr, rho) cells of Dice+focal's DSC minus the best single loss's",
+        verification("e6.dice_focal_never_far_below", "min over (lr, rho) cells of Dice+focal's DSC minus the best single loss's",
               gap["dice_focal"].min(), ">=", -0.05),
-        check("e6.dice_focal_most_robust", "lr-spread of DSC (mean over rho of max - min over lr), Dice+focal / "
+        verification("e6.dice_focal_most_robust", "lr-spread of DSC (mean over rho of max - min over lr), Dice+focal / "
               "the smallest among single losses", spread["dice_focal"] / spread[list(SINGLE)].min(), "<=", 1.0),
-        check("e6.dice_ce_close_once_converged", f"min over cells with lr >= {CONVERGED_LR:g} of Dice+CE's DSC minus "
+        verification("e6.dice_ce_close_once_converged", f"min over cells with lr >= {CONVERGED_LR:g} of Dice+CE's DSC minus "
               "the best single loss's", converged["dice_ce"].min(), ">=", -0.05),
-        check("e6.dice_ce_slow_at_low_lr_and_rho", "at the smallest lr and rho, Dice+CE's DSC minus Dice's (CE's early "
+        verification("e6.dice_ce_slow_at_low_lr_and_rho", "at the smallest lr and rho, Dice+CE's DSC minus Dice's (CE's early "
               "collapse to background is inherited)", hardest["dice_ce"] - hardest["dice"], "<", 0.0),
     ]
 

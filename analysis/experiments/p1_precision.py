@@ -16,12 +16,11 @@ from typing import List, Tuple
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from dice_impls import IMPLEMENTATIONS, DiceSpec, DiceStatistics, get_implementation, loss_from_statistics
 
 from ..synthetic import generator_for
-from . import Claim, check
+from . import Claim, verification
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 PLAIN, ACCUMULATING = ("naive", "vectorized"), ("mixed", "fused")
@@ -50,43 +49,45 @@ def oracle(logits: torch.Tensor, target: torch.Tensor, chunk: int) -> DiceStatis
     return DiceStatistics(*(torch.stack([p[i].double() for p in parts]).sum(0) for i in range(3)))
 
 
-def run(config: Config, progress: bool = True) -> pd.DataFrame:
+def tasks(config: Config) -> List[dict]:
+    return [dict(log2_voxels=k, dtype=dtype) for k in config.log2_voxels for dtype in config.dtypes]
+
+
+def run_task(config: Config, task: dict) -> pd.DataFrame:
     impls = [name for name in PLAIN + ACCUMULATING if name in IMPLEMENTATIONS]
+    k, dtype = task["log2_voxels"], task["dtype"]
+    gen = generator_for(config.seed, k)
+    voxels = 2**k
+    logits = (2 * torch.randn((1, config.channels, voxels), generator=gen)).to(DTYPES[dtype])
+    target = torch.randint(0, config.channels, (1, voxels), generator=gen, dtype=torch.uint8)
+    truth = oracle(logits, target, 2**config.chunk_log2)
+    truth_loss = float(loss_from_statistics(truth, SPEC))
     rows = []
-    settings = [(k, dtype) for k in config.log2_voxels for dtype in config.dtypes]
-    for k, dtype in tqdm(settings, desc="p1_precision", disable=not progress):
-        gen = generator_for(config.seed, k)
-        voxels = 2**k
-        logits = (2 * torch.randn((1, config.channels, voxels), generator=gen)).to(DTYPES[dtype])
-        target = torch.randint(0, config.channels, (1, voxels), generator=gen, dtype=torch.uint8)
-        truth = oracle(logits, target, 2**config.chunk_log2)
-        truth_loss = float(loss_from_statistics(truth, SPEC))
-        for name in impls:
-            with torch.no_grad():
-                stats = get_implementation(name).compute_statistics(logits, target, SPEC)
-            loss = float(loss_from_statistics(DiceStatistics(*(s.double() for s in stats)), SPEC))
-            stat_error = max(float(((s.double() - t) / t).abs().max()) for s, t in zip(stats, truth))
-            rows.append(dict(
-                log2_voxels=k, voxels=voxels, dtype=dtype, impl=name, loss=loss, reference_loss=truth_loss,
-                rel_error=abs(loss - truth_loss) / abs(truth_loss), stat_rel_error=stat_error,
-                finite=bool(math.isfinite(loss) and all(bool(torch.isfinite(s).all()) for s in stats)),
-                max_class_sum=float(truth.pred_sum.max()),
-            ))
-        del logits, target
+    for name in impls:
+        with torch.no_grad():
+            stats = get_implementation(name).compute_statistics(logits, target, SPEC)
+        loss = float(loss_from_statistics(DiceStatistics(*(s.double() for s in stats)), SPEC))
+        stat_error = max(float(((s.double() - t) / t).abs().max()) for s, t in zip(stats, truth))
+        rows.append(dict(
+            log2_voxels=k, voxels=voxels, dtype=dtype, impl=name, loss=loss, reference_loss=truth_loss,
+            rel_error=abs(loss - truth_loss) / abs(truth_loss), stat_rel_error=stat_error,
+            finite=bool(math.isfinite(loss) and all(bool(torch.isfinite(s).all()) for s in stats)),
+            max_class_sum=float(truth.pred_sum.max()),
+        ))
     return pd.DataFrame(rows)
 
 
-def claims(df: pd.DataFrame) -> List[Claim]:
+def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
     overflowing = df[(df["dtype"] == "float16") & df["impl"].isin(PLAIN) & (df["max_class_sum"] > 2 * FP16_MAX)]
     accumulating = df[df["impl"].isin(ACCUMULATING)]
     largest = df["log2_voxels"].max()
     return [
-        check("p1.plain_fp16_sum_overflows", "share of fp16 naive/vectorized runs whose class sums exceed 2 * 65504 "
+        verification("p1.plain_fp16_sum_overflows", "share of fp16 naive/vectorized runs whose class sums exceed 2 * 65504 "
               "and that give non-finite statistics", (~overflowing["finite"]).mean() if len(overflowing) else math.nan,
               ">=", 1.0),
-        check("p1.accumulating_within_1e-3", f"max relative loss error of {'/'.join(sorted(set(accumulating['impl'])))} "
+        verification("p1.accumulating_within_1e-3", f"max relative loss error of {'/'.join(sorted(set(accumulating['impl'])))} "
               f"in bf16 and fp16 up to 2^{largest} voxels", accumulating["rel_error"].max(), "<=", 1e-3),
-        check("p1.accumulating_stays_finite", "share of mixed/fused runs with finite statistics",
+        verification("p1.accumulating_stays_finite", "share of mixed/fused runs with finite statistics",
               accumulating["finite"].mean(), ">=", 1.0),
     ]
 

@@ -1,0 +1,176 @@
+"""Run an experiment's independent tasks in this process, in local processes, or on a Dask cluster.
+
+``run_tasks(module, config, tasks)`` calls ``module.run_task(config, task)`` for every task and
+concatenates the DataFrames **in task order**, so the result (and the stored parquet) is the same
+whichever way the tasks ran. Every task runs with one torch thread and deterministic algorithms,
+in-process and in each worker alike (a task's numbers must not depend on where it ran).
+
+- ``workers=1``: in this process, one task after the other;
+- ``workers=N``: a pool of N local processes, started with ``spawn`` (a fresh interpreter each,
+  nothing inherited from this one but the import path and environment) and reused by later calls;
+- ``scheduler="tcp://HOST:PORT"``: an existing Dask distributed cluster (``distributed.Client``).
+  Its workers must import this project at the same commit (and the experiment module), e.g. with
+  ``dask worker tcp://HOST:PORT`` started from a checkout with the package installed.
+
+Progress counts tasks: a tqdm bar on a terminal, plain lines (about every 5 %) otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from importlib import import_module
+from types import ModuleType
+from typing import Dict, List, Optional, Sequence
+
+import pandas as pd
+import torch
+
+
+class TaskError(RuntimeError):
+    """A task raised; the message names the experiment and the task."""
+
+
+def check_tasks(module: ModuleType, tasks: Sequence[dict]) -> List[dict]:
+    """The tasks as a list, each checked to be a dict that survives JSON unchanged."""
+    tasks = list(tasks)
+    for task in tasks:
+        if not isinstance(task, dict) or json.loads(json.dumps(task)) != task:
+            raise ValueError(f"{module.__name__}: every task must be a JSON-serialisable dict of plain values "
+                             f"(lists, not tuples), got {task!r}")
+    return tasks
+
+
+def run_task(module_name: str, config, task: dict) -> pd.DataFrame:
+    """One task of experiment module ``module_name``, on one torch thread, deterministically.
+
+    Module-level (and given the module by name) so that worker processes can unpickle it.
+    """
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    module = import_module(module_name)
+    try:
+        frame = module.run_task(config, task)
+    except Exception as error:
+        raise TaskError(f"{module_name} task {task!r} failed: {type(error).__name__}: {error}") from error
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{module_name}.run_task must return a pandas DataFrame, got {type(frame).__name__}")
+    return frame
+
+
+def run_tasks(module: ModuleType, config, tasks: Sequence[dict], *, workers: int = 1,
+              scheduler: Optional[str] = None, progress: bool = True) -> pd.DataFrame:
+    """``module.run_task(config, task)`` for every task, concatenated in task order (see the module docstring)."""
+    tasks = check_tasks(module, tasks)
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if scheduler is not None and workers != 1:
+        raise ValueError("give either workers (local processes) or scheduler (a Dask cluster), not both")
+    if scheduler is not None and "://" not in scheduler:
+        raise ValueError(f"scheduler must be an address such as tcp://HOST:PORT, got {scheduler!r}")
+    bar = Progress(module.__name__.rsplit(".", 1)[-1], len(tasks), enabled=progress)
+    try:
+        if scheduler is not None:
+            frames = _on_dask(module, config, tasks, scheduler, bar)
+        elif workers > 1 and len(tasks) > 1:
+            frames = _in_processes(module, config, tasks, workers, bar)
+        else:
+            frames = _in_process(module, config, tasks, bar)
+    finally:
+        bar.close()
+    frames = [frame for frame in frames if len(frame)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _in_process(module, config, tasks, bar) -> List[pd.DataFrame]:
+    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        frames = []
+        for task in tasks:
+            frames.append(run_task(module.__name__, config, task))
+            bar.update()
+        return frames
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+
+
+_POOLS: Dict[int, ProcessPoolExecutor] = {}
+
+
+def local_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes, kept for the rest of this process: starting one
+    (torch import, extension load) costs seconds, so ``dicebench experiment all`` starts it once."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return pool
+
+
+def _in_processes(module, config, tasks, workers, bar) -> List[pd.DataFrame]:
+    pool = local_pool(workers)
+    futures = [pool.submit(run_task, module.__name__, config, task) for task in tasks]
+    pending = set(futures)
+    try:
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            bar.update(len(done))
+            for future in done:
+                future.result()  # raises the first failure
+    except BrokenProcessPool:
+        del _POOLS[workers]  # a worker died; the next call starts a fresh pool
+        raise
+    finally:
+        for future in pending:
+            future.cancel()
+    return [future.result() for future in futures]
+
+
+def _on_dask(module, config, tasks, scheduler, bar) -> List[pd.DataFrame]:
+    from distributed import Client, as_completed
+
+    with Client(scheduler, set_as_default=False) as client:
+        futures = [client.submit(run_task, module.__name__, config, task, pure=False) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                future.result()  # raises the task's error here
+                bar.update()
+            return client.gather(futures)
+        finally:
+            client.cancel(futures)
+
+
+class Progress:
+    """Tasks done out of ``total``: a tqdm bar when stderr is a terminal, else a plain line about
+    every 5 % (and at the end), so logs stay readable."""
+
+    def __init__(self, name: str, total: int, enabled: bool = True):
+        self.name, self.total, self.done, self.enabled = name, total, 0, enabled and total > 0
+        self.start = time.perf_counter()
+        self.bar = None
+        self.printed = -1
+        if self.enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=name, unit="task")
+
+    def update(self, count: int = 1) -> None:
+        self.done += count
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(count)
+            return
+        step = self.done * 20 // self.total
+        if step != self.printed:
+            self.printed = step
+            print(f"{self.name}: {self.done}/{self.total} tasks ({time.perf_counter() - self.start:.1f} s)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
