@@ -1,12 +1,21 @@
 """Input validation shared by every implementation: clear errors before any kernel runs.
 
-Checks that need no data (rank, dtypes, shapes, channel counts) cost nothing. The two value
-checks read the data once without allocating anything of its size: a float32 sum of the logits
-(finite unless a logit is NaN/inf) and the min/max of the labels; only when those look wrong is
-an exact, allocating check run to name the problem.
+Checks that need no data (rank, dtypes, shapes, channel counts) cost nothing and always run. The
+value checks (finite logits, label range, float target range) read the data without allocating
+anything of the logits' size: a float32 sum of the logits (finite unless a logit is NaN/inf), the
+min/max of the labels, the min/max of a float target. They end in one 0-d flag each, and the flags
+are read back together: one device-to-host synchronisation per call when the inputs are fine.
+Only when a flag is down does an exact, allocating pass run to name the problem. ``validate=False``
+skips the value checks (see ``prepare_inputs``).
+
+Labels are compared exactly whatever their dtype: a value the dtype cannot hold (an
+``ignore_index`` of 256 or -100 for uint8 labels, a class index above its maximum) matches no
+pixel instead of wrapping around.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,16 +26,78 @@ from .spec import DiceSpec
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+# torch 2.13 has no min/max/less-than for these on CPU; they are read as int64 (one copy).
+WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+INT64_MAX = torch.iinfo(torch.int64).max
+
+
 def is_label_map(target: Tensor) -> bool:
     return not target.is_floating_point()
 
 
-def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_finite: bool = True):
+def comparable_labels(labels: Tensor) -> Tensor:
+    """``labels`` in a dtype every torch op supports: uint16/32/64 become int64, others pass.
+
+    uint64 values of 2**63 and above (no label map holds them) become ``2**63 - 1``, out of range
+    for every class count, instead of wrapping to negative numbers.
+    """
+    if labels.dtype not in WIDE_UNSIGNED:
+        return labels
+    if labels.dtype == torch.uint64:
+        signed = labels.view(torch.int64)
+        return torch.where(signed < 0, INT64_MAX, signed)
+    return labels.to(torch.int64)
+
+
+def dtype_holds(dtype: torch.dtype, value: int) -> bool:
+    """Whether a label map of ``dtype`` can hold ``value`` (bool: 0 and 1)."""
+    low, high = _bounds(dtype)
+    return low <= value <= high
+
+
+def label_equals(labels: Tensor, value: int) -> Tensor:
+    """``labels == value`` without wrap-around: all False when the dtype cannot hold ``value``."""
+    if dtype_holds(labels.dtype, value):
+        return labels == value
+    return torch.zeros_like(labels, dtype=torch.bool)
+
+
+def ignored_pixels(labels: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
+    """The bool mask of pixels labelled ``ignore_index``; None when no pixel can be (no
+    ``ignore_index``, or one the label dtype cannot hold)."""
+    if ignore_index is None or not dtype_holds(labels.dtype, ignore_index):
+        return None
+    return labels == ignore_index
+
+
+def outside_range(labels: Tensor, low: int, high: int) -> Tensor:
+    """The bool mask of labels outside ``[low, high)``, exact for bounds beyond the dtype's range."""
+    low_info, high_info = _bounds(labels.dtype)
+    outside = torch.zeros_like(labels, dtype=torch.bool)
+    if low > low_info:
+        outside |= labels < low if dtype_holds(labels.dtype, low) else torch.ones_like(outside)
+    if high <= high_info:
+        outside |= labels >= high if dtype_holds(labels.dtype, high) else torch.ones_like(outside)
+    return outside
+
+
+def _bounds(dtype: torch.dtype) -> tuple:
+    if dtype == torch.bool:
+        return 0, 1
+    info = torch.iinfo(dtype)
+    return info.min, info.max
+
+
+def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_finite: bool = True,
+                   validate: bool = True):
     """Validate ``logits`` and ``target`` against ``spec``; return them ready for an implementation.
 
-    A label map of shape ``(N, 1, *spatial)`` is squeezed to ``(N, *spatial)``; logits are resized
-    to the target when ``spec.resize_logits`` asks for it. Raises TypeError/ValueError naming the
-    problem.
+    A label map of shape ``(N, 1, *spatial)`` is squeezed to ``(N, *spatial)`` and uint16/32/64
+    labels become int64; logits are resized to the target when ``spec.resize_logits`` asks for
+    it. Raises TypeError/ValueError naming the problem. ``validate=False`` skips the checks that
+    read the data (finite logits, label range, float target in [0, 1]): no device-to-host
+    synchronisation, but bad values then give wrong losses instead of errors. ``check_finite=False``
+    skips the finite-logits check alone (for implementations that detect NaN/inf themselves).
     """
     if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
         raise TypeError(
@@ -54,6 +125,7 @@ def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_fini
                 f"an integer label map must have shape (N, *spatial) = {(n, *logits.shape[2:])}-like with "
                 f"{logits.ndim - 2} spatial dims, got shape {tuple(target.shape)}"
             )
+        target = comparable_labels(target)
         target_spatial = tuple(target.shape[1:])
     else:
         if target.ndim != logits.ndim:
@@ -74,13 +146,27 @@ def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_fini
             )
         logits = resize_to(logits, target_spatial)
     check_spec_against_channels(spec, c)
+    if validate:
+        check_values(logits, target, spec, check_finite=check_finite)
+    return logits, target
+
+
+def check_values(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_finite: bool = True) -> None:
+    """The checks that read the data, with one device-to-host synchronisation when all pass."""
+    label_map = is_label_map(target)
+    flags = [
+        finite_flag(logits) if check_finite else None,
+        label_range_flag(target, logits.shape[1], spec) if label_map else float_target_flag(target),
+    ]
+    flags = [flag for flag in flags if flag is not None]
+    if not flags or bool(torch.stack(flags).all()):
+        return
     if check_finite:
         check_finite_logits(logits)
     if label_map:
-        check_label_range(target, c, spec)
+        check_label_range(target, logits.shape[1], spec)
     else:
         check_float_target(target)
-    return logits, target
 
 
 def check_spec_against_channels(spec: DiceSpec, channels: int) -> None:
@@ -94,8 +180,13 @@ def check_spec_against_channels(spec: DiceSpec, channels: int) -> None:
         raise ValueError("weight is zero on every class left after dropping the background")
 
 
+def finite_flag(logits: Tensor) -> Tensor:
+    """0-d bool, True when no logit is NaN or inf (one float32 sum, no synchronisation)."""
+    return torch.isfinite(logits.sum(dtype=torch.float32))
+
+
 def check_finite_logits(logits: Tensor) -> None:
-    if torch.isfinite(logits.sum(dtype=torch.float32)):
+    if bool(finite_flag(logits)):
         return
     bad = ~torch.isfinite(logits)
     if bad.any():
@@ -108,33 +199,52 @@ def label_range(channels: int) -> tuple:
     return (0, 2) if channels == 1 else (0, channels)
 
 
-def check_label_range(target: Tensor, channels: int, spec: DiceSpec) -> None:
+def label_range_flag(target: Tensor, channels: int, spec: DiceSpec) -> Optional[Tensor]:
+    """0-d bool, True when every label is in range or ignored (no synchronisation); None when
+    there is nothing to check."""
     if target.dtype == torch.bool or target.numel() == 0 or spec.out_of_range == "zero_target":
+        return None
+    low, high = label_range(channels)
+    ignored = ignored_pixels(target, spec.ignore_index)
+    if ignored is not None and not low <= spec.ignore_index < high:
+        target = torch.where(ignored, torch.zeros((), dtype=target.dtype, device=target.device), target)
+    t_min, t_max = (t.to(torch.int64) for t in torch.aminmax(target))  # int64: bounds beyond the dtype stay exact
+    return (t_min >= low) & (t_max < high)
+
+
+def check_label_range(target: Tensor, channels: int, spec: DiceSpec) -> None:
+    flag = label_range_flag(target, channels, spec)
+    if flag is None or bool(flag):
         return
     low, high = label_range(channels)
-    t_min, t_max = torch.aminmax(target)
-    if int(t_min) >= low and int(t_max) < high:
-        return
-    bad = (target < low) | (target >= high)
-    if spec.ignore_index is not None:
-        bad &= target != spec.ignore_index
-    if bad.any():
-        values = torch.unique(target[bad])[:5].tolist()
-        hint = "" if spec.ignore_index is None else f" other than ignore_index={spec.ignore_index}"
-        raise ValueError(
-            f"labels out of range: found {values} but labels must lie in [{low}, {high - 1}]{hint} "
-            f"for {channels} channel(s)"
-        )
+    bad = outside_range(target, low, high)
+    ignored = ignored_pixels(target, spec.ignore_index)
+    if ignored is not None:
+        bad &= ~ignored
+    values = torch.unique(target[bad])[:5].tolist()
+    hint = "" if spec.ignore_index is None else f" other than ignore_index={spec.ignore_index}"
+    raise ValueError(
+        f"labels out of range: found {values} but labels must lie in [{low}, {high - 1}]{hint} "
+        f"for {channels} channel(s)"
+    )
+
+
+def float_target_flag(target: Tensor) -> Optional[Tensor]:
+    """0-d bool, True when the float target lies in [0, 1] (False on NaN); None when empty."""
+    if target.numel() == 0:  # an empty batch (e.g. a rank with no images) has nothing to check
+        return None
+    t_min, t_max = torch.aminmax(target.detach())
+    return (t_min >= 0) & (t_max <= 1)
 
 
 def check_float_target(target: Tensor) -> None:
-    if target.numel() == 0:  # an empty batch (e.g. a rank with no images) has nothing to check
+    flag = float_target_flag(target)
+    if flag is None or bool(flag):
         return
     t_min, t_max = torch.aminmax(target.detach())
     if not (torch.isfinite(t_min) and torch.isfinite(t_max)):
         raise ValueError("float target contains NaN or inf")
-    if float(t_min) < 0 or float(t_max) > 1:
-        raise ValueError(f"a float target must hold probabilities in [0, 1], found values in [{float(t_min)}, {float(t_max)}]")
+    raise ValueError(f"a float target must hold probabilities in [0, 1], found values in [{float(t_min)}, {float(t_max)}]")
 
 
 def resize_to(logits: Tensor, spatial: tuple) -> Tensor:

@@ -112,6 +112,7 @@ def global_dice_loss(
     *,
     impl: str = "vectorized",
     group=None,
+    validate: bool = True,
     **overrides,
 ) -> Tensor:
     """The soft Dice loss of the batch formed by every rank's ``logits`` and ``target``.
@@ -131,11 +132,12 @@ def global_dice_loss(
         spec: a ``DiceSpec`` (default ``DiceSpec()``); ``**overrides`` change its fields.
         impl: the implementation computing the statistics (``dice_impls.IMPLEMENTATIONS``).
         group: the process group (default: the world). Every rank of it must call this function.
+        validate: as in ``dice_loss``: ``False`` skips the checks that read the data.
 
     Without an initialised process group this is ``dice_loss`` on the local batch.
     """
     spec = resolve_spec(spec, overrides)
-    stats = get_implementation(impl).compute_statistics(logits, target, spec)
+    stats = get_implementation(impl).compute_statistics(logits, target, spec, validate=validate)
     if spec.batch:
         return loss_from_statistics(global_statistics(stats, group), spec)
     if not is_distributed(group) or spec.reduction == "none":

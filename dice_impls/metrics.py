@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .checks import comparable_labels, ignored_pixels, outside_range
+
 
 def predict_labels(logits: Tensor, activation: str = "softmax", threshold: float = 0.5) -> Tensor:
     """Hard labels from ``(N, C, *spatial)`` scores: argmax for softmax; for a one-channel sigmoid,
@@ -31,9 +33,11 @@ def confusion_counts(pred: Tensor, target: Tensor, num_classes: int, *, ignore_i
         raise TypeError("metrics take integer label maps; use predict_labels(logits) for scores")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    pred, target = comparable_labels(pred), comparable_labels(target)
+    ignored = ignored_pixels(target, ignore_index)
+    keep = torch.ones_like(target, dtype=torch.bool) if ignored is None else ~ignored
     for name, labels in (("pred", pred), ("target", target)):
-        bad = keep & ((labels < 0) | (labels >= num_classes))
+        bad = keep & outside_range(labels, 0, num_classes)
         if bad.any():
             raise ValueError(f"{name} labels out of range [0, {num_classes - 1}]: {torch.unique(labels[bad])[:5].tolist()}")
     classes = torch.arange(num_classes, device=pred.device).view(1, num_classes, *([1] * (pred.ndim - 1)))

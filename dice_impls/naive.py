@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .checks import is_label_map
+from .checks import ignored_pixels, is_label_map, label_equals
 from .score import DiceStatistics
 from .spec import DiceSpec
+from .vectorized import uses_soft_overlap
 
 
 def naive_statistics(logits: Tensor, target: Tensor, spec: DiceSpec) -> DiceStatistics:
     images, channels = logits.shape[:2]
     power = 2 if spec.squared else 1
+    soft_overlap = uses_soft_overlap(target, spec)
     rows = {"intersection": [], "pred_sum": [], "target_sum": []}
     for n in range(images):
         x = logits[n]
@@ -24,25 +26,28 @@ def naive_statistics(logits: Tensor, target: Tensor, spec: DiceSpec) -> DiceStat
             probs = x
         if is_label_map(target):
             labels = target[n]
-            keep = torch.ones_like(labels, dtype=x.dtype)
-            if spec.ignore_index is not None:
-                keep = (labels != spec.ignore_index).to(x.dtype)
+            ignored = ignored_pixels(labels, spec.ignore_index)
+            keep = torch.ones_like(labels, dtype=x.dtype) if ignored is None else (~ignored).to(x.dtype)
         else:
             keep = torch.ones_like(x[0])
         tps, preds, targets = [], [], []
         for c in range(channels):
             if is_label_map(target):
-                truth = (labels == (1 if channels == 1 else c)).to(x.dtype)
+                truth = label_equals(labels, 1 if channels == 1 else c).to(x.dtype)
             else:
                 truth = target[n, c].to(x.dtype)
             p = probs[c]
-            tps.append((keep * p * truth).sum())
+            overlap = torch.minimum(p, truth) if soft_overlap else p * truth
+            tps.append((keep * overlap).sum())
             preds.append((keep * p**power).sum())
             targets.append((keep * truth**power).sum())
         rows["intersection"].append(torch.stack(tps))
         rows["pred_sum"].append(torch.stack(preds))
         rows["target_sum"].append(torch.stack(targets))
     if images == 0:
-        return DiceStatistics(*(logits.new_zeros(0, channels, dtype=torch.float32) for _ in range(3)))
+        # Zeros computed from the logits, so a loss of an empty batch (a rank without images)
+        # stays attached to the graph and its backward reaches the model.
+        empty = logits.flatten(2).sum(2)
+        return DiceStatistics(*(empty.float() if empty.dtype != torch.float64 else empty for _ in range(3)))
     stats = (torch.stack(rows[k]) for k in ("intersection", "pred_sum", "target_sum"))
     return DiceStatistics(*(s.float() if s.dtype in (torch.float16, torch.bfloat16) else s for s in stats))

@@ -39,7 +39,12 @@ def reference_statistics(logits: Tensor, target: Tensor, spec: DiceSpec) -> Dice
         keep = torch.ones_like(g[:, :1])
     power = 2 if spec.squared else 1
     axes = tuple(range(2, x.ndim))
-    intersection = (keep * p * g).sum(axes)
     pred_sum = (keep * p**power).sum(axes)
     target_sum = (keep * g**power).sum(axes)
+    if spec.soft_label and not is_label_map(target):
+        # Wang et al.'s semimetric form as MONAI writes it; with k = 2 it is sum p g exactly.
+        difference = (keep * (p - g).abs() ** power).sum(axes)
+        intersection = (pred_sum + target_sum - difference) / 2
+    else:
+        intersection = (keep * p * g).sum(axes)
     return DiceStatistics(intersection, pred_sum, target_sum)

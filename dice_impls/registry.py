@@ -33,12 +33,16 @@ class Implementation:
     checks_finite: bool = False
     label_maps_only: bool = False
 
-    def __call__(self, logits: Tensor, target: Tensor, spec: Optional[DiceSpec] = None) -> Tensor:
+    def __call__(self, logits: Tensor, target: Tensor, spec: Optional[DiceSpec] = None, *,
+                 validate: bool = True) -> Tensor:
         spec = spec or DiceSpec()
-        return loss_from_statistics(self.compute_statistics(logits, target, spec), spec)
+        return loss_from_statistics(self.compute_statistics(logits, target, spec, validate=validate), spec)
 
-    def compute_statistics(self, logits: Tensor, target: Tensor, spec: DiceSpec) -> DiceStatistics:
-        logits, target = prepare_inputs(logits, target, spec, check_finite=not self.checks_finite)
+    def compute_statistics(self, logits: Tensor, target: Tensor, spec: DiceSpec, *,
+                           validate: bool = True) -> DiceStatistics:
+        """Validated statistics; ``validate=False`` skips the checks that read the data
+        (``checks.prepare_inputs``)."""
+        logits, target = prepare_inputs(logits, target, spec, check_finite=not self.checks_finite, validate=validate)
         if self.label_maps_only and target.is_floating_point():
             raise TypeError(
                 f"impl={self.name!r} takes integer label maps only; for float one-hot or soft targets "
@@ -75,7 +79,8 @@ def resolve_spec(spec: Optional[DiceSpec], overrides: dict) -> DiceSpec:
 
 
 def dice_loss(
-    logits: Tensor, target: Tensor, spec: Optional[DiceSpec] = None, *, impl: str = "vectorized", **overrides
+    logits: Tensor, target: Tensor, spec: Optional[DiceSpec] = None, *, impl: str = "vectorized",
+    validate: bool = True, **overrides
 ) -> Tensor:
     """The soft Dice loss of ``logits`` against ``target``.
 
@@ -87,19 +92,25 @@ def dice_loss(
             channel, labels are binary ``{0, 1}``.
         spec: a ``DiceSpec`` (default: ``DiceSpec()``, the MONAI-like defaults).
         impl: the implementation's name (``IMPLEMENTATIONS``).
+        validate: run the checks that read the data (finite logits, labels in range, float
+            target in [0, 1]); each costs a pass over its input and together one device-to-host
+            synchronisation. ``False`` skips them (e.g. under ``torch.compile`` or in a tuned
+            training loop): bad values then give a wrong loss instead of an error. Shape and
+            dtype checks always run.
         **overrides: ``DiceSpec`` fields changed for this call.
     """
     spec = resolve_spec(spec, overrides)
-    return get_implementation(impl)(logits, target, spec)
+    return get_implementation(impl)(logits, target, spec, validate=validate)
 
 
 def dice_statistics(
-    logits: Tensor, target: Tensor, spec: Optional[DiceSpec] = None, *, impl: str = "vectorized", **overrides
+    logits: Tensor, target: Tensor, spec: Optional[DiceSpec] = None, *, impl: str = "vectorized",
+    validate: bool = True, **overrides
 ) -> DiceStatistics:
     """The per-image, per-class sums ``(N, C)`` of ``dice_loss``, before any scoring.
 
     ``loss_from_statistics(dice_statistics(...), spec)`` equals ``dice_loss(...)``; reduce the
-    statistics across processes in between for a global batch Dice.
+    statistics across processes in between for a global batch Dice. Arguments as ``dice_loss``.
     """
     spec = resolve_spec(spec, overrides)
-    return get_implementation(impl).compute_statistics(logits, target, spec)
+    return get_implementation(impl).compute_statistics(logits, target, spec, validate=validate)

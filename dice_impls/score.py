@@ -1,14 +1,15 @@
 """From per-image, per-class sums to the loss: the half of the semantics every implementation shares.
 
 Implementations differ only in how they compute the statistics (the expensive part, of the size
-of the input); everything after that (batch pooling, micro averaging, background, weights,
-smoothing, clamping, loss form, absent classes, reduction) happens here on ``(N, C)`` tensors,
-so autograd carries the gradient back to whatever produced the statistics.
+of the input); everything after that (batch pooling, background, weights, the score of the Dice
+family (F-beta, Tversky, Jaccard), micro and generalized pooling, smoothing, clamping, loss form,
+absent classes, reduction) happens here on ``(N, C)`` tensors, so autograd carries the gradient
+back to whatever produced the statistics.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
 
 import torch
 from torch import Tensor
@@ -19,7 +20,8 @@ from .spec import DiceSpec
 class DiceStatistics(NamedTuple):
     """Per-image, per-class sums, each of shape ``(N, C)`` (float32 or wider).
 
-    ``intersection = sum m p g``, ``pred_sum = sum m p**k``, ``target_sum = sum m g**k``.
+    ``intersection = sum m p g`` (``sum m min(p, g)`` for ``soft_label`` with a float target and
+    ``k = 1``), ``pred_sum = sum m p**k``, ``target_sum = sum m g**k``.
     """
 
     intersection: Tensor
@@ -40,13 +42,14 @@ def loss_from_statistics(stats: DiceStatistics, spec: DiceSpec) -> Tensor:
     weight = _weight(spec, channels, tp)
     if not spec.include_background:
         tp, pred_sum, target_sum, weight = tp[:, 1:], pred_sum[:, 1:], target_sum[:, 1:], weight[1:]
-    if spec.average == "micro":
-        tp, pred_sum, target_sum = ((s * weight).sum(1, keepdim=True) for s in (tp, pred_sum, target_sum))
+    numerator, denominator = score_terms(tp, pred_sum, target_sum, spec)
+    if spec.average == "micro" or spec.generalized is not None:
+        pool = weight if spec.generalized is None else generalized_weights(target_sum, spec.generalized)
+        numerator, denominator = ((s * pool).sum(1, keepdim=True) for s in (numerator, denominator))
         weight = weight.new_ones(1)
 
-    beta2 = spec.beta ** 2
-    numerator = (1 + beta2) * tp + spec.smooth_nr
-    denominator = (pred_sum + beta2 * target_sum + spec.smooth_dr).clamp_min(spec.min_denominator)
+    numerator = numerator + spec.smooth_nr
+    denominator = (denominator + spec.smooth_dr).clamp_min(spec.min_denominator)
     empty = denominator == 0
     score = torch.where(empty, torch.ones_like(numerator), numerator / torch.where(empty, 1.0, denominator))
     if spec.log_loss:
@@ -54,6 +57,8 @@ def loss_from_statistics(stats: DiceStatistics, spec: DiceSpec) -> Tensor:
         loss = -torch.log(score.clamp_min(torch.finfo(torch.float32).tiny))
     elif spec.negate:
         loss = -score
+    elif spec.focal_gamma != 1:
+        loss = _focal(1 - score, spec.focal_gamma)
     else:
         loss = 1 - score
 
@@ -71,6 +76,42 @@ def loss_from_statistics(stats: DiceStatistics, spec: DiceSpec) -> Tensor:
     no_class = normalizer == 0  # only with absent_classes="exclude": kornia scores such a unit 1
     per_unit = torch.where(no_class, 1.0, weighted.sum(1) / torch.where(no_class, 1.0, normalizer))
     return per_unit.mean()
+
+
+def score_terms(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, spec: DiceSpec) -> Tuple[Tensor, Tensor]:
+    """The score's numerator and denominator before smoothing, per unit and class.
+
+    Both are linear in ``(tp, P, G)``, so pooling them over classes (micro, generalized) equals
+    scoring the pooled sums.
+    """
+    if spec.jaccard:
+        return 2 * tp, 2 * (pred_sum + target_sum - tp)
+    if spec.fp_weight is not None:
+        return tp, tp + spec.fp_weight * (pred_sum - tp) + spec.fn_weight * (target_sum - tp)
+    beta2 = spec.beta**2
+    return (1 + beta2) * tp, pred_sum + beta2 * target_sum
+
+
+def generalized_weights(target_sum: Tensor, kind: str) -> Tensor:
+    """Sudre et al.'s class weights ``1/G**2``, ``1/G`` or 1 per unit, constants for autograd.
+
+    A weight that is not finite (the class is absent from the unit, or ``G`` so small that its
+    reciprocal overflows) becomes the largest finite weight of the unit, 0 if there is none:
+    MONAI 1.6's rule.
+    """
+    g = target_sum.detach()
+    if kind == "uniform":
+        return torch.ones_like(g)
+    raw = torch.reciprocal(g * g if kind == "square" else g)
+    finite = torch.isfinite(raw)
+    raw = torch.where(finite, raw, 0.0)
+    return torch.where(finite, raw, raw.amax(1, keepdim=True))
+
+
+def _focal(base: Tensor, gamma: float) -> Tensor:
+    """``base**gamma`` with ``base`` clamped at 0; at 0 the value and gradient are 0 (no inf for gamma < 1)."""
+    positive = base > 0
+    return torch.where(positive, torch.where(positive, base, 1.0) ** gamma, 0.0)
 
 
 def _weight(spec: DiceSpec, channels: int, like: Tensor) -> Tensor:

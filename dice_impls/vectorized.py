@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .checks import is_label_map
+from .checks import ignored_pixels, is_label_map
 from .score import DiceStatistics
 from .spec import DiceSpec
 
@@ -29,15 +29,23 @@ def one_hot_target(target: Tensor, channels: int, spec: DiceSpec, dtype: torch.d
     mask of counted pixels (``None`` when every pixel counts)."""
     if not is_label_map(target):
         return target.to(dtype), None
-    keep = None if spec.ignore_index is None else (target != spec.ignore_index).unsqueeze(1)
+    ignored = ignored_pixels(target, spec.ignore_index)
+    keep = None if ignored is None else ~ignored.unsqueeze(1)
     if channels == 1:
         g = (target == 1).unsqueeze(1)
     else:
         # A comparison one-hot is one byte per element (F.one_hot's is int64, 8x the size of a
-        # float32 target, 4x a half one) and encodes labels outside [0, C) as all-zero.
+        # float32 target, 4x a half one) and encodes labels outside [0, C) as all-zero. Comparing
+        # with an int64 tensor promotes the labels, so no class index wraps around in their dtype.
         classes = torch.arange(channels, device=target.device).view(1, channels, *([1] * (target.ndim - 1)))
         g = target.unsqueeze(1) == classes
     return g.to(dtype), None if keep is None else keep.to(dtype)
+
+
+def uses_soft_overlap(target: Tensor, spec: DiceSpec) -> bool:
+    """Whether ``tp`` is ``sum m min(p, g)`` (``soft_label``, float target, ``k = 1``) rather than
+    ``sum m p g``; they agree on hard targets and always with ``k = 2`` (DiceSpec.soft_label)."""
+    return spec.soft_label and not spec.squared and not is_label_map(target)
 
 
 def dense_statistics(
@@ -50,8 +58,9 @@ def dense_statistics(
         g = g * keep
     axes = tuple(range(2, logits.ndim))
     power = 2 if spec.squared else 1
+    overlap = torch.minimum(p, g) if uses_soft_overlap(target, spec) else p * g
     sums = (
-        torch.sum(p * g, axes, dtype=accumulate),
+        torch.sum(overlap, axes, dtype=accumulate),
         torch.sum(p**power, axes, dtype=accumulate),
         torch.sum(g**power, axes, dtype=accumulate),
     )

@@ -14,13 +14,15 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from ..checks import comparable_labels
 from ..registry import Implementation, register
 from ..score import DiceStatistics
 from ..spec import DiceSpec
 from . import cpu
 from .autograd import Backend, FusedStatistics, KernelParams
 
-# Read without a copy; other integer dtypes (uint16/32/64) are converted to int64 once.
+# Read without a copy; other integer dtypes (uint16/32/64) are converted to int64 once
+# (``checks.comparable_labels``; validation has usually done it already).
 NATIVE_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 BACKENDS = ("cpp", "chunked", "triton")
 
@@ -48,7 +50,7 @@ def get_backend(name: Union[str, Backend, None], device: torch.device) -> Backen
 def label_codes(target: Tensor) -> Tensor:
     if target.dtype == torch.bool:
         return target.view(torch.uint8)
-    return target if target.dtype in NATIVE_LABEL_DTYPES else target.to(torch.int64)
+    return target if target.dtype in NATIVE_LABEL_DTYPES else comparable_labels(target)
 
 
 def fused_statistics(
