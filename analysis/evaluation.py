@@ -21,11 +21,14 @@ PRECISION_LEVELS = (0.5, 0.7, 0.9)
 
 
 def f1_counts(pred: Tensor, masks: Tensor) -> Dict[str, float]:
+    """Pooled DSC (F1), precision and recall of a boolean prediction; precision is 0 when nothing is
+    predicted (the zero-division convention of scikit-learn), DSC and recall NaN only without any
+    foreground at all."""
     tp = float((pred & (masks == 1)).sum())
     fp = float((pred & (masks == 0)).sum())
     fn = float((~pred & (masks == 1)).sum())
     return dict(dsc=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan,
-                precision=tp / (tp + fp) if tp + fp else math.nan, recall=tp / (tp + fn) if tp + fn else math.nan)
+                precision=tp / (tp + fp) if tp + fp else 0.0, recall=tp / (tp + fn) if tp + fn else math.nan)
 
 
 def pr_curve(probs: Tensor, masks: Tensor):

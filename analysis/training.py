@@ -46,7 +46,7 @@ class UNet(nn.Module):
     """2-level U-Net with a global-context bottleneck, for ``ndim``-D images (see the module docstring)."""
 
     def __init__(self, ndim: int = 2, in_channels: int = 1, out_channels: int = 1, width: int = 8,
-                 generator: Optional[torch.Generator] = None) -> None:
+                 generator: Optional[torch.Generator] = None, layers: int = 2) -> None:
         super().__init__()
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
         w = width
@@ -58,8 +58,8 @@ class UNet(nn.Module):
             return nn.Sequential(*mods)
 
         self.ndim = ndim
-        self.enc1, self.enc2 = block(in_channels, w), block(w, 2 * w)
-        self.bottleneck = block(4 * w, 2 * w)  # its features and their image-wide maximum
+        self.enc1, self.enc2 = block(in_channels, w, layers), block(w, 2 * w, layers)
+        self.bottleneck = block(4 * w, 2 * w, layers)  # its features and their image-wide maximum
         self.dec2 = block(4 * w, w, 1)
         self.dec1 = nn.Sequential(block(2 * w, w, 1), conv(w, out_channels, 1))
         with torch.no_grad():  # seeded He-uniform initialisation, independent of the global RNG
@@ -147,6 +147,7 @@ class FitResult:
     steps: int  # steps run
     converged: bool  # the plateau criterion fired before max_steps
     diverged: bool  # a non-finite training loss stopped the run
+    initial_grad_norm: float  # parameter-gradient norm of the first mini-batch, at initialisation
     trajectory: List[dict] = field(default_factory=list)
 
 
@@ -170,7 +171,7 @@ def fit(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], train: Sy
     best, best_state, best_step, stale = math.inf, copy.deepcopy(model.state_dict()), 0, 0
     budget_state = None
     diverged = converged = False
-    step = 0
+    step, initial_grad_norm = 0, math.nan
     while True:
         if step % eval_every == 0 or step == budget_steps:
             point = validation_point(model, loss_fn, val, probe)
@@ -197,11 +198,13 @@ def fit(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], train: Sy
             diverged = True
             break
         loss.backward()
+        if step == 0:
+            initial_grad_norm = _grad_norm(model)
         opt.step()
         step += 1
     if budget_state is None:  # diverged before the budget: the budget checkpoint is the last finite state
         budget_state = copy.deepcopy(model.state_dict())
-    return FitResult(budget_state, best_state, best_step, step, converged, diverged, trajectory)
+    return FitResult(budget_state, best_state, best_step, step, converged, diverged, initial_grad_norm, trajectory)
 
 
 def validation_point(model: nn.Module, loss_fn, val: SyntheticBatch, probe=None) -> dict:
@@ -210,7 +213,7 @@ def validation_point(model: nn.Module, loss_fn, val: SyntheticBatch, probe=None)
         logits = model(val.images)
     logits.requires_grad_(True)
     loss = loss_fn(logits, val.masks)
-    point = dict(val_loss=float(loss))
+    point = dict(val_loss=float(loss.detach()))
     if probe is not None and torch.isfinite(loss):
         (grad,) = torch.autograd.grad(loss, logits)
         point.update(probe(logits.detach(), grad))
