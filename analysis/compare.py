@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from .cli import command
+from .errors import UsageError
 from .report_template import esc, table
 
 
@@ -213,18 +213,22 @@ def comparison_to_html(c: Comparison) -> str:
                          "Numbers and claims that moved beyond the tolerance between the two runs.", text_columns=3)
 
 
-@command("compare")
-def _compare_command(parser: argparse.ArgumentParser):
-    parser.description = "Compare two run folders; exit status 1 when a number or claim moved beyond the tolerance."
+DESCRIPTION = "Compare two run folders (exit status 1 when a number or claim moved beyond the tolerance)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", type=Path)
     parser.add_argument("run_b", type=Path)
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance for experiment numbers and claims")
     parser.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance for experiment numbers and claims")
     parser.add_argument("--time-rtol", type=float, default=0.25, help="relative tolerance for asv timings and memory")
 
-    def handle(args: argparse.Namespace) -> int:
-        comparison = compare_runs(args.run_a, args.run_b, args.rtol, args.atol, args.time_rtol)
-        print(comparison_to_text(comparison))
-        return 1 if comparison.moved else 0
 
-    return handle
+def main(args: argparse.Namespace) -> int:
+    try:
+        run_a, run_b = RunPaths.of(args.run_a), RunPaths.of(args.run_b)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+    comparison = compare_runs(run_a, run_b, args.rtol, args.atol, args.time_rtol)
+    print(comparison_to_text(comparison))
+    return 1 if comparison.moved else 0

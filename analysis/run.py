@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from .cli import command
+from .experiments import SCALE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 ASV_CONFIG = REPO / "asv.conf.json"
@@ -72,46 +72,46 @@ def run_experiments(out_dir: Path, names: List[str], scale: str, seed: int) -> i
     """``dicebench experiment NAME`` for each name (it prints every claim); 1 when a claim failed."""
     from tqdm.auto import tqdm
 
-    from .cli import main
+    from . import experiment_commands
 
     status = 0
     for name in tqdm(names, desc="experiments", unit="experiment"):
         banner(f"experiment {name} ({scale})")
         # Figures are drawn by the report, from the stored results.
-        status |= main(["experiment", name, "--scale", scale, "--seed", str(seed), "--out", str(out_dir), "--no-figures"])
+        status |= experiment_commands.run_and_print([name], out_dir, scale=scale, seed=seed, figures=False)
     return status
 
 
-@command("run")
-def _run_command(parser: argparse.ArgumentParser):
-    parser.description = "Run the CPU asv grid and the experiments, then write the report."
+DESCRIPTION = "Run the CPU asv grid and every experiment, then write the report (what make report does)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a look in under 3 minutes: one quick asv pass over a small subset")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="run folder and report (default: reports/)")
-    parser.add_argument("--scale", default="small", help="experiments' scale (default: small)")
+    parser.add_argument("--scale", choices=SCALE_NAMES, default="small", help="experiments' scale (default: small)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-asv", action="store_true", help="keep the asv results already in the run folder")
     parser.add_argument("--skip-experiments", action="store_true", help="keep the experiment results already there")
 
-    def handle(args: argparse.Namespace) -> int:
-        from .experiments import EXPERIMENTS
-        from .report import DEFAULT_BENCH_JSON, collect, write_report
 
-        start, status = time.perf_counter(), 0
-        out: Path = args.out
-        if not args.skip_asv:
-            banner("1/3 benchmarks: asv CPU grid" + (" (quick subset)" if args.quick else ""))
-            if run_asv(out / "asv", args.quick) != 0:
-                print("asv reported failing benchmarks (see above); they show as n/a in the report", flush=True)
-                status = 1
-        if not args.skip_experiments:
-            names = list(EXPERIMENTS)
-            banner(f"2/3 experiments: {', '.join(names)}")
-            if run_experiments(out / "experiments", names, args.scale, args.seed):
-                print("some claims failed (listed above); the report shows them as failed", flush=True)
-        banner("3/3 report")
-        bench_json = [p for p in (out / "bench.json", DEFAULT_BENCH_JSON) if p.is_file()][:1]
-        index = write_report(collect(out / "experiments", out / "asv", bench_json), out)
-        print(f"report: {index.resolve()}\nwall time {time.perf_counter() - start:.0f} s", flush=True)
-        return status
+def main(args: argparse.Namespace) -> int:
+    from .experiments import EXPERIMENTS
+    from .report import DEFAULT_BENCH_JSON, collect, write_report
 
-    return handle
+    start, status = time.perf_counter(), 0
+    out: Path = args.out
+    if not args.skip_asv:
+        banner("1/3 benchmarks: asv CPU grid" + (" (quick subset)" if args.quick else ""))
+        if run_asv(out / "asv", args.quick) != 0:
+            print("asv reported failing benchmarks (see above); they show as n/a in the report", flush=True)
+            status = 1
+    if not args.skip_experiments:
+        names = list(EXPERIMENTS)
+        banner(f"2/3 experiments: {', '.join(names)}")
+        if run_experiments(out / "experiments", names, args.scale, args.seed):
+            print("some claims failed (listed above); the report shows them as failed", flush=True)
+    banner("3/3 report")
+    bench_json = [p for p in (out / "bench.json", DEFAULT_BENCH_JSON) if p.is_file()][:1]
+    index = write_report(collect(out / "experiments", out / "asv", bench_json), out)
+    print(f"report: {index.resolve()}\nwall time {time.perf_counter() - start:.0f} s", flush=True)
+    return status

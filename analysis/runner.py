@@ -133,7 +133,7 @@ def _in_processes(module, config, tasks, workers, bar) -> List[pd.DataFrame]:
 def _on_dask(module, config, tasks, scheduler, bar) -> List[pd.DataFrame]:
     from distributed import Client, as_completed
 
-    with Client(scheduler, set_as_default=False) as client:
+    with Client(scheduler) as client:
         futures = [client.submit(run_task, module.__name__, config, task, pure=False) for task in tasks]
         try:
             for future in as_completed(futures):
@@ -152,7 +152,7 @@ class Progress:
         self.name, self.total, self.done, self.enabled = name, total, 0, enabled and total > 0
         self.start = time.perf_counter()
         self.bar = None
-        self.printed = -1
+        self.printed = 0
         if self.enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
 

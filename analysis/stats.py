@@ -5,7 +5,7 @@ Both functions are seeded, so a claim computed twice from the same data gives th
 - :func:`bootstrap_ci`: the percentile bootstrap. Draw ``n_boot`` resamples of the values with
   replacement, compute the statistic on each, and take the ``(1 - level) / 2`` and
   ``(1 + level) / 2`` quantiles of those statistics. With few values (n ~ 10) it is somewhat too
-  narrow (a 95 % interval of the mean of a normal sample covers ~91 % at n = 10, ~94 % at n = 30);
+  narrow (a 95 % interval of the mean of a normal sample covers ~91 % at n = 10, ~93 % at n = 30);
   that is one reason hypotheses ask for the whole interval, not just the value, to clear their
   threshold.
 - :func:`paired_difference`: differences ``d = a - b`` of paired measurements (e.g. two losses on

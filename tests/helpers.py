@@ -108,12 +108,33 @@ class Errors(NamedTuple):
     grad: float
 
 
+def soft_label_ties(logits: Tensor, target: Tensor, spec: dice_impls.DiceSpec) -> Optional[Tensor]:
+    """Pixels ``(N, 1, *spatial)`` where the soft-label overlap's gradient is decided by rounding.
+
+    With ``soft_label`` on a float target (``k = 1``), ``tp = sum min(p, g)`` has the gradient
+    ``1[p < g]``, a step at ``p = g``. Half-precision implementations compute ``p`` in bf16/fp16
+    (``mixed`` too: half-size intermediates), so where ``|p - g|`` is within a few units of that
+    dtype's rounding the step falls on either side, and the gradient of the whole pixel flips
+    (measured: bfloat16 gradient error 0.49 of the largest gradient, against 1.4e-3 in float16).
+    Returns the pixels within 8 epsilons (relative) of a tie, or None when no such step exists
+    or the logits are float32/float64.
+    """
+    if not (spec.soft_label and not spec.squared and target.is_floating_point()) or logits.dtype not in HALF_DTYPES:
+        return None
+    x = logits.double()
+    p = {"softmax": lambda: torch.softmax(x, 1), "sigmoid": lambda: torch.sigmoid(x), "none": lambda: x}[spec.activation]()
+    g = target.double()
+    margin = 8 * torch.finfo(logits.dtype).eps * torch.maximum(p, g)
+    return ((p - g).abs() <= margin).any(1, keepdim=True)
+
+
 def errors_against_reference(impl: str, logits: Tensor, target: Tensor, spec: dice_impls.DiceSpec) -> Errors:
     """Loss and gradient errors of ``impl`` against the float64 reference on the same inputs.
 
     The reference sees the logits converted exactly to float64, so the error is the
     implementation's own rounding, not the rounding of its input. The gradient must come back in
-    the logits' dtype.
+    the logits' dtype. Pixels at a soft-label tie (``soft_label_ties``) are left out of the
+    gradient error; at most a fifth of the pixels may be.
     """
     x = logits.detach().clone().requires_grad_()
     loss = dice_impls.dice_loss(x, target, spec, impl=impl)
@@ -123,6 +144,11 @@ def errors_against_reference(impl: str, logits: Tensor, target: Tensor, spec: di
     (grad_ref,) = torch.autograd.grad(expected.sum(), x_ref)
     if grad.dtype != logits.dtype:
         raise AssertionError(f"{impl} returned a {grad.dtype} gradient for {logits.dtype} logits")
+    ties = soft_label_ties(logits, target, spec)
+    if ties is not None:
+        if ties.double().mean() > 0.2:
+            raise AssertionError(f"{float(ties.double().mean()):.0%} of the pixels are soft-label ties: too few compared")
+        grad, grad_ref = (torch.where(ties, 0.0, g.double()) for g in (grad, grad_ref))
     return Errors(error(loss, expected, 1.0), error(grad, grad_ref, torch.finfo(logits.dtype).tiny))
 
 

@@ -1,14 +1,22 @@
 """The synthetic experiments at small scale: claims hold for two seeds, storage is deterministic,
-figures draw from stored results, and E2's closed-form gradients match autograd in float64."""
+figures draw from stored results, and E2's closed-form gradients match autograd in float64.
+Then the claims machinery on a tiny fake experiment (``tests/fake_experiment.py``): the
+verification and hypothesis rules, storage round trips, the command's exit codes, the report's
+claims table and the docs table."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import re
 
 import pytest
 import torch
 
-from analysis.experiments import EXPERIMENTS
+import fake_experiment
+from analysis.experiments import EXPERIMENTS, Claim, config_for, config_from_dict, hypothesis, verification
 from analysis.experiments import e2_gradients
-from analysis.storage import load_results, run_experiment
+from analysis.storage import load_results, recheck_claims, run_experiment
 from analysis.synthetic import generator_for, make_batch, object_masks
 from dice_impls import IMPLEMENTATIONS
 
@@ -117,3 +125,146 @@ def test_models_train_and_lower_the_loss(model_name):
     logits = predict(model, data.images)
     assert logits.shape == (2, 1, 32, 32)
     assert float(loss_fn(logits, data.masks)) < before
+
+
+# --------------------------------------------------------------------------------------------
+# Claims, storage, the command and the report's claims table, on the tiny fake experiment.
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setitem(EXPERIMENTS, "fake", fake_experiment)
+    return fake_experiment
+
+
+def test_verification_compares_and_fails_on_nan():
+    claim = verification("x", "v", 0.5, "<", 1.0)
+    assert (claim.kind, claim.passed, claim.outcome, claim.ci_low, claim.source) == ("verification", True, "PASS", None, "")
+    assert verification("x", "v", 2.0, "<", 1.0).outcome == "FAIL"
+    assert not verification("x", "v", float("nan"), "<", 1.0).passed
+    assert verification("x", "v", 1.0, "<=", 1.0).passed and not verification("x", "v", 1.0, "<", 1.0).passed
+
+
+@pytest.mark.parametrize("value, ci, op, supported", [
+    (0.5, (0.2, 0.8), ">", True),
+    (0.5, (-0.1, 0.8), ">", False),  # the value clears the threshold, the interval does not
+    (0.5, (0.0, 0.8), ">", False), (0.5, (0.0, 0.8), ">=", True),
+    (-0.5, (-0.8, -0.2), "<", True), (-0.5, (-0.8, 0.1), "<", False),
+    (0.5, (float("nan"), 0.8), ">", False), (float("nan"), (0.2, 0.8), ">", False),
+])
+def test_hypothesis_is_supported_only_when_the_whole_interval_clears(value, ci, op, supported):
+    claim = hypothesis("h", "difference", "Author et al. 2020", value, ci, op, 0.0, stage="convergence")
+    assert claim.passed is supported and claim.outcome == ("SUPPORTED" if supported else "FAILED")
+    assert claim.kind == "hypothesis" and claim.stage == "convergence" and claim.source == "Author et al. 2020"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: hypothesis("h", "s", "  ", 1.0, (0.0, 2.0), ">", 0.0), "needs a source"),
+    (lambda: hypothesis("h", "s", "src", 1.0, (2.0, 0.0), ">", 0.0), "low > high"),
+    (lambda: hypothesis("h", "s", "src", 1.0, (0.0, 2.0), ">", 0.0, stage="end"), "stage"),
+    (lambda: verification("v", "s", 1.0, "==", 0.0), "op must be one of"),
+    (lambda: Claim("c", "guess", "s", "", 1.0, None, None, "<", 2.0, True), "kind"),
+    (lambda: Claim("c", "verification", "s", "", 1.0, 0.0, None, "<", 2.0, True), "both ends"),
+    (lambda: Claim.from_dict(dict(verification("v", "s", 1.0, "<", 2.0).to_dict(), note="x")), "unknown fields"),
+])
+def test_bad_claims_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_claims_round_trip_through_storage_and_recheck(fake, tmp_path):
+    _, claims, _ = run_experiment("fake", tmp_path, seed=2, progress=False)
+    stored = json.loads((tmp_path / "fake" / "claims.json").read_text())
+    manifest = load_results(tmp_path, "fake")[2]  # through JSON: the config's tuples come back as lists
+    assert [Claim.from_dict(c) for c in stored] == claims
+    assert [c["kind"] for c in stored] == ["verification", "hypothesis"] and stored[1]["source"]
+    assert config_from_dict(fake, manifest["config"]) == config_for(fake, "small", seed=2)
+    assert recheck_claims(tmp_path, "fake") == claims
+    assert "claims_rechecked" in json.loads((tmp_path / "fake" / "manifest.json").read_text())
+
+
+def test_claims_must_be_claims_with_distinct_ids(fake, monkeypatch, tmp_path):
+    twice = lambda df, config: [verification("same", "a", 1.0, "<", 2.0)] * 2  # noqa: E731
+    monkeypatch.setattr(fake, "claims", twice)
+    with pytest.raises(ValueError, match="repeated: \\['same'\\]"):
+        run_experiment("fake", tmp_path, progress=False)
+
+
+def run_command(argv, capsys):
+    from analysis.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, code, shown", [
+    (dict(), 0, ["PASS fake.rows_per_task", "SUPPORTED fake.mean_above [budget]"]),
+    (dict(hypothesis_threshold=10.0), 0, ["PASS fake.rows_per_task", "FAILED fake.mean_above [budget]"]),
+    (dict(verification_threshold=10.0), 1, ["FAIL fake.rows_per_task", "1 verification(s) failed"]),
+])
+def test_command_exits_1_only_for_a_failed_verification(fake, monkeypatch, tmp_path, capsys, change, code, shown):
+    monkeypatch.setitem(fake.SCALES, "small", dataclasses.replace(fake.SCALES["small"], **change))
+    status, out = run_command(["experiment", "fake", "--out", str(tmp_path), "--no-figures"], capsys)
+    assert status == code
+    for text in shown:
+        assert text in out
+    assert "6 tasks on 1 worker(s)" in out and "95% CI" in out
+
+
+def test_command_refuses_workers_with_a_scheduler(fake, tmp_path, capsys):
+    from analysis.cli import main
+
+    code = main(["experiment", "fake", "--out", str(tmp_path), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
+    assert code == 2 and "not both" in capsys.readouterr().err
+
+
+def table_rows(html: str) -> dict:
+    """``{first cell text: [cell html, ...]}`` for every row of the rendered tables."""
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", html):
+        cells = re.findall(r"<td[^>]*>.*?</td>", row)
+        if cells:
+            rows[re.sub(r"<[^>]+>", "", cells[0])] = cells
+    return rows
+
+
+def test_report_shows_the_claims_table_with_failed_hypotheses(fake, monkeypatch, tmp_path):
+    from analysis.report import ReportData, collect, section_experiments
+
+    monkeypatch.setitem(fake.SCALES, "small", dataclasses.replace(fake.SCALES["small"], hypothesis_threshold=10.0))
+    _, claims, _ = run_experiment("fake", tmp_path / "results", seed=1, progress=False)
+    data = collect(tmp_path / "results", tmp_path / "no-asv")
+    assert isinstance(data, ReportData) and list(data.experiments) == ["fake"]
+    html = section_experiments(data, tmp_path / "page" / "figures", tmp_path / "page")
+    rows = table_rows(html)
+    failed, passed = rows["fake.mean_above"], rows["fake.rows_per_task"]
+    assert failed[-1] == '<td class="fail">FAILED</td>' and passed[-1] == '<td class="pass">PASS</td>'
+    hypo = claims[1]
+    assert [re.sub(r"<[^>]+>", "", c) for c in failed[1:5]] == ["hypothesis", "budget", hypo.statement, fake.SOURCE]
+    assert f'data-value="{hypo.value!r}"' in failed[5] and f'data-value="{hypo.threshold!r}"' in failed[7]
+    assert "&gt; 10" in failed[7] and " .. " in failed[6]
+    assert "verifications passed 1/1; hypotheses supported 0/1 (FAILED: fake.mean_above)" in html
+    assert (tmp_path / "page" / "figures" / "fake" / "fake_experiment.png").is_file()
+
+
+def test_docs_table_is_written_from_the_stored_claims(fake, monkeypatch, tmp_path, capsys):
+    from analysis.experiment_table import TABLE_BEGIN, TABLE_END
+
+    monkeypatch.setitem(fake.SCALES, "small", dataclasses.replace(fake.SCALES["small"], hypothesis_threshold=10.0))
+    _, claims, _ = run_experiment("fake", tmp_path / "results", progress=False)
+    doc = tmp_path / "experiments.md"
+    doc.write_text(f"# Findings\n\n{TABLE_BEGIN}\nstale\n{TABLE_END}\n\nMore text.\n")
+    argv = ["experiment-table", "--results", str(tmp_path / "results"), "--doc", str(doc)]
+    assert run_command(argv + ["--check"], capsys)[0] == 1
+    assert run_command(argv, capsys)[0] == 0
+    assert run_command(argv + ["--check"], capsys)[0] == 0
+    text = doc.read_text()
+    assert "stale" not in text and text.startswith("# Findings") and text.endswith("More text.\n")
+    (line,) = [x for x in text.splitlines() if "`fake.mean_above`" in x]
+    hypo = claims[1]
+    assert f"| {hypo.value:.4g} | {hypo.ci_low:.4g} .. {hypo.ci_high:.4g} |" in line and line.endswith("| **FAILED** |")
+    assert "| budget |" in line and f"| {fake.SOURCE} | > 10 |" in line
+    assert "Verifications: 1/1 passed." in text
+    doc.write_text("no markers\n")
+    from analysis.cli import main
+
+    assert main(argv) == 2 and "needs one line" in capsys.readouterr().err

@@ -49,10 +49,12 @@ def formula_loss(logits: torch.Tensor, target: torch.Tensor, spec: DiceSpec):
         g = [[[1.0 if lab == wanted[c] else 0.0 for lab in row] for c in range(channels)] for row in labels]
         keep = [[0.0 if lab == spec.ignore_index else 1.0 for lab in row] for row in labels]
     power = 2 if spec.squared else 1
+    soft_overlap = spec.soft_label and power == 1 and target.is_floating_point()
 
     def sums(i, c):
         pairs = list(zip(p[i][c], g[i][c], keep[i]))
-        return (sum(m * a * b for a, b, m in pairs), sum(m * a**power for a, _, m in pairs),
+        overlap = (lambda a, b: min(a, b)) if soft_overlap else (lambda a, b: a * b)
+        return (sum(m * overlap(a, b) for a, b, m in pairs), sum(m * a**power for a, _, m in pairs),
                 sum(m * b**power for _, b, m in pairs))
 
     per_image = [[sums(i, c) for c in range(channels)] for i in range(images)]
@@ -62,21 +64,40 @@ def formula_loss(logits: torch.Tensor, target: torch.Tensor, spec: DiceSpec):
     classes = list(range(channels)) if spec.include_background else list(range(1, channels))
     b2 = spec.beta**2
 
-    def loss_of(tp, pred, truth):
-        den = max(pred + b2 * truth + spec.smooth_dr, spec.min_denominator)
-        score = 1.0 if den == 0 else ((1 + b2) * tp + spec.smooth_nr) / den
+    def terms(tp, pred, truth):
+        """(numerator, denominator) before smoothing."""
+        if spec.jaccard:
+            return 2 * tp, 2 * (pred + truth - tp)
+        if spec.fp_weight is not None:
+            return tp, tp + spec.fp_weight * (pred - tp) + spec.fn_weight * (truth - tp)
+        return (1 + b2) * tp, pred + b2 * truth
+
+    def loss_of(num, den):
+        den = max(den + spec.smooth_dr, spec.min_denominator)
+        score = 1.0 if den == 0 else (num + spec.smooth_nr) / den
         if spec.log_loss:
             return -math.log(max(score, torch.finfo(torch.float32).tiny))
-        return -score if spec.negate else 1 - score
+        if spec.negate:
+            return -score
+        return max(1 - score, 0.0) ** spec.focal_gamma if spec.focal_gamma != 1 else 1 - score
+
+    def generalized_weights(unit):
+        if spec.generalized == "uniform":
+            return [1.0] * len(classes)
+        power_of_g = 2 if spec.generalized == "square" else 1
+        raw = [1 / unit[c][2] ** power_of_g if unit[c][2] > 0 else None for c in classes]
+        largest = max((w for w in raw if w is not None), default=0.0)
+        return [largest if w is None else w for w in raw]
 
     rows, row_weights = [], []
     for unit in per_image:
-        if spec.average == "micro":
-            pooled = [sum(weight[c] * unit[c][k] for c in classes) for k in range(3)]
+        if spec.average == "micro" or spec.generalized:
+            pool = generalized_weights(unit) if spec.generalized else [weight[c] for c in classes]
+            pooled = [sum(w * terms(*unit[c])[k] for w, c in zip(pool, classes)) for k in range(2)]
             rows.append([loss_of(*pooled)])
             row_weights.append([1.0])
             continue
-        losses = [loss_of(*unit[c]) for c in classes]
+        losses = [loss_of(*terms(*unit[c])) for c in classes]
         weights = [weight[c] for c in classes]
         present = [unit[c][2] > 0 for c in classes]
         if spec.absent_classes == "zero":
@@ -146,6 +167,37 @@ SPEC_CASES = [
     ("preset-smp", DiceSpec.preset("smp").__dict__, dict(empty_classes=(2,))),
     ("preset-kornia", DiceSpec.preset("kornia").__dict__, {}),
     ("preset-seed", DiceSpec.preset("seed").__dict__, dict(out_of_range_fraction=0.1)),
+    # The Dice family (docs/conventions.md "Dice family").
+    ("tversky", dict(fp_weight=0.3, fn_weight=0.7), {}),
+    ("tversky-fp-heavy-batch", dict(fp_weight=0.8, fn_weight=0.2, batch=True), {}),
+    ("tversky-zero-weights", dict(fp_weight=0.0, fn_weight=0.0, smooth_nr=0.0, smooth_dr=0.0), {}),
+    ("tversky-squared-ignore", dict(fp_weight=0.4, fn_weight=0.9, squared=True, ignore_index=255),
+     dict(ignore_index=255)),
+    ("tversky-soft-target", dict(fp_weight=0.3, fn_weight=0.7), dict(target_kind="soft")),
+    ("focal-tversky", dict(fp_weight=0.3, fn_weight=0.7, focal_gamma=0.75), {}),
+    ("focal-2-no-background", dict(focal_gamma=2.0, include_background=False), {}),
+    ("focal-absent-zero", dict(focal_gamma=1.5, absent_classes="zero"), dict(empty_classes=(1,))),
+    ("jaccard", dict(jaccard=True), {}),
+    ("jaccard-batch-squared", dict(jaccard=True, batch=True, squared=True), {}),
+    ("jaccard-micro-weight", dict(jaccard=True, average="micro", weight=(1.0, 2.0, 0.5, 1.0)), {}),
+    ("generalized-square", dict(generalized="square"), {}),
+    ("generalized-simple-batch", dict(generalized="simple", batch=True), {}),
+    ("generalized-uniform-none", dict(generalized="uniform", reduction="none"), {}),
+    ("generalized-absent", dict(generalized="square"), dict(empty_classes=(1, 3))),
+    ("generalized-no-present-class", dict(generalized="square", include_background=False, reduction="none"),
+     dict(empty_classes=(1, 2, 3))),
+    ("generalized-ignore", dict(generalized="simple", ignore_index=255, include_background=False),
+     dict(ignore_index=255)),
+    ("generalized-tversky-focal", dict(generalized="square", fp_weight=0.3, fn_weight=0.7, focal_gamma=2.0), {}),
+    ("soft-label-soft-target", dict(soft_label=True), dict(target_kind="soft")),
+    ("soft-label-soft-batch-sigmoid", dict(soft_label=True, batch=True, activation="sigmoid"),
+     dict(target_kind="soft")),
+    ("soft-label-labels", dict(soft_label=True, ignore_index=255), dict(ignore_index=255)),
+    ("soft-label-squared", dict(soft_label=True, squared=True), dict(target_kind="soft")),
+    ("soft-label-generalized-jaccard", dict(soft_label=True, generalized="simple", jaccard=True),
+     dict(target_kind="soft")),
+    ("soft-label-tversky-bf16-target", dict(soft_label=True, fp_weight=0.6, fn_weight=0.4),
+     dict(target_kind="soft", target_dtype=torch.bfloat16)),
 ]
 SPEC_IDS = [case[0] for case in SPEC_CASES]
 

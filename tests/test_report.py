@@ -178,11 +178,12 @@ def test_claims_match_the_stored_claims(run_folder, built_report):
         assert claims
         for claim in claims:
             (row,) = tables.rows_starting(claim["id"])
-            assert row[1][0] == claim["statement"]
-            for cell, key in ((row[2], "value"), (row[3], "threshold")):
+            assert row[1][0] == claim["kind"] and row[3][0] == claim["statement"]
+            for cell, key in ((row[5], "value"), (row[7], "threshold")):
                 stored = float(claim[key])
                 assert stored_value(cell) == stored or (math.isnan(stored) and math.isnan(stored_value(cell)))
-            assert row[4][0] == ("passed" if claim["passed"] else "FAILED")
+            assert row[7][0].startswith(claim["op"] + " ")
+            assert row[9][0] == ("PASS" if claim["passed"] else "FAIL")  # both experiments hold verifications only
 
 
 def test_manifests_are_shown(run_folder, built_report):

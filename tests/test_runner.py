@@ -1,0 +1,110 @@
+"""The task runner: in-process, local processes and a Dask cluster give byte-identical stored
+results; bad tasks and failing tasks are reported with the task named; progress counts tasks."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+import fake_experiment
+from analysis.experiments import EXPERIMENTS, config_for
+from analysis.runner import Progress, TaskError, run_tasks
+from analysis.storage import load_results, run_experiment
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setitem(EXPERIMENTS, "fake", fake_experiment)
+    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield fake_experiment
+    torch.set_num_threads(previous[0])
+    torch.use_deterministic_algorithms(previous[1])
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, host="127.0.0.1",
+                                  protocol="tcp", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        yield cluster.scheduler_address
+
+
+def test_local_processes_and_dask_store_the_same_bytes_as_in_process(fake, dask_cluster, tmp_path):
+    runs = {"in_process": dict(), "processes": dict(workers=2), "dask": dict(scheduler=dask_cluster)}
+    for label, where in runs.items():
+        df, claims, manifest = run_experiment("fake", tmp_path / label, seed=5, progress=False, **where)
+        assert manifest["tasks"] == 6 and manifest["workers"] == where.get("workers", 1)
+        assert manifest["scheduler"] == where.get("scheduler")
+    parquet = {label: (tmp_path / label / "fake" / "results.parquet").read_bytes() for label in runs}
+    assert parquet["processes"] == parquet["in_process"]
+    assert parquet["dask"] == parquet["in_process"]
+    claims = {label: (tmp_path / label / "fake" / "claims.json").read_text() for label in runs}
+    assert claims["processes"] == claims["in_process"] == claims["dask"]
+
+    stored, _, _ = load_results(tmp_path / "in_process", "fake")
+    # In task order: seed-major, then setting, four rows each; and not all the same numbers.
+    assert stored["label"].tolist()[:5] == ["t0r0", "t0r1", "t0r2", "t0r3", "t1r0"]
+    assert stored["seed"].tolist() == [5] * 8 + [6] * 8 + [7] * 8
+    assert stored["value"].nunique() == len(stored)
+    other, _, _ = run_experiment("fake", tmp_path / "other", seed=6, progress=False)
+    assert not other["value"].equals(stored["value"])
+
+
+def test_the_parent_keeps_its_torch_settings(fake):
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(False)
+    config = config_for(fake, "small")
+    run_tasks(fake, config, fake.tasks(config), progress=False)
+    assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize("where", [dict(), dict(workers=2)], ids=["in_process", "processes"])
+def test_a_failing_task_is_named(fake, where):
+    config = config_for(fake, "small", fail_task=3)
+    with pytest.raises(TaskError, match=r"fake_experiment task \{'index': 3, .*this task was told to fail"):
+        run_tasks(fake, config, fake.tasks(config), progress=False, **where)
+
+
+def test_a_failing_task_on_dask_is_named(fake, dask_cluster):
+    config = config_for(fake, "small", fail_task=1)
+    with pytest.raises(TaskError, match=r"task \{'index': 1, .*told to fail"):
+        run_tasks(fake, config, fake.tasks(config), scheduler=dask_cluster, progress=False)
+
+
+@pytest.mark.parametrize("tasks, message", [
+    ([dict(index=0, shape=(1, 2))], "JSON-serialisable"),  # a tuple comes back from JSON as a list
+    (["not a dict"], "JSON-serialisable"),
+    ([dict(index=0, value=float("nan"))], "JSON-serialisable"),  # NaN != NaN: not a stable task
+])
+def test_tasks_must_be_plain_json(fake, tasks, message):
+    with pytest.raises(ValueError, match=message):
+        run_tasks(fake, config_for(fake, "small"), tasks, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(workers=0), "positive integer"), (dict(workers=2, scheduler="tcp://127.0.0.1:1"), "not both"),
+    (dict(scheduler="127.0.0.1:8786"), "tcp://HOST:PORT"),
+])
+def test_bad_runner_settings(fake, kwargs, message):
+    config = config_for(fake, "small")
+    with pytest.raises(ValueError, match=message):
+        run_tasks(fake, config, fake.tasks(config), progress=False, **kwargs)
+
+
+def test_no_tasks_give_an_empty_frame(fake):
+    assert run_tasks(fake, config_for(fake, "small"), [], progress=False).equals(pd.DataFrame())
+
+
+def test_progress_prints_plain_lines_off_a_terminal(capsys):
+    bar = Progress("fake", 40)
+    for _ in range(40):
+        bar.update()
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("fake: 2/40 tasks") and lines[-1].startswith("fake: 40/40 tasks")
+    assert len(lines) == 20  # one per 5 %
+    quiet = Progress("fake", 3, enabled=False)
+    quiet.update(3)
+    assert capsys.readouterr().err == ""
