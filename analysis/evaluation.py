@@ -49,9 +49,10 @@ def best_threshold(probs: Tensor, masks: Tensor) -> float:
     return float(thresholds[int(torch.argmax(f1))])
 
 
-def recall_at_precision(probs: Tensor, masks: Tensor, level: float) -> float:
-    """The highest recall at any threshold whose precision is at least ``level`` (0 if none)."""
-    precision, recall, _ = pr_curve(probs, masks)
+def recall_at_precision(probs: Tensor, masks: Tensor, level: float, curve=None) -> float:
+    """The highest recall at any threshold whose precision is at least ``level`` (0 if none);
+    ``curve`` is ``pr_curve(probs, masks)`` when already computed."""
+    precision, recall, _ = curve if curve is not None else pr_curve(probs, masks)
     ok = precision >= level
     return float(recall[ok].max()) if bool(ok.any()) else 0.0
 
@@ -126,9 +127,10 @@ def binary_metrics(logits: Tensor, masks: Tensor, *, val_logits: Tensor, val_mas
     out["threshold_tuned"] = tuned
     out["soft_dsc"] = float(2 * (probs * masks).sum() / (probs.sum() + masks.sum()))
     out["pr_auc"] = average_precision(probs, masks)
-    out["recall_at_matched_precision"] = recall_at_precision(probs, masks, matched_precision)
+    curve = pr_curve(probs, masks)
+    out["recall_at_matched_precision"] = recall_at_precision(probs, masks, matched_precision, curve)
     for level in PRECISION_LEVELS:
-        out[f"recall_at_p{round(level * 100)}"] = recall_at_precision(probs, masks, level)
+        out[f"recall_at_p{round(level * 100)}"] = recall_at_precision(probs, masks, level, curve)
     out["nll"] = binary_nll(probs, masks)
     out["ece"] = calibration_error(probs, masks)
     near = near_object(masks)

@@ -64,7 +64,7 @@ def test_version(capsys):
     ([], "the following arguments are required: COMMAND"),
     (["nope"], "invalid choice: 'nope'"),
     (["run", "--scale", "huge"], "argument --scale: invalid choice: 'huge'"),
-    (["experiment", "e1_imbalance", "--impl", "nope"], "argument --impl: invalid choice: 'nope'"),
+    (["experiment", "s1_imbalance", "--impl", "nope"], "argument --impl: invalid choice: 'nope'"),
     (["experiment", "e9_nope"], "invalid choice: 'e9_nope'"),
     (["compare", "/nonexistent/a", "/nonexistent/b"], "run folder /nonexistent/a does not exist"),
     (["report", "--results", "/nonexistent"], "--results /nonexistent does not exist"),

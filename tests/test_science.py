@@ -64,13 +64,14 @@ def test_multiclass_posterior_matches_brute_force():
     batch = make_multiclass_batch(3, shape, areas, sigma=sigma, generator=generator_for(8))
     probs = multiclass_posterior(batch.images, areas, sigma)
     masks = [all_masks(shape, a) for a in areas]
+    a, b = (m.double().flatten(1) for m in masks)
     for n in range(3):
         weights = [torch.softmax(-((batch.images[n, k].double() - m.double()) ** 2).flatten(1).sum(1) / (2 * sigma**2), 0)
                    for k, m in enumerate(masks)]
-        expected = torch.zeros((3, *shape), dtype=torch.float64)
-        for (i, a), (j, b) in itertools.product(enumerate(masks[0]), enumerate(masks[1])):
-            labels = torch.where(b == 1, 2, torch.where(a == 1, 1, 0))
-            expected += weights[0][i] * weights[1][j] * torch.nn.functional.one_hot(labels, 3).permute(2, 0, 1).double()
+        joint = weights[0][:, None] * weights[1][None, :]  # every pair of placements
+        expected = torch.stack([torch.einsum("ij,ip,jp->p", joint, 1 - a, 1 - b),
+                                torch.einsum("ij,ip,jp->p", joint, a, 1 - b),
+                                torch.einsum("ij,jp->p", joint, b)]).view(3, *shape)
         assert torch.allclose(probs[n], expected, atol=1e-12, rtol=0)
 
 

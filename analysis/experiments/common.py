@@ -58,13 +58,13 @@ class TrainingConfig:
     impl: str = "vectorized"
     seeds: int = 10
     train_images: int = 256
-    val_images: int = 64
+    val_images: int = 48
     test_images: int = 256
     batch_size: int = 8
     width: int = 8
     budget_steps: int = 100
     max_steps: int = 400
-    eval_every: int = 20
+    eval_every: int = 25
     patience: int = 4
     min_delta: float = 0.01
 
@@ -178,6 +178,8 @@ def run_setting(config: TrainingConfig, s: dict, loss: str, variant: str = "") -
         for stage, state in (("budget", result.budget_state), ("convergence", result.converged_state)):
             model.load_state_dict(state)
             logits, val_logits = predict(model, test.images), predict(model, val.images)
+            if not (torch.isfinite(logits).all() and torch.isfinite(val_logits).all()):  # a diverged run
+                logits, val_logits = torch.full_like(logits, math.nan), torch.full_like(val_logits, math.nan)
             if binary:
                 metrics = binary_metrics(logits, test.masks, val_logits=val_logits, val_masks=val.masks,
                                          matched_precision=reference["bayes_precision"], empty=empty)
@@ -186,7 +188,7 @@ def run_setting(config: TrainingConfig, s: dict, loss: str, variant: str = "") -
             else:
                 metrics = multiclass_metrics(logits, test.masks, classes)
             step = config.budget_steps if stage == "budget" else result.converged_step
-            point = next(p for p in result.trajectory if p["step"] == step)
+            point = next((p for p in result.trajectory if p["step"] == step), {})  # none: diverged before it
             rows.append(dict(stage=stage, **common, **metrics,
                              **{k: point.get(k, math.nan) for k in ("cw_grad_share", "cw_pixel_share", "val_loss", "val_dsc")}))
         rows += [dict(stage="trajectory", seed=seed, lr=chosen, **p) for p in result.trajectory]

@@ -27,8 +27,8 @@ SMOOTHING = {"dice": 1e-5, "dice_smooth1": 1.0, "dice_smooth10": 10.0}
 class Config(TrainingConfig):
     size: int = 32
     sigma: float = 0.5
-    areas: Tuple[int, ...] = (3, 10)
-    variants: Tuple[str, ...] = tuple(SMOOTHING)
+    # (area, variant): smoothing 10 against 1e-5 on 3-pixel objects, smoothing 1 against 1e-5 on 10-pixel ones
+    runs: Tuple[Tuple[int, str], ...] = ((3, "dice"), (3, "dice_smooth10"), (10, "dice"), (10, "dice_smooth1"))
     lrs: Tuple[float, ...] = (3e-3, 1e-2, 3e-2)
 
 
@@ -39,7 +39,7 @@ TINY, LARGER = 3, 10
 def tasks(config: Config) -> List[dict]:
     return [task("dice", setting((config.size, config.size), area=area, sigma=config.sigma, smooth=SMOOTHING[v],
                                  lrs=config.lrs), v)
-            for area in config.areas for v in config.variants]
+            for area, v in config.runs]
 
 
 def claims(df: pd.DataFrame, config: Config) -> List[Claim]:

@@ -33,7 +33,7 @@ class Config(TrainingConfig):
     size: int = 32
     sigma: float = 0.5
     areas: Tuple[int, ...] = (3, 10, 31)
-    losses: Tuple[str, ...] = ("ce", "wce", "dice", "gen_dice", "dice_ce")
+    losses: Tuple[str, ...] = ("ce", "wce", "dice", "gen_dice")
     lrs: Tuple[float, ...] = (3e-3, 1e-2, 3e-2)
 
 
