@@ -29,7 +29,7 @@ report: install
 
 # Every experiment at paper scale into the committed results folder (about 25 minutes).
 experiments: install
-	OMP_NUM_THREADS=1 $(BIN)/dicebench experiment all --scale paper --out results/experiments
+	OMP_NUM_THREADS=1 $(BIN)/dicebench experiment all --scale paper --workers 2 --out results/experiments
 
 # Issue-3 targets of the fused implementation against MONAI (time, peak memory, accuracy).
 targets: install

@@ -22,9 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--impl", choices=IMPLEMENTATIONS, default="vectorized", help="Dice implementation used by the losses")
     parser.add_argument("--out", type=Path, default=Path("results/experiments"), help="results folder")
     parser.add_argument("--workers", type=int, default=1,
-                        help="run the tasks in N local processes (default 1: in this process); results do not change")
+                        help="run the tasks in N local processes (default 1: in this process); the results do not change")
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
-                        help="run the tasks on this existing Dask distributed cluster instead; results do not change")
+                        help="run the tasks on this existing Dask distributed cluster instead; the results do not change")
     parser.add_argument("--no-figures", action="store_true", help="skip drawing the figures")
 
 
@@ -33,6 +33,8 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.scheduler is not None and args.workers != 1:
         raise UsageError("give --workers (local processes) or --scheduler (a Dask cluster), not both")
+    if args.scheduler is not None and "://" not in args.scheduler:
+        raise UsageError(f"--scheduler must be an address such as tcp://HOST:PORT, got {args.scheduler!r}")
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     return run_and_print(names, args.out, scale=args.scale, seed=args.seed, impl=args.impl, workers=args.workers,
                          scheduler=args.scheduler, figures=not args.no_figures)
@@ -65,8 +67,9 @@ def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str 
 
 
 def claim_line(claim) -> str:
-    """``OUTCOME id [stage]: statement: value v (CI lo..hi), required op threshold``."""
+    """``OUTCOME id [stage]: statement: value v (95% CI lo..hi), required op threshold``."""
     ci = f" (95% CI {claim.ci_low:.4g}..{claim.ci_high:.4g})" if claim.ci_low is not None else ""
+    p = f", p = {claim.p_value:.3g}" if claim.p_value is not None else ""
     stage = f" [{claim.stage}]" if claim.stage else ""
-    return (f"{claim.outcome} {claim.id}{stage}: {claim.statement}: value {claim.value:.4g}{ci}, "
+    return (f"{claim.outcome} {claim.id}{stage}: {claim.statement}: value {claim.value:.4g}{ci}{p}, "
             f"required {claim.op} {claim.threshold:g}")

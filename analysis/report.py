@@ -606,7 +606,7 @@ def section_reproduce(data: ReportData) -> str:
         parts.append(f"<p>{esc(result.name)} (commit {esc(str(m.get('git_commit', 'unknown'))[:10])}"
                      f"{', uncommitted changes' if m.get('git_dirty') else ''}):</p>")
         parts.append(code(f"dicebench experiment {result.name} --scale {m.get('scale', 'small')} --seed {m.get('seed', 0)} "
-                          f"--impl {m.get('impl', 'vectorized')} --threads {m.get('threads', 1)} --out {data.results_dir}"))
+                          f"--impl {m.get('impl', 'vectorized')} --out {data.results_dir}"))
     if data.asv is not None:
         from benchmarks.common import ASV_CPU_GRID
 

@@ -9,14 +9,16 @@ in-process and in each worker alike (a task's numbers must not depend on where i
 - ``workers=N``: a pool of N local processes, started with ``spawn`` (a fresh interpreter each,
   nothing inherited from this one but the import path and environment) and reused by later calls;
 - ``scheduler="tcp://HOST:PORT"``: an existing Dask distributed cluster (``distributed.Client``).
-  Its workers must import this project at the same commit (and the experiment module), e.g. with
-  ``dask worker tcp://HOST:PORT`` started from a checkout with the package installed.
+  Its workers must run the same code: before submitting, each worker's digest of the ``analysis``
+  and ``dice_impls`` sources, the experiment module and the torch/numpy/pandas versions
+  (:func:`code_identity`) is compared with this process's, and a mismatch is refused.
 
 Progress counts tasks: a tqdm bar on a terminal, plain lines (about every 5 %) otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import sys
@@ -24,6 +26,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from importlib import import_module
+from pathlib import Path
 from types import ModuleType
 from typing import Dict, List, Optional, Sequence
 
@@ -130,10 +133,41 @@ def _in_processes(module, config, tasks, workers, bar) -> List[pd.DataFrame]:
     return [future.result() for future in futures]
 
 
-def _on_dask(module, config, tasks, scheduler, bar) -> List[pd.DataFrame]:
-    from distributed import Client, as_completed
+def code_identity(module_name: str) -> str:
+    """A digest of what a task's numbers depend on besides its inputs: the source of ``analysis``,
+    ``dice_impls`` and the experiment module, and the torch, numpy and pandas versions."""
+    import dice_impls
+    import numpy
 
-    with Client(scheduler) as client:
+    digest = hashlib.sha256(f"{torch.__version__} {numpy.__version__} {pd.__version__}".encode())
+    module_file = Path(import_module(module_name).__file__)
+    files = [(Path(package.__file__).parent, sorted(Path(package.__file__).parent.rglob("*.py")))
+             for package in (sys.modules[__package__], dice_impls)] + [(module_file.parent, [module_file])]
+    for root, paths in files:
+        for path in paths:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _on_dask(module, config, tasks, scheduler, bar) -> List[pd.DataFrame]:
+    try:
+        from distributed import Client, as_completed
+    except ImportError as error:
+        raise ImportError("--scheduler needs the Dask distributed package: pip install 'dicebench[experiments]'") from error
+
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as error:
+        raise ConnectionError(f"could not reach the Dask scheduler at {scheduler}: {error}") from error
+    with client:
+        ours = code_identity(module.__name__)
+        theirs = client.run(code_identity, module.__name__)
+        if not theirs:
+            raise ConnectionError(f"the Dask cluster at {scheduler} has no workers")
+        stale = sorted(worker for worker, identity in theirs.items() if identity != ours)
+        if stale:
+            raise RuntimeError(f"Dask workers {stale} run different code or library versions than this checkout; "
+                               "start them from the same commit and environment")
         futures = [client.submit(run_task, module.__name__, config, task, pure=False) for task in tasks]
         try:
             for future in as_completed(futures):

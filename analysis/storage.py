@@ -3,7 +3,8 @@
 The parquet file holds the raw measurements only (no timestamps, no index), concatenated in task
 order, so the same seed and scale on the same machine give byte-identical files however the tasks
 ran (in-process, local processes, a Dask cluster); everything about the run itself (versions,
-commit, hardware, config, task count, workers, wall time) goes into the manifest.
+commit, a digest of the sources, hardware, config, task count, workers, wall time) goes into the
+manifest.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 import torch
 
 from .experiments import EXPERIMENTS, Claim, config_for, config_from_dict
-from .runner import run_tasks
+from .runner import code_identity, run_tasks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,6 +99,7 @@ def run_experiment(name: str, out_dir: Path, *, scale: str = "small", seed: int 
     manifest = dict(
         experiment=name, scale=scale, seed=seed, impl=impl, config=dataclasses.asdict(config), tasks=len(tasks),
         workers=workers, scheduler=scheduler, threads=1,  # torch threads per task, wherever it ran
+        code_digest=code_identity(module.__name__),  # the sources and library versions the numbers came from
         started_at=started_at, wall_time_s=round(wall, 3), **environment(),
     )
     save_results(out_dir, name, df, claims, manifest)

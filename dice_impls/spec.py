@@ -216,9 +216,13 @@ def _check_number(name: str, value: object) -> None:
 
 
 def _class_weights(weight: object) -> tuple:
+    not_a_sequence = TypeError(f"DiceSpec.weight must be a sequence of numbers (one per class) or None, got {weight!r}")
     if isinstance(weight, (str, bytes, numbers.Number)) or not isinstance(weight, Iterable):
-        raise TypeError(f"DiceSpec.weight must be a sequence of numbers (one per class) or None, got {weight!r}")
-    weight = tuple(weight)
+        raise not_a_sequence
+    try:
+        weight = tuple(weight)
+    except TypeError:  # e.g. a 0-d tensor
+        raise not_a_sequence from None
     if any(isinstance(w, (str, bytes, bool)) for w in weight):
         raise TypeError(f"DiceSpec.weight must hold numbers, got {weight!r}")
     weight = tuple(float(w) for w in weight)

@@ -136,11 +136,13 @@ def test_hypothesis_is_supported_only_when_the_whole_interval_clears(value, ci, 
 @pytest.mark.parametrize("make, message", [
     (lambda: hypothesis("h", "s", "  ", 1.0, (0.0, 2.0), ">", 0.0), "needs a source"),
     (lambda: hypothesis("h", "s", "src", 1.0, (2.0, 0.0), ">", 0.0), "low > high"),
+    (lambda: hypothesis("h", "s", "src", 1.0, (None, None), ">", 0.0), "needs a confidence interval"),
     (lambda: hypothesis("h", "s", "src", 1.0, (0.0, 2.0), ">", 0.0, stage="end"), "stage"),
     (lambda: verification("v", "s", 1.0, "==", 0.0), "op must be one of"),
     (lambda: Claim("c", "guess", "s", "", 1.0, None, None, "<", 2.0, True), "kind"),
     (lambda: Claim("c", "verification", "s", "", 1.0, 0.0, None, "<", 2.0, True), "both ends"),
-    (lambda: Claim.from_dict(dict(verification("v", "s", 1.0, "<", 2.0).to_dict(), note="x")), "unknown fields"),
+    (lambda: Claim.from_dict(dict(verification("v", "s", 1.0, "<", 2.0).to_dict(), note="x")), "unknown fields \\[.note.\\]"),
+    (lambda: Claim.from_dict(dict(id="old", statement="s", value=1.0, threshold=2.0, passed=True)), "missing fields \\[.kind.,"),
 ])
 def test_bad_claims_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
@@ -186,11 +188,17 @@ def test_command_exits_1_only_for_a_failed_verification(fake, monkeypatch, tmp_p
     assert "6 tasks on 1 worker(s)" in out and "95% CI" in out
 
 
-def test_command_refuses_workers_with_a_scheduler(fake, tmp_path, capsys):
+@pytest.mark.parametrize("options, message", [
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"), (["--workers", "0"], "at least 1"),
+    (["--scheduler", "127.0.0.1:8786"], "tcp://HOST:PORT"),
+])
+def test_command_refuses_bad_worker_options(fake, tmp_path, capsys, options, message):
     from analysis.cli import main
 
-    code = main(["experiment", "fake", "--out", str(tmp_path), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
-    assert code == 2 and "not both" in capsys.readouterr().err
+    assert main(["experiment", "fake", "--out", str(tmp_path), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dicebench experiment: error: ") and message in err
+    assert not (tmp_path / "fake").exists()
 
 
 def table_rows(html: str) -> dict:
@@ -241,6 +249,4 @@ def test_docs_table_is_written_from_the_stored_claims(fake, monkeypatch, tmp_pat
     assert "| budget |" in line and f"| {fake.SOURCE} | > 10 |" in line
     assert "Verifications: 1/1 passed." in text
     doc.write_text("no markers\n")
-    from analysis.cli import main
-
-    assert main(argv) == 2 and "needs one line" in capsys.readouterr().err
+    assert run_command(argv, capsys)[0] == 2 and doc.read_text() == "no markers\n"

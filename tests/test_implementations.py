@@ -261,7 +261,8 @@ def test_shapes_and_dtypes_match_reference(impl, shape, channels, activation, dt
 
 LABEL_DTYPE_CASES = [
     (label_dtype, channels, activation)
-    for label_dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
+    for label_dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+                        torch.uint16, torch.uint32, torch.uint64)
     for channels, activation in ((1, "sigmoid"), (2, "softmax"), (5, "softmax"))
     if label_dtype != torch.bool or channels <= 2  # a bool label map holds two classes
 ]
@@ -392,6 +393,11 @@ GRADCHECK_CASES = [
     ("beta-no-background-none", dict(beta=2.0, include_background=False, reduction="none"), 3, {}, None),
     ("soft-target-sigmoid", dict(activation="sigmoid"), 3, dict(target_kind="soft"), None),
     ("resize", dict(resize_logits=True), 3, {}, (5, 4)),
+    ("focal-tversky-batch", dict(fp_weight=0.3, fn_weight=0.7, focal_gamma=0.75, batch=True), 3, {}, None),
+    ("jaccard-squared-none", dict(jaccard=True, squared=True, reduction="none"), 3, {}, None),
+    ("generalized-square-absent", dict(generalized="square", include_background=False), 3,
+     dict(empty_classes=(1,)), None),
+    ("soft-label-soft-target", dict(soft_label=True, generalized="simple"), 3, dict(target_kind="soft"), None),
 ]
 
 
@@ -475,11 +481,19 @@ def random_cases(draw):
         weight = tuple(draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 3.0]), min_size=channels, max_size=channels)))
         if sum(weight[0 if include_background else 1:]) == 0:
             weight = None
+    absent_classes = "include" if average == "micro" else draw(st.sampled_from(["include", "zero", "exclude"]))
+    score = draw(st.sampled_from(["fbeta", "tversky", "jaccard"]))
+    # Weights >= 0.3: with a zero weight (a fixed case covers it) random one-pixel cases score ~1,
+    # where 1 - score (and log(score)) cancel in float32 whatever the implementation.
+    tversky = tuple(draw(st.sampled_from([0.3, 0.5, 1.0])) for _ in range(2)) if score == "tversky" else (None, None)
+    generalized = None
+    if average == "macro" and weight is None and absent_classes == "include":
+        generalized = draw(st.sampled_from([None, "square", "simple", "uniform"]))
     spec = DiceSpec(
         activation=activation,
         smooth_nr=draw(st.sampled_from([0.0, 1e-5, 1.0])),
         smooth_dr=draw(st.sampled_from([0.0, 1e-5, 1.0])),
-        beta=draw(st.sampled_from([0.5, 1.0, 2.0])),
+        beta=draw(st.sampled_from([0.5, 1.0, 2.0])) if score == "fbeta" else 1.0,
         squared=draw(st.booleans()),
         batch=draw(st.booleans()),
         include_background=include_background,
@@ -490,7 +504,15 @@ def random_cases(draw):
         negate=form == "negate",
         average=average,
         min_denominator=draw(st.sampled_from([0.0, 1e-8])),
-        absent_classes="include" if average == "micro" else draw(st.sampled_from(["include", "zero", "exclude"])),
+        absent_classes=absent_classes,
+        fp_weight=tversky[0],
+        fn_weight=tversky[1],
+        # gamma < 1 is ill-conditioned next to a perfect score (the loss's relative rounding error
+        # grows like eps / (1 - score)), which tiny random cases hit: the fixed cases cover 0.75.
+        focal_gamma=draw(st.sampled_from([1.0, 2.0, 3.0])) if form == "plain" else 1.0,
+        jaccard=score == "jaccard",
+        generalized=generalized,
+        soft_label=draw(st.booleans()),
     )
     inputs = dict(
         target_kind=target_kind, ignore_index=ignore_index, probabilities=activation == "none",
@@ -510,3 +532,63 @@ def test_random_specs_and_shapes_match_reference(case):
                                rtol=1e-12, atol=1e-12)
     for impl in COMPARED:
         assert_matches_reference(impl, logits, target, spec)
+
+
+# --- regressions: label dtypes, out-of-dtype ignore_index, empty batches --------------------------
+
+# (label dtype, an ignore_index it cannot hold): comparing in the label's dtype would wrap the
+# index around (256 -> 0, -100 -> 156 for uint8) and ignore real labels.
+UNHOLDABLE_IGNORE = [(torch.uint8, 256), (torch.uint8, -100), (torch.int8, 200), (torch.int16, 2**20),
+                     (torch.uint16, -1), (torch.uint32, -100), (torch.uint64, -1), (torch.int32, 2**40)]
+
+
+@pytest.mark.parametrize("label_dtype,ignore_index", UNHOLDABLE_IGNORE,
+                         ids=[f"{dtype_id(d)}-{i}" for d, i in UNHOLDABLE_IGNORE])
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_ignore_index_the_label_dtype_cannot_hold_ignores_nothing(impl, label_dtype, ignore_index):
+    # The case: uint8 labels, ignore_index=256, vectorized dropped every class-0 pixel
+    # (0.7629 instead of the reference's 0.6666).
+    logits, labels = random_inputs((2, 7, 9), 3, seed=50)
+    spec = DiceSpec(ignore_index=ignore_index, reduction="none")
+    expected = dice_loss(logits, labels, spec.replace(ignore_index=None), impl=impl)
+    torch.testing.assert_close(dice_loss(logits, labels.to(label_dtype), spec, impl=impl), expected, rtol=0, atol=0)
+    if impl == "vectorized":
+        assert (labels == 0).any(), "the case must hold the class that a wrapped 256 would hide"
+
+
+@pytest.mark.parametrize("label_dtype,ignore_index", UNHOLDABLE_IGNORE,
+                         ids=[f"{dtype_id(d)}-{i}" for d, i in UNHOLDABLE_IGNORE])
+def test_metrics_ignore_index_the_label_dtype_cannot_hold_ignores_nothing(label_dtype, ignore_index):
+    _, labels = random_inputs((2, 7, 9), 3, seed=51)
+    _, pred = random_inputs((2, 7, 9), 3, seed=52)
+    expected = dice_impls.metrics.confusion_counts(pred, labels, 3)
+    actual = dice_impls.metrics.confusion_counts(pred.to(label_dtype), labels.to(label_dtype), 3,
+                                                 ignore_index=ignore_index)
+    for a, e in zip(actual, expected):
+        assert torch.equal(a, e)
+
+
+def test_metrics_class_count_beyond_the_label_dtype():
+    # 300 classes with uint8 labels: ``labels >= 300`` in uint8 would compare against 44.
+    _, labels = random_inputs((2, 7, 9), 60, seed=53)
+    labels = labels.to(torch.uint8) + 40
+    for a, e in zip(dice_impls.metrics.confusion_counts(labels, labels, 300),
+                    dice_impls.metrics.confusion_counts(labels.long(), labels.long(), 300)):
+        assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize("spec", [DiceSpec(batch=True), DiceSpec(batch=False, reduction="sum"),
+                                  DiceSpec(batch=True, generalized="square", fp_weight=0.3, fn_weight=0.7)],
+                         ids=["batch", "image-sum", "batch-family"])
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_empty_batch_loss_stays_attached_to_the_graph(impl, spec):
+    # naive used to return fresh zeros, so global_dice_loss(...).backward() on a rank without
+    # images raised "element 0 of tensors does not require grad".
+    from dice_impls.distributed import global_dice_loss
+
+    logits = torch.randn(0, 3, 5, 4, requires_grad=True)
+    labels = torch.randint(0, 3, (0, 5, 4))
+    for loss in (dice_loss(logits, labels, spec, impl=impl), global_dice_loss(logits, labels, spec, impl=impl)):
+        assert loss.requires_grad and torch.isfinite(loss).all()
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert grad.shape == logits.shape

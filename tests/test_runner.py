@@ -9,7 +9,7 @@ import torch
 
 import fake_experiment
 from analysis.experiments import EXPERIMENTS, config_for
-from analysis.runner import Progress, TaskError, run_tasks
+from analysis.runner import Progress, TaskError, code_identity, run_tasks
 from analysis.storage import load_results, run_experiment
 
 
@@ -37,6 +37,7 @@ def test_local_processes_and_dask_store_the_same_bytes_as_in_process(fake, dask_
         df, claims, manifest = run_experiment("fake", tmp_path / label, seed=5, progress=False, **where)
         assert manifest["tasks"] == 6 and manifest["workers"] == where.get("workers", 1)
         assert manifest["scheduler"] == where.get("scheduler")
+        assert manifest["code_digest"] == code_identity(fake_experiment.__name__)
     parquet = {label: (tmp_path / label / "fake" / "results.parquet").read_bytes() for label in runs}
     assert parquet["processes"] == parquet["in_process"]
     assert parquet["dask"] == parquet["in_process"]
@@ -108,3 +109,27 @@ def test_progress_prints_plain_lines_off_a_terminal(capsys):
     quiet = Progress("fake", 3, enabled=False)
     quiet.update(3)
     assert capsys.readouterr().err == ""
+
+
+def test_dask_workers_running_other_code_are_refused(fake, dask_cluster, monkeypatch):
+    from analysis import runner
+
+    digests = iter(["this checkout", "another checkout"])  # ours first, then the worker's
+    monkeypatch.setattr(runner, "code_identity", lambda module_name: next(digests))
+    config = config_for(fake, "small")
+    with pytest.raises(RuntimeError, match="run different code"):
+        run_tasks(fake, config, fake.tasks(config), scheduler=dask_cluster, progress=False)
+
+
+def test_code_identity_is_a_stable_digest():
+    first = code_identity(fake_experiment.__name__)
+    assert len(first) == 64 and first == code_identity(fake_experiment.__name__)
+    assert first != code_identity("analysis.experiments.p1_precision")
+
+
+def test_a_real_experiment_stores_the_same_bytes_in_local_processes(tmp_path):
+    name = "d1_distributed"  # torch autograd and dice_impls in every task, 8 tasks in ~1 s
+    for label, workers in (("one", 1), ("two", 2)):
+        run_experiment(name, tmp_path / label, workers=workers, progress=False)
+    first, second = ((tmp_path / label / name / "results.parquet").read_bytes() for label in ("one", "two"))
+    assert first == second

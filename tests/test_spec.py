@@ -135,6 +135,37 @@ POST_INIT_ERRORS = [
     (dict(weight=(0.0, 0.0)), ValueError, "weight must have a positive sum"),
     (dict(log_loss=True, negate=True), ValueError, "log_loss and DiceSpec.negate are exclusive"),
     (dict(average="micro", absent_classes="zero"), ValueError, "absent_classes applies to average='macro' only"),
+    # Audit: a scalar weight used to fail with "'float' object is not iterable", a string was read
+    # as its characters, and an ignore_index beyond int64 failed later with an OverflowError.
+    (dict(weight=2.0), TypeError, "DiceSpec.weight must be a sequence of numbers"),
+    (dict(weight="123"), TypeError, "DiceSpec.weight must be a sequence of numbers"),
+    (dict(weight=torch.tensor(2.0)), TypeError, "DiceSpec.weight must be a sequence of numbers"),
+    (dict(weight=("1", "2")), TypeError, "DiceSpec.weight must hold numbers"),
+    (dict(weight=(True, 1.0)), TypeError, "DiceSpec.weight must hold numbers"),
+    (dict(ignore_index=2**70), ValueError, "DiceSpec.ignore_index must fit in int64, got 1180591620717411303424"),
+    (dict(ignore_index=-(2**63) - 1), ValueError, "DiceSpec.ignore_index must fit in int64"),
+    (dict(squared=1), TypeError, "DiceSpec.squared must be True or False, got 1"),
+    # The Dice family.
+    (dict(fp_weight=0.3), ValueError, "fp_weight and DiceSpec.fn_weight go together"),
+    (dict(fn_weight=0.3), ValueError, "fp_weight and DiceSpec.fn_weight go together"),
+    (dict(fp_weight=-0.1, fn_weight=0.5), ValueError, "DiceSpec.fp_weight must be finite and >= 0"),
+    (dict(fp_weight=0.5, fn_weight=float("inf")), ValueError, "DiceSpec.fn_weight must be finite and >= 0"),
+    (dict(fp_weight="0.5", fn_weight=0.5), TypeError, "DiceSpec.fp_weight must be a number, got str"),
+    (dict(fp_weight=0.3, fn_weight=0.7, beta=2.0), ValueError, "DiceSpec.beta must be 1 with fp_weight/fn_weight"),
+    (dict(focal_gamma=0.0), ValueError, "DiceSpec.focal_gamma must be > 0, got 0.0"),
+    (dict(focal_gamma=-1.0), ValueError, "DiceSpec.focal_gamma must be finite and >= 0"),
+    (dict(focal_gamma=float("nan")), ValueError, "DiceSpec.focal_gamma must be finite and >= 0"),
+    (dict(focal_gamma=2.0, log_loss=True), ValueError, "DiceSpec.focal_gamma applies to the 1 - score form"),
+    (dict(focal_gamma=2.0, negate=True), ValueError, "DiceSpec.focal_gamma applies to the 1 - score form"),
+    (dict(jaccard="yes"), TypeError, "DiceSpec.jaccard must be True or False"),
+    (dict(jaccard=True, beta=2.0), ValueError, "DiceSpec.jaccard excludes beta != 1"),
+    (dict(jaccard=True, fp_weight=0.5, fn_weight=0.5), ValueError, "DiceSpec.jaccard excludes"),
+    (dict(generalized="squared"), ValueError, "DiceSpec.generalized must be one of (None, 'square', 'simple', 'uniform')"),
+    (dict(generalized=True), ValueError, "DiceSpec.generalized must be one of"),
+    (dict(generalized="square", average="micro"), ValueError, "DiceSpec.generalized pools the classes itself"),
+    (dict(generalized="square", weight=(1.0, 2.0)), ValueError, "DiceSpec.generalized computes its own class weights"),
+    (dict(generalized="simple", absent_classes="zero"), ValueError, "DiceSpec.generalized has its own absent-class rule"),
+    (dict(soft_label=None), TypeError, "DiceSpec.soft_label must be True or False"),
 ]
 
 
@@ -151,6 +182,25 @@ def test_unknown_constructor_keyword_is_named():
 
 
 @pytest.mark.parametrize("fields", [dict(smooth_nr=0, smooth_dr=0), dict(beta=0.0), dict(ignore_index=-100),
-                                    dict(weight=(0.0, 1.0)), dict(min_denominator=1)])
+                                    dict(weight=(0.0, 1.0)), dict(min_denominator=1), dict(ignore_index=2**63 - 1),
+                                    dict(ignore_index=-(2**63)), dict(weight=[1, 2.5]), dict(weight=torch.tensor([1.0, 2.0])),
+                                    dict(fp_weight=0, fn_weight=0), dict(fp_weight=2.0, fn_weight=0.5),
+                                    dict(focal_gamma=0.1), dict(focal_gamma=3), dict(jaccard=True, squared=True),
+                                    dict(generalized="uniform", batch=True), dict(soft_label=True, squared=True),
+                                    dict(jaccard=True, generalized="square", focal_gamma=2.0, soft_label=True)])
 def test_post_init_accepts_boundary_values(fields):
     DiceSpec(**fields)
+
+
+def test_weight_becomes_a_tuple_of_floats():
+    assert DiceSpec(weight=[1, 2.5]).weight == (1.0, 2.5)
+    assert DiceSpec(weight=torch.tensor([1.0, 2.0])).weight == (1.0, 2.0)
+
+
+def test_family_fields_default_to_plain_dice():
+    spec = DiceSpec()
+    assert (spec.fp_weight, spec.fn_weight, spec.focal_gamma, spec.jaccard, spec.generalized, spec.soft_label) == (
+        None, None, 1.0, False, None, False)
+    logits, labels = random_inputs((2, 6, 5), 3, seed=33)
+    explicit = DiceSpec(fp_weight=None, fn_weight=None, focal_gamma=1.0, jaccard=False, generalized=None, soft_label=False)
+    assert dice_loss(logits, labels, explicit).item() == dice_loss(logits, labels).item()

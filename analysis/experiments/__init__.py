@@ -75,6 +75,8 @@ class Claim:
             raise ValueError(f"hypothesis {self.id!r} needs a source (the paper or theory it comes from)")
         if (self.ci_low is None) != (self.ci_high is None):
             raise ValueError(f"claim {self.id!r}: give both ends of the confidence interval or neither")
+        if self.kind == "hypothesis" and self.ci_low is None:
+            raise ValueError(f"hypothesis {self.id!r} needs a confidence interval (analysis.stats)")
 
     @property
     def outcome(self) -> str:
@@ -87,10 +89,12 @@ class Claim:
     @classmethod
     def from_dict(cls, data: dict) -> "Claim":
         """The claim stored by :meth:`to_dict` (``claims.json``); unknown or missing fields fail."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"claim {data.get('id')!r}: unknown fields {unknown}")
+        fields = dataclasses.fields(cls)
+        unknown = sorted(set(data) - {f.name for f in fields})
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in data]
+        if unknown or missing:
+            raise ValueError(f"claim {data.get('id')!r}: unknown fields {unknown}, missing fields {missing} (stored "
+                             "by another version: rerun the experiment, or analysis.storage.recheck_claims)")
         return cls(**data)
 
 
