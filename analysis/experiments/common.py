@@ -58,14 +58,14 @@ class TrainingConfig:
     impl: str = "vectorized"
     seeds: int = 10
     train_images: int = 256
-    val_images: int = 48
+    val_images: int = 32
     test_images: int = 256
     batch_size: int = 8
     width: int = 8
     budget_steps: int = 100
     max_steps: int = 400
     eval_every: int = 25
-    patience: int = 4
+    patience: int = 3
     min_delta: float = 0.01
 
 

@@ -33,7 +33,15 @@ def line_panel(ax, df: pd.DataFrame, x: str, metric: str, variants: Sequence[str
         ax.plot(ref.index, ref.to_numpy(), ls="--", color=colour("bayes"), label=label("bayes"))
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel(x.replace("_", " "))
+    if x == "fg_fraction":
+        from matplotlib.ticker import FixedLocator, PercentFormatter
+
+        ax.xaxis.set_major_locator(FixedLocator(sorted(part[x].unique())))
+        ax.xaxis.set_minor_locator(FixedLocator([]))
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+        ax.set_xlabel("foreground fraction rho")
+    else:
+        ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(STAGE_TITLES.get(stage, stage))
 

@@ -2,7 +2,7 @@
 
 Ma et al. 2021 found compound losses (Dice + CE, Dice + focal) the most robust across tasks. Here
 robustness is across the Adam learning rate: each of CE, Dice, Dice+CE and Dice+focal is trained
-at every rate of a grid spanning 30x (no selection), and a loss's *worst-rate* DSC per seed (the
+at both ends of a 30x range of rates, 1e-3 and 3e-2 (no selection), and a loss's *worst-rate* DSC per seed (the
 minimum over the grid) is compared, paired over seeds. Data as S1 at rho = 1 % (10-pixel discs).
 """
 
@@ -27,7 +27,7 @@ class Config(TrainingConfig):
     sigma: float = 0.5
     area: int = 10
     losses: Tuple[str, ...] = ("ce", "dice", "dice_ce", "dice_focal")
-    lrs: Tuple[float, ...] = (1e-3, 1e-2, 3e-2)
+    lrs: Tuple[float, ...] = (1e-3, 3e-2)
 
 
 SCALES = {"small": Config(**SMALL, lrs=(1e-3, 3e-2)), "paper": Config()}

@@ -1,4 +1,4 @@
-"""S6, 3-D: balls of 12 voxels (rho = 0.3 %) in 16^3 volumes, intensity label + N(0, 0.5^2).
+"""S6, 3-D: balls of 12 voxels (rho = 0.7 %) in 12^3 volumes, intensity label + N(0, 0.5^2).
 
 The 3-D version of S1's tiny-object comparison (V-Net, where the Dice loss was introduced, is
 3-D): CE and Dice with the same U-Net in 3-D (batch 4), learning rate tuned per loss,
@@ -23,7 +23,7 @@ SOURCES = dict(milletari="Milletari et al. 2016 (V-Net)", bertels="Bertels et al
 
 @dataclass(frozen=True)
 class Config(TrainingConfig):
-    size: int = 16
+    size: int = 12
     sigma: float = 0.5
     area: int = 12
     losses: Tuple[str, ...] = ("ce", "dice")
