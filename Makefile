@@ -41,7 +41,7 @@ report: install
 
 # Every experiment at paper scale into the committed results folder (about 25 minutes).
 experiments: install
-	OMP_NUM_THREADS=1 $(BIN)/dicebench experiment all --scale paper --out results/experiments
+	OMP_NUM_THREADS=1 $(BIN)/dicebench experiment all --scale paper --workers 2 --out results/experiments
 
 # The fused implementation's targets against MONAI (time, peak memory, accuracy): results/fused/
 targets: install

@@ -1,178 +1,230 @@
-"""Shared training and evaluation for the experiments: the toy models, the losses by name, the loop.
+"""The learned model, the losses by name, and honest training: mini-batches, a validation split,
+a fixed-budget checkpoint and a converged one.
 
-The task is binary segmentation with one sigmoid output channel. Two models:
+Model (:class:`UNet`): a 2-level U-Net (two 3x3 convolutions per level, max-pool down, nearest
+up, skip connections) with ``width`` channels at full resolution. Its bottleneck also sees the
+image-wide maximum of its own features, so every output pixel can tell whether *anything* in the
+image looks like an object: the receptive field is the whole image, larger than any object,
+which a model needs to leave an empty image empty.
 
-Both have ``prepare(images)`` (the fixed input features, computed once) and ``forward(inputs)``.
+Losses (:data:`LOSSES`) are all built from ``dice_impls`` (``DiceSpec`` fields, the compound
+losses, its focal/CE term); see :func:`make_loss` for each definition and docs/experiments.md.
 
-* ``logistic``: a per-pixel logistic regression on two features, the pixel's intensity and its
-  3x3 (3x3x3) mean: ``logit = w1 x + w2 mean(x) + b``, initialised at zero (``p = 0.5``). It has the
-  decision problem of the toy setting with no optimisation noise, and is cheap enough for sweeps.
-* ``cnn``: three 3x3 convolutions with 16 channels and ReLU, then a 1x1 convolution.
-
-Losses are named (``LOSSES``) and built on ``dice_impls``, so every experiment exercises the Dice
-implementation named by its ``impl``.
+Training (:func:`fit`): Adam (or SGD) on mini-batches drawn without replacement from a fixed
+training split, one seeded permutation per epoch. Every ``eval_every`` steps the loss on the
+validation split is measured (with the saturation probe of :mod:`analysis.evaluation`); the run
+has *converged* when that validation loss has not improved by a relative ``min_delta`` for
+``patience`` evaluations after the budget; the converged checkpoint is the best one. The
+``budget`` checkpoint is the model after exactly ``budget_steps`` steps, what a study with one
+short fixed schedule would report. ``max_steps`` caps the run (``converged=False`` then).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Callable, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec, dice_loss, metrics
+from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec, dice_loss
 from dice_impls.compound import focal_loss
 
-LOSSES = ("ce", "wce", "focal", "dice", "dice_ce", "dice_focal")
-FOCAL_GAMMA, FOCAL_ALPHA = 2.0, 0.25  # Lin et al. 2017 defaults
+from .synthetic import SyntheticBatch
+
+LOSSES = ("ce", "wce", "focal", "dice", "log_dice", "gen_dice", "tversky", "focal_tversky", "dice_ce", "dice_focal")
+FOCAL_GAMMA = 2.0  # Lin et al. 2017; no alpha (the class weighting is wce's job)
+TVERSKY = dict(fp_weight=0.3, fn_weight=0.7)  # Salehi et al. 2017
+FOCAL_TVERSKY_GAMMA = 0.75  # Abraham & Khan 2019: (1 - TI)^(1/gamma) with gamma = 4/3
+DICE_LOSSES = ("dice", "log_dice", "gen_dice", "tversky", "focal_tversky", "dice_ce", "dice_focal")
 
 
-def features(images: Tensor) -> Tensor:
-    """``(N, 2, *spatial)``: the intensity and its local 3x3 (3x3x3) mean."""
-    pool = F.avg_pool2d if images.ndim == 4 else F.avg_pool3d
-    return torch.cat([images, pool(images, 3, stride=1, padding=1, count_include_pad=False)], 1)
+class UNet(nn.Module):
+    """2-level U-Net with a global-context bottleneck, for ``ndim``-D images (see the module docstring)."""
 
-
-class LogisticModel(nn.Module):
-    def __init__(self, ndim: int = 2) -> None:
+    def __init__(self, ndim: int = 2, in_channels: int = 1, out_channels: int = 1, width: int = 8,
+                 generator: Optional[torch.Generator] = None, layers: int = 2) -> None:
         super().__init__()
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
-        self.linear = conv(2, 1, 1)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+        w = width
 
-    @staticmethod
-    def prepare(images: Tensor) -> Tensor:
-        return features(images)
+        def block(cin: int, cout: int, layers: int = 2) -> nn.Sequential:
+            mods: List[nn.Module] = []
+            for i in range(layers):
+                mods += [conv(cin if i == 0 else cout, cout, 3, padding=1), nn.ReLU()]
+            return nn.Sequential(*mods)
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        return self.linear(inputs)
+        self.ndim = ndim
+        self.enc1, self.enc2 = block(in_channels, w, layers), block(w, 2 * w, layers)
+        self.bottleneck = block(4 * w, 2 * w, layers)  # its features and their image-wide maximum
+        self.dec2 = block(4 * w, w, 1)
+        self.dec1 = nn.Sequential(block(2 * w, w, 1), conv(w, out_channels, 1))
+        with torch.no_grad():  # seeded He-uniform initialisation, independent of the global RNG
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                    bound = math.sqrt(6 / module.weight[0].numel())
+                    module.weight.copy_((torch.rand(module.weight.shape, generator=generator) * 2 - 1) * bound)
+                    module.bias.zero_()
 
-
-class TinyCNN(nn.Module):
-    def __init__(self, ndim: int = 2, width: int = 16, generator: Optional[torch.Generator] = None) -> None:
-        super().__init__()
-        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
-        self.layers = nn.Sequential(conv(1, width, 3, padding=1), nn.ReLU(), conv(width, width, 3, padding=1),
-                                    nn.ReLU(), conv(width, width, 3, padding=1), nn.ReLU(), conv(width, 1, 1))
-        with torch.no_grad():  # seeded initialisation, independent of the global RNG
-            for layer in self.layers:
-                if isinstance(layer, (nn.Conv2d, nn.Conv3d)):
-                    bound = 1 / math.sqrt(layer.weight[0].numel())
-                    layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)
-                    layer.bias.zero_()
-
-    @staticmethod
-    def prepare(images: Tensor) -> Tensor:
-        return images
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        return self.layers(inputs)
-
-
-def make_model(name: str, ndim: int = 2, generator: Optional[torch.Generator] = None) -> nn.Module:
-    if name == "logistic":
-        return LogisticModel(ndim)
-    if name == "cnn":
-        return TinyCNN(ndim, generator=generator)
-    raise ValueError(f"unknown model {name!r}; choose 'logistic' or 'cnn'")
+    def forward(self, x: Tensor) -> Tensor:
+        for size in x.shape[2:]:
+            if size % 4:
+                raise ValueError(f"UNet needs spatial sizes divisible by 4, got {tuple(x.shape[2:])}")
+        pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
+        skip1 = self.enc1(x)
+        skip2 = self.enc2(pool(skip1, 2))
+        low = pool(skip2, 2)
+        context = low.amax(dim=tuple(range(2, low.ndim)), keepdim=True).expand_as(low)
+        low = self.bottleneck(torch.cat([low, context], 1))
+        up = self.dec2(torch.cat([F.interpolate(low, scale_factor=2.0), skip2], 1))
+        return self.dec1(torch.cat([F.interpolate(up, scale_factor=2.0), skip1], 1))
 
 
-def make_loss(name: str, *, impl: str = "vectorized", spec: Optional[DiceSpec] = None,
-              fg_fraction: Optional[float] = None) -> Callable[[Tensor, Tensor], Tensor]:
-    """The loss ``name`` (``LOSSES``) as ``loss(logits (N,1,...), masks (N,...))``.
+def class_weights(frequencies: Sequence[float]) -> Tensor:
+    """Weighted CE's class weights: ``1 / sqrt(frequency)``, normalised to mean 1 over the classes.
 
-    ``spec`` is the Dice spec (default: sigmoid, per-image, smooth 1e-5); ``wce`` weights the
-    foreground by ``1 - fg_fraction`` and the background by ``fg_fraction`` (balanced classes).
+    Half-way (on a log scale) between no weighting and full balancing (``1 / frequency``), which
+    at rho = 0.1 % would weight a foreground pixel 1000x and trade most of the precision away.
     """
-    spec = spec or DiceSpec(activation="sigmoid")
+    f = torch.tensor([max(float(x), 1e-12) for x in frequencies], dtype=torch.float64)
+    w = f.rsqrt()
+    return w / w.mean()
+
+
+def make_loss(name: str, *, classes: int = 1, impl: str = "vectorized", smooth: float = 1e-5, batch: bool = False,
+              frequencies: Optional[Sequence[float]] = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss ``name`` (:data:`LOSSES`) as ``loss(logits (N, C, ...), labels (N, ...))``.
+
+    ``classes == 1``: one sigmoid channel (binary); otherwise softmax over ``classes`` channels
+    with the Dice terms over the foreground classes (nnU-Net's convention), except generalized
+    Dice, which includes the background with weights ``1 / G_c^2`` (Sudre et al. 2017); the binary
+    generalized Dice scores the two classes of the softmax of ``(0, z)``, which is ``sigmoid(z)``.
+    ``smooth`` and ``batch`` set the Dice terms' smoothing and per-image / batch reduction;
+    ``frequencies`` (the classes' pixel shares, background first) set ``wce``'s weights.
+    """
+    binary = classes == 1
+    spec = DiceSpec(activation="sigmoid" if binary else "softmax", smooth_nr=smooth, smooth_dr=smooth, batch=batch,
+                    include_background=binary)
     if name == "ce":
-        return lambda logits, masks: focal_loss(logits, masks, spec, gamma=0.0)
+        return lambda logits, labels: focal_loss(logits, labels, spec, gamma=0.0)
     if name == "wce":
-        if fg_fraction is None:
-            raise ValueError("wce needs the training set's fg_fraction")
-        return lambda logits, masks: focal_loss(logits, masks, spec, gamma=0.0, alpha=1 - fg_fraction)
+        if frequencies is None:
+            raise ValueError("wce needs the classes' frequencies")
+        weights = class_weights(frequencies)
+        if binary:
+            alpha = float(weights[1] / weights.sum())
+            return lambda logits, labels: focal_loss(logits, labels, spec, gamma=0.0, alpha=alpha)
+        return lambda logits, labels: F.cross_entropy(logits, labels, weight=weights.to(logits.dtype))
     if name == "focal":
-        return lambda logits, masks: focal_loss(logits, masks, spec, gamma=FOCAL_GAMMA, alpha=FOCAL_ALPHA)
-    if name == "dice":
-        return lambda logits, masks: dice_loss(logits, masks, spec, impl=impl)
+        return lambda logits, labels: focal_loss(logits, labels, spec, gamma=FOCAL_GAMMA)
     if name == "dice_ce":
         return DiceCELoss(impl, spec)
     if name == "dice_focal":
-        return DiceFocalLoss(impl, spec, gamma=FOCAL_GAMMA, alpha=FOCAL_ALPHA)
-    raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+        return DiceFocalLoss(impl, spec, gamma=FOCAL_GAMMA)
+    variants = dict(dice={}, log_dice=dict(log_loss=True), tversky=TVERSKY,
+                    focal_tversky=dict(TVERSKY, focal_gamma=FOCAL_TVERSKY_GAMMA),
+                    gen_dice=dict(generalized="square", include_background=True))
+    if name not in variants:
+        raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+    dice_spec = spec.replace(**variants[name])
+    if name == "gen_dice" and binary:
+        dice_spec = dice_spec.replace(activation="softmax")
+        return lambda logits, labels: dice_loss(torch.cat([torch.zeros_like(logits), logits], 1), labels, dice_spec,
+                                                impl=impl)
+    return lambda logits, labels: dice_loss(logits, labels, dice_spec, impl=impl)
 
 
-def train(model: nn.Module, images: Tensor, masks: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor], *,
-          steps: int, lr: float, optimizer: str = "adam", log_every: int = 0,
-          log: Optional[Callable[[int, Tensor, Tensor, nn.Module], None]] = None) -> nn.Module:
-    """Full-batch training for ``steps`` steps; ``log(step, loss, logits, model)`` after the backward
-    pass of step 0, every ``log_every`` steps and the last step (parameter gradients are available)."""
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: both checkpoints and the validation trajectory."""
+
+    budget_state: Dict[str, Tensor]
+    converged_state: Dict[str, Tensor]
+    converged_step: int  # the step of the best validation loss
+    steps: int  # steps run
+    converged: bool  # the plateau criterion fired before max_steps
+    diverged: bool  # a non-finite training loss stopped the run
+    initial_grad_norm: float  # parameter-gradient norm of the first mini-batch, at initialisation
+    trajectory: List[dict] = field(default_factory=list)
+
+
+def fit(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], train: SyntheticBatch, val: SyntheticBatch, *,
+        lr: float, generator: torch.Generator, optimizer: str = "adam", batch_size: int = 8, budget_steps: int = 100,
+        max_steps: int = 1000, eval_every: int = 20, patience: int = 5, min_delta: float = 0.01,
+        probe: Optional[Callable[[Tensor, Tensor], dict]] = None) -> FitResult:
+    """Train ``model`` in place (see the module docstring); ``probe(val_logits, val_loss_grad)``
+    adds its measurements to each trajectory point."""
+    if not 0 < budget_steps <= max_steps:
+        raise ValueError(f"need 0 < budget_steps <= max_steps, got {budget_steps} and {max_steps}")
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=lr)
     elif optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=lr)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adam' or 'sgd'")
-    inputs = model.prepare(images)
-    for step in range(steps):
+    count = train.images.shape[0]
+    order: List[int] = []
+    trajectory: List[dict] = []
+    best, best_state, best_step, stale = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    budget_state = None
+    diverged = converged = False
+    step, initial_grad_norm = 0, math.nan
+    while True:
+        if step % eval_every == 0 or step == budget_steps:
+            point = validation_point(model, loss_fn, val, probe)
+            point.update(step=step, grad_norm=_grad_norm(model) if step else math.nan)
+            trajectory.append(point)
+            value = point["val_loss"]
+            if math.isfinite(value) and value < best - min_delta * abs(best if math.isfinite(best) else value):
+                best, best_state, best_step, stale = value, copy.deepcopy(model.state_dict()), step, 0
+            elif step % eval_every == 0 and step > 0:
+                stale += 1
+            if step == budget_steps:
+                budget_state = copy.deepcopy(model.state_dict())
+            if step >= budget_steps and stale >= patience:
+                converged = True
+                break
+        if step >= max_steps:
+            break
+        if not order:
+            order = torch.randperm(count, generator=generator).tolist()
+        index, order = order[:batch_size], order[batch_size:]
         opt.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = loss_fn(logits, masks)
+        loss = loss_fn(model(train.images[index]), train.masks[index])
+        if not torch.isfinite(loss):
+            diverged = True
+            break
         loss.backward()
-        if log is not None and log_every and (step % log_every == 0 or step == steps - 1):
-            log(step, loss.detach(), logits.detach(), model)
+        if step == 0:
+            initial_grad_norm = _grad_norm(model)
         opt.step()
-    return model
+        step += 1
+    if budget_state is None:  # diverged before the budget: the budget checkpoint is the last finite state
+        budget_state = copy.deepcopy(model.state_dict())
+    return FitResult(budget_state, best_state, best_step, step, converged, diverged, initial_grad_norm, trajectory)
 
 
-def predict(model: nn.Module, images: Tensor) -> Tensor:
-    """The model's logits on ``images``, without autograd."""
+def validation_point(model: nn.Module, loss_fn, val: SyntheticBatch, probe=None) -> dict:
+    """The loss on the validation split and, with ``probe``, its measurements of the logit gradient."""
     with torch.no_grad():
-        return model(model.prepare(images))
+        logits = model(val.images)
+    logits.requires_grad_(True)
+    loss = loss_fn(logits, val.masks)
+    point = dict(val_loss=float(loss.detach()))
+    if probe is not None and torch.isfinite(loss):
+        (grad,) = torch.autograd.grad(loss, logits)
+        point.update(probe(logits.detach(), grad))
+    return point
 
 
-def gradient_norm(model: nn.Module) -> float:
+def predict(model: nn.Module, images: Tensor, chunk: int = 64) -> Tensor:
+    """The model's logits on ``images`` (in chunks), without autograd."""
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + chunk]) for i in range(0, images.shape[0], chunk)])
+
+
+def _grad_norm(model: nn.Module) -> float:
     return math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in model.parameters() if p.grad is not None))
-
-
-def evaluate(logits: Tensor, masks: Tensor, *, bins: int = 15) -> Dict[str, float]:
-    """Recall, precision, hard DSC, PR-AUC (average precision), expected calibration error, mean |logit|,
-    the fraction of pixels with 0.01 < p < 0.99, false-positive pixels per image, and the mean
-    negative log-likelihood (binary cross-entropy) of the probabilities."""
-    logits = logits.detach().double()
-    probs = torch.sigmoid(logits)
-    pred = (probs[:, 0] > 0.5).long()
-    recall = float(metrics.recall(pred, masks, 2)[1])
-    precision = float(metrics.precision(pred, masks, 2, empty_value=0.0)[1])
-    dsc = float(metrics.dice(pred, masks, 2)[1])
-    fp = float(((pred == 1) & (masks == 0)).sum()) / masks.shape[0]
-    return dict(
-        recall=recall, precision=precision, dsc=dsc, pr_auc=average_precision(probs.flatten(), masks.flatten()),
-        ece=calibration_error(probs.flatten(), masks.flatten(), bins), logit_scale=float(logits.abs().mean()),
-        unsaturated=float(((probs > 0.01) & (probs < 0.99)).double().mean()), fp_per_image=fp,
-        nll=float(F.binary_cross_entropy_with_logits(logits[:, 0], masks.double())),
-    )
-
-
-def average_precision(scores: Tensor, labels: Tensor) -> float:
-    """Area under the precision-recall curve as average precision: mean precision at each positive
-    (ties broken by a stable sort, so the value is deterministic). NaN with no positive."""
-    positives = int(labels.sum())
-    if positives == 0:
-        return float("nan")
-    order = torch.argsort(scores, descending=True, stable=True)
-    hits = labels[order].double()
-    precision_at = hits.cumsum(0) / torch.arange(1, hits.numel() + 1, dtype=torch.float64)
-    return float((precision_at * hits).sum() / positives)
-
-
-def calibration_error(probs: Tensor, labels: Tensor, bins: int = 15) -> float:
-    """Expected calibration error of the foreground probability: sum over equal-width bins of
-    (bin share) * |mean p - foreground rate|."""
-    index = (probs * bins).long().clamp_max(bins - 1)
-    mean_p = torch.bincount(index, weights=probs.double(), minlength=bins)
-    rate = torch.bincount(index, weights=labels.double(), minlength=bins)
-    return float((mean_p - rate).abs().sum() / probs.numel())

@@ -70,7 +70,7 @@ def test_version(capsys):
     ([], "the following arguments are required: COMMAND"),
     (["nope"], "invalid choice: 'nope'"),
     (["run", "--scale", "huge"], "argument --scale: invalid choice: 'huge'"),
-    (["experiment", "e1_imbalance", "--impl", "nope"], "argument --impl: invalid choice: 'nope'"),
+    (["experiment", "s1_imbalance", "--impl", "nope"], "argument --impl: invalid choice: 'nope'"),
     (["experiment", "e9_nope"], "invalid choice: 'e9_nope'"),
     (["compare", "/nonexistent/a", "/nonexistent/b"], "run folder /nonexistent/a does not exist"),
     (["report", "--results", "/nonexistent"], "--results /nonexistent does not exist"),
@@ -136,8 +136,8 @@ def asv_run(folder: Path, cpu: str, zero_a_memory: bool = False) -> Path:
     ``zero_a_memory``, one peak memory in bytes (a value above 4: its change from 0 overflows a
     division by the smallest float) is 0."""
     shutil.copytree(REPO / "results" / "asv", folder / "asv")
-    shutil.copytree(REPO / "results" / "experiments" / "e5_empty", folder / "experiments" / "e5_empty")
-    (folder / "experiments" / "e5_empty" / "claims.json").write_text("[]")  # numbers alone are compared here
+    shutil.copytree(REPO / "results" / "experiments" / "d1_distributed", folder / "experiments" / "d1_distributed")
+    (folder / "experiments" / "d1_distributed" / "claims.json").write_text("[]")  # numbers alone are compared here
     (machine_json,) = (folder / "asv").glob("*/machine.json")
     machine_json.write_text(json.dumps({**json.loads(machine_json.read_text()), "cpu": cpu}))
     if zero_a_memory:

@@ -31,8 +31,8 @@ from types import ModuleType
 from typing import Dict, Optional, Tuple
 
 NAMES = (
-    "e1_imbalance", "e2_gradients", "e3_saturation", "e4_tiny", "e5_empty", "e6_compound", "p1_precision",
-    "d1_distributed",
+    "e2_gradients", "p1_precision", "d1_distributed", "s1_imbalance", "s3_empty", "s5_multiclass", "s6_balls3d",
+    "s2_tiny", "s4_compound_lr", "s7_sgd",
 )
 SCALE_NAMES = ("small", "paper")
 KINDS = ("verification", "hypothesis")

@@ -1,0 +1,289 @@
+"""What the training experiments share: the training protocol, one (setting, loss) task, the paired
+claims, and the figures' fixed colours. Not an experiment itself (it is not in ``NAMES``).
+
+A *setting* is a JSON-plain dict: ``shape`` (list), ``area`` (binary) or ``areas`` (one per
+foreground class), ``sigma``, ``empty_fraction``, the Dice terms' ``smooth`` and ``batch``, the
+``optimizer`` and ``lrs``, the learning-rate grid. One task trains one loss in one setting for
+``seeds`` seeds. With more than one learning rate in ``lrs``, seed 0 is first trained at each
+of them and the rate with the best validation DSC (converged checkpoint; the first on ties) is
+kept for every seed; seed 0's run at that rate is reused, so the test split never informs the choice.
+
+Random streams: the test split depends on the data settings alone (every loss and seed of a
+setting is scored on the same test images, so losses compare paired); the training and
+validation splits on the data settings and the seed; the model's initialisation and the
+mini-batch order on the seed alone (every loss of a seed starts from the same weights).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..bayes import multiclass_posterior, posterior
+from ..evaluation import (binary_metrics, best_threshold, binary_nll, calibration_error, f1_counts, fp_recall_curve,
+                          multiclass_metrics, saturation_probe)
+from ..stats import paired_difference
+from ..synthetic import SyntheticBatch, generator_for, make_batch, make_multiclass_batch
+from ..training import UNet, fit, make_loss, predict
+from . import Claim, hypothesis
+
+TEST_STREAM = 1_000_003
+FP_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 0.99)
+
+# One colour per loss (and Dice variant) in every figure.
+LOSS_COLOURS = {
+    "ce": "#1f77b4", "wce": "#17becf", "focal": "#9467bd", "dice": "#d62728", "log_dice": "#ff9896",
+    "gen_dice": "#8c564b", "tversky": "#e377c2", "focal_tversky": "#bcbd22", "dice_ce": "#2ca02c",
+    "dice_focal": "#98df8a", "dice_batch": "#ff7f0e", "dice_smooth1": "#7f7f7f", "dice_smooth10": "#393b79", "bayes": "#000000",
+}
+LOSS_LABELS = {
+    "ce": "CE", "wce": "weighted CE", "focal": "focal", "dice": "Dice", "log_dice": "log-Dice", "gen_dice": "generalized Dice",
+    "tversky": "Tversky", "focal_tversky": "focal Tversky", "dice_ce": "Dice+CE", "dice_focal": "Dice+focal",
+    "dice_batch": "batch Dice", "dice_smooth1": "Dice, smooth 1", "dice_smooth10": "Dice, smooth 10", "bayes": "Bayes",
+}
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The training protocol every training experiment shares (its ``Config`` extends this)."""
+
+    seed: int = 0
+    impl: str = "vectorized"
+    seeds: int = 10
+    train_images: int = 256
+    val_images: int = 32
+    test_images: int = 256
+    batch_size: int = 8
+    width: int = 8
+    budget_steps: int = 100
+    max_steps: int = 400
+    eval_every: int = 25
+    patience: int = 3
+    min_delta: float = 0.01
+
+
+# The small scale (CI, tests): two seeds, tiny splits, a few dozen steps; claims computed, not meaningful.
+SMALL = dict(seeds=2, train_images=16, val_images=8, test_images=16, budget_steps=10, max_steps=20, eval_every=5,
+             patience=1)
+
+
+def setting(shape: Sequence[int], *, area: Optional[int] = None, areas: Optional[Sequence[int]] = None,
+            sigma: float = 0.5, empty_fraction: float = 0.0, smooth: float = 1e-5, batch: bool = False,
+            optimizer: str = "adam", lrs: Sequence[float] = (3e-3, 1e-2, 3e-2), **labels) -> dict:
+    """A setting dict (see the module docstring); ``labels`` are extra plain values kept in every row."""
+    if (area is None) == (areas is None):
+        raise ValueError("give exactly one of area (binary) and areas (multi-class)")
+    return dict(shape=list(shape), area=area, areas=None if areas is None else list(areas), sigma=sigma,
+                empty_fraction=empty_fraction, smooth=smooth, batch=batch, optimizer=optimizer, lrs=list(lrs), **labels)
+
+
+def data_id(s: dict) -> int:
+    """A stable id of the setting's data (not its loss options), for the random streams."""
+    keys = ("shape", "area", "areas", "sigma", "empty_fraction")
+    return zlib.crc32(json.dumps({k: s[k] for k in keys}, sort_keys=True).encode())
+
+
+def make_data(config: TrainingConfig, s: dict, count: int, *stream: int) -> SyntheticBatch:
+    gen = generator_for(config.seed, data_id(s), *stream)
+    if s["areas"] is not None:
+        return make_multiclass_batch(count, s["shape"], s["areas"], sigma=s["sigma"], generator=gen)
+    return make_batch(count, s["shape"], area=s["area"], sigma=s["sigma"], empty_fraction=s["empty_fraction"],
+                      generator=gen)
+
+
+def frequencies(s: dict) -> List[float]:
+    """The classes' expected pixel shares (background first), from the generator's settings."""
+    pixels = math.prod(s["shape"])
+    if s["areas"] is None:
+        rho = s["area"] / pixels * (1 - s["empty_fraction"])
+        return [1 - rho, rho]
+    shares = [a / pixels for a in s["areas"]]
+    return [1 - sum(shares), *shares]
+
+
+def bayes_reference(s: dict, test: SyntheticBatch) -> dict:
+    """The Bayes posterior's measurements on the test split (``bayes_*`` columns): its best-threshold
+    DSC (the reference), its DSC at 1/2, its NLL and ECE, and the precision at that best threshold."""
+    if s["areas"] is not None:
+        probs = multiclass_posterior(test.images, s["areas"], s["sigma"])
+        metrics = multiclass_metrics(torch.log(probs.clamp_min(1e-300)), test.masks, len(s["areas"]) + 1)
+        return {f"bayes_{k}": v for k, v in metrics.items()}
+    probs, _ = posterior(test.images, s["area"], s["sigma"], s["empty_fraction"])
+    t = best_threshold(probs, test.masks)
+    best = f1_counts(probs >= t, test.masks)
+    out = dict(bayes_dsc=best["dsc"], bayes_precision=best["precision"], bayes_recall=best["recall"],
+               bayes_dsc_05=f1_counts(probs > 0.5, test.masks)["dsc"], bayes_nll=binary_nll(probs, test.masks),
+               bayes_ece=calibration_error(probs, test.masks))
+    empty = test.masks.flatten(1).sum(1) == 0
+    if bool(empty.any()):
+        out["bayes_image_fp_rate"] = float((probs > 0.5).flatten(1)[empty].any(1).double().mean())
+    return out
+
+
+def run_setting(config: TrainingConfig, s: dict, loss: str, variant: str = "") -> pd.DataFrame:
+    """All rows of one task: ``stage`` "selection" (seed 0 at each rate), "budget" and "convergence"
+    (one per seed: held-out measurements of that checkpoint) and "trajectory" (validation points).
+    ``variant`` names the (loss, options) pair in the rows (default: the loss)."""
+    binary = s["areas"] is None
+    classes = 1 if binary else len(s["areas"]) + 1
+    in_channels = 1 if binary else len(s["areas"])
+    ndim = len(s["shape"])
+    test = make_data(config, s, config.test_images, TEST_STREAM)
+    reference = bayes_reference(s, test)
+    loss_fn = make_loss(loss, classes=classes, impl=config.impl, smooth=s["smooth"], batch=s["batch"],
+                        frequencies=frequencies(s))
+    empty = test.masks.flatten(1).sum(1) == 0 if binary else None
+
+    def train(seed: int, lr: float):
+        train_split, val = make_data(config, s, config.train_images, seed, 0), make_data(config, s, config.val_images, seed, 1)
+        model = UNet(ndim, in_channels, classes, config.width, generator=generator_for(config.seed, seed, 2))
+
+        def probe(logits, grad):
+            point = saturation_probe(logits, grad, val.masks)
+            point["val_dsc"] = _val_dsc(logits, val.masks, classes)
+            return point
+
+        result = fit(model, loss_fn, train_split, val, lr=lr, generator=generator_for(config.seed, seed, 3),
+                     optimizer=s["optimizer"], batch_size=config.batch_size, budget_steps=config.budget_steps,
+                     max_steps=config.max_steps, eval_every=config.eval_every, patience=config.patience,
+                     min_delta=config.min_delta, probe=probe)
+        return model, result, val
+
+    rows: List[dict] = []
+    runs = {}
+    if len(s["lrs"]) > 1:
+        scores = []
+        for lr in s["lrs"]:
+            runs[lr] = train(0, lr)
+            model, result, val = runs[lr]
+            model.load_state_dict(result.converged_state)
+            score = _val_dsc(predict(model, val.images), val.masks, classes)
+            scores.append(score if math.isfinite(score) else -math.inf)
+            rows.append(dict(stage="selection", seed=0, lr=lr, val_dsc=score))
+        chosen = s["lrs"][int(np.argmax(scores))]
+    else:
+        chosen = s["lrs"][0]
+    base = dict(loss=loss, variant=variant or loss, **_setting_columns(s), **reference)
+    for seed in range(config.seeds):
+        model, result, val = runs[chosen] if seed == 0 and chosen in runs else train(seed, chosen)
+        common = dict(seed=seed, lr=chosen, steps=result.steps, converged=result.converged, diverged=result.diverged,
+                      converged_step=result.converged_step, initial_grad_norm=result.initial_grad_norm)
+        for stage, state in (("budget", result.budget_state), ("convergence", result.converged_state)):
+            model.load_state_dict(state)
+            logits, val_logits = predict(model, test.images), predict(model, val.images)
+            if not (torch.isfinite(logits).all() and torch.isfinite(val_logits).all()):  # a diverged run
+                logits, val_logits = torch.full_like(logits, math.nan), torch.full_like(val_logits, math.nan)
+            if binary:
+                metrics = binary_metrics(logits, test.masks, val_logits=val_logits, val_masks=val.masks,
+                                         matched_precision=reference["bayes_precision"], empty=empty)
+                if empty is not None and bool(empty.any()):
+                    metrics.update(fp_recall_curve(torch.sigmoid(logits.double()[:, 0]), test.masks, empty, FP_THRESHOLDS))
+            else:
+                metrics = multiclass_metrics(logits, test.masks, classes)
+            step = config.budget_steps if stage == "budget" else result.converged_step
+            point = next((p for p in result.trajectory if p["step"] == step), {})  # none: diverged before it
+            rows.append(dict(stage=stage, **common, **metrics,
+                             **{k: point.get(k, math.nan) for k in ("cw_grad_share", "cw_pixel_share", "val_loss", "val_dsc")}))
+        rows += [dict(stage="trajectory", seed=seed, lr=chosen, **p) for p in result.trajectory]
+    return pd.DataFrame([{**base, **row} for row in rows])
+
+
+def _val_dsc(logits: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
+    if classes == 1:
+        return f1_counts(torch.sigmoid(logits.double()[:, 0]) > 0.5, labels)["dsc"]
+    return multiclass_metrics(logits, labels, classes)["dsc"]
+
+
+def _setting_columns(s: dict) -> dict:
+    """The setting as flat row columns (lists as strings)."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in s.items() if k != "lrs"} | {"lrs": json.dumps(s["lrs"])}
+
+
+# ---- claims ----------------------------------------------------------------------------------
+
+
+def rows(df: pd.DataFrame, stage: str, **where) -> pd.DataFrame:
+    """The ``stage`` rows matching ``where`` (column == value), one per seed, sorted by seed."""
+    part = df[df["stage"] == stage]
+    for key, value in where.items():
+        part = part[np.isclose(part[key], value)] if isinstance(value, float) else part[part[key] == value]
+    return part.sort_values("seed")
+
+
+def _seeded(df: pd.DataFrame, stage: str, where: dict, metric: str) -> pd.Series:
+    return rows(df, stage, **where).set_index("seed")[metric].astype(float)
+
+
+def series_claim(claim_id, statement, source, stage, a: pd.Series, b: pd.Series, op, threshold) -> Claim:
+    """Hypothesis on the paired mean of ``a - b`` (aligned on seed), with its bootstrap CI and the
+    one-sided sign-flip p-value in the claimed direction."""
+    seeds = sorted(set(a.index) & set(b.index))
+    if len(seeds) < 2:
+        return hypothesis(claim_id, statement, source, math.nan, (math.nan, math.nan), op, threshold, stage)
+    diff = paired_difference(a.loc[seeds].to_numpy(), b.loc[seeds].to_numpy(),
+                             alternative="greater" if op in (">", ">=") else "less")
+    return hypothesis(claim_id, statement, source, diff.mean, diff.ci, op, threshold, stage, diff.p_value)
+
+
+def paired_claim(df: pd.DataFrame, claim_id: str, statement: str, source: str, stage: str, metric: str,
+                 a: dict, b: dict, op: str, threshold: float) -> Claim:
+    """``metric(a) - metric(b)`` over seeds at ``stage``; ``a``, ``b`` are row filters such as
+    ``dict(variant="dice", fg_fraction=0.01)``."""
+    return series_claim(claim_id, statement, source, stage, _seeded(df, stage, a, metric), _seeded(df, stage, b, metric),
+                  op, threshold)
+
+
+def within_claim(df: pd.DataFrame, claim_id: str, statement: str, source: str, stage: str, where: dict,
+                 metric_a: str, metric_b: str, op: str, threshold: float) -> Claim:
+    """``metric_a - metric_b`` on the same rows (e.g. ECE before and after temperature scaling)."""
+    return series_claim(claim_id, statement, source, stage, _seeded(df, stage, where, metric_a),
+                  _seeded(df, stage, where, metric_b), op, threshold)
+
+
+def budget_artefact_claim(df: pd.DataFrame, claim_id: str, statement: str, source: str, metric: str, a: dict,
+                          b: dict, op: str, threshold: float) -> Claim:
+    """``(metric(a) - metric(b))`` at the budget minus the same at convergence, paired over seeds."""
+    def gap(stage):
+        return _seeded(df, stage, a, metric) - _seeded(df, stage, b, metric)
+
+    return series_claim(claim_id, statement, source, "convergence", gap("budget"), gap("convergence"), op, threshold)
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+
+def mean_ci(values: Sequence[float]) -> Tuple[float, float, float]:
+    """Mean and the percentile-bootstrap 95 % interval of the mean (NaN-free values; one value: no interval)."""
+    from ..stats import bootstrap_ci
+
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan, math.nan
+    if values.size == 1:
+        return float(values[0]), float(values[0]), float(values[0])
+    low, high = bootstrap_ci(values, n_boot=2000)
+    return float(values.mean()), low, high
+
+
+def colour(name: str) -> str:
+    return LOSS_COLOURS.get(name, "#444444")
+
+
+def label(name: str) -> str:
+    return LOSS_LABELS.get(name, name)
+
+
+def run_task(config: TrainingConfig, task: dict) -> pd.DataFrame:
+    """The experiment interface's ``run_task`` for tasks ``dict(loss=, variant=, setting=)``."""
+    return run_setting(config, task["setting"], task["loss"], task.get("variant", ""))
+
+
+def task(loss: str, s: dict, variant: str = "") -> dict:
+    return dict(loss=loss, variant=variant or loss, setting=s)

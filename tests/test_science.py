@@ -1,0 +1,219 @@
+"""The science of the experiments: the generator and its exact Bayes posterior (against brute
+force and Monte Carlo), the model and the training loop (deterministic), the measurements on known
+cases, and every experiment at small scale (verifications pass, hypotheses finite, same seed ->
+identical parquet)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.bayes import multiclass_posterior, posterior
+from analysis.evaluation import (average_precision, best_threshold, calibration_error, fit_temperature,
+                                 recall_at_precision, saturation_probe)
+from analysis.experiments import EXPERIMENTS, config_for
+from analysis.storage import load_results, run_experiment
+from analysis.synthetic import (generator_for, make_batch, make_multiclass_batch, object_masks, placements, shapes,
+                                stamp)
+from analysis.training import LOSSES, UNet, fit, make_loss, predict
+
+TRAINING_EXPERIMENTS = [name for name in EXPERIMENTS if name.startswith("s")]
+VERIFICATIONS = ["e2_gradients", "p1_precision", "d1_distributed"]
+
+
+def all_masks(shape, area):
+    """Every placement's mask, enumerated directly (the brute force)."""
+    masks = []
+    for index, counts in placements(shape, area):
+        for anchor in itertools.product(*[range(c) for c in counts]):
+            mask = torch.zeros(shape, dtype=torch.int64)
+            stamp(mask, shapes(area, len(shape))[index], anchor)
+            masks.append(mask)
+    return torch.stack(masks)
+
+
+def brute_force(image, masks, sigma, empty_fraction):
+    """Posterior over "empty" and every mask from the Gaussian likelihood of the whole image."""
+    x = image.double()
+    loglik = -((x - masks.double()) ** 2).flatten(1).sum(1) / (2 * sigma**2)
+    logs = loglik + math.log(1 - empty_fraction) - math.log(len(masks))
+    if empty_fraction > 0:
+        logs = torch.cat([logs, (-(x**2).sum() / (2 * sigma**2) + math.log(empty_fraction)).view(1)])
+    w = torch.softmax(logs, 0)
+    return (w[: len(masks), None] * masks.double().flatten(1)).sum(0).view(image.shape), float(w[: len(masks)].sum())
+
+
+@pytest.mark.parametrize("shape, area, empty", [((7, 6), 3, 0.3), ((6, 6), 1, 0.0), ((6, 5, 4), 4, 0.5), ((8, 8), 9, 0.0)])
+def test_bayes_posterior_matches_brute_force(shape, area, empty):
+    batch = make_batch(5, shape, area=area, sigma=0.8, empty_fraction=0.4, generator=generator_for(3, area))
+    p, p_object = posterior(batch.images, area, 0.8, empty)
+    masks = all_masks(shape, area)
+    for n in range(5):
+        expected, expected_object = brute_force(batch.images[n, 0], masks, 0.8, empty)
+        assert torch.allclose(p[n], expected, atol=1e-12, rtol=0)
+        assert abs(float(p_object[n]) - expected_object) < 1e-12
+    assert p.dtype == torch.float64 and bool(((p >= 0) & (p <= 1)).all())
+
+
+def test_multiclass_posterior_matches_brute_force():
+    shape, areas, sigma = (5, 5), (2, 4), 0.7
+    batch = make_multiclass_batch(3, shape, areas, sigma=sigma, generator=generator_for(8))
+    probs = multiclass_posterior(batch.images, areas, sigma)
+    masks = [all_masks(shape, a) for a in areas]
+    a, b = (m.double().flatten(1) for m in masks)
+    for n in range(3):
+        weights = [torch.softmax(-((batch.images[n, k].double() - m.double()) ** 2).flatten(1).sum(1) / (2 * sigma**2), 0)
+                   for k, m in enumerate(masks)]
+        joint = weights[0][:, None] * weights[1][None, :]  # every pair of placements
+        expected = torch.stack([torch.einsum("ij,ip,jp->p", joint, 1 - a, 1 - b),
+                                torch.einsum("ij,ip,jp->p", joint, a, 1 - b),
+                                torch.einsum("ij,jp->p", joint, b)]).view(3, *shape)
+        assert torch.allclose(probs[n], expected, atol=1e-12, rtol=0)
+
+
+def test_bayes_posterior_is_calibrated_on_fresh_draws():
+    """Monte Carlo: the generator's prior is the posterior's prior, so the posterior is calibrated."""
+    batch = make_batch(1500, (8, 8), area=4, sigma=0.9, empty_fraction=0.3, generator=generator_for(21))
+    p, p_object = posterior(batch.images, 4, 0.9, 0.3)
+    assert calibration_error(p.flatten(), batch.masks.flatten(), bins=10) < 0.01
+    has_object = (batch.masks.flatten(1).sum(1) > 0).double()
+    assert abs(float(p_object.mean() - has_object.mean())) < 0.03
+
+
+def test_generator_uses_every_shape_and_keeps_areas():
+    masks = object_masks(400, (12, 12), 7, generator=generator_for(4))
+    assert set(masks.flatten(1).sum(1).tolist()) == {7}
+    distinct = {tuple(m.nonzero().min(0).values.tolist()) + tuple(m.flatten().tolist()) for m in masks}
+    assert len(distinct) > 100  # many placements, not a few
+    assert len({tuple(s.points.flatten().tolist()) for s in shapes(7, 2)}) > 1  # sub-pixel offsets change the shape
+
+
+def test_unet_receptive_field_covers_the_image():
+    model = UNet(2, width=4, generator=generator_for(0))
+    x = torch.randn(1, 1, 32, 32, generator=generator_for(1))
+    y = x.clone()
+    y[0, 0, 0, 0] += 5.0
+    assert not torch.equal(predict(model, x)[0, 0, 31, 31], predict(model, y)[0, 0, 31, 31])
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model(torch.zeros(1, 1, 30, 30))
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_is_finite_with_a_gradient(loss, classes):
+    logits = torch.randn(2, classes, 16, 16, generator=generator_for(2), requires_grad=True)
+    labels = torch.randint(0, max(classes, 2), (2, 16, 16), generator=generator_for(3))
+    value = make_loss(loss, classes=classes, frequencies=[0.9, 0.1] if classes == 1 else [0.8, 0.15, 0.05])(logits, labels)
+    value.backward()
+    assert torch.isfinite(value) and float(logits.grad.abs().sum()) > 0
+
+
+def test_binary_generalized_dice_is_the_two_class_softmax_of_zero_and_z():
+    from dice_impls import DiceSpec, dice_loss
+
+    z = torch.randn(2, 1, 8, 8, generator=generator_for(5), dtype=torch.float64)
+    labels = (torch.rand(2, 8, 8, generator=generator_for(6)) > 0.8).long()
+    two = torch.cat([-z / 2, z / 2], 1)  # softmax(-z/2, z/2) = softmax(0, z)
+    spec = DiceSpec(activation="softmax", generalized="square", include_background=True)
+    assert torch.allclose(make_loss("gen_dice")(z, labels), dice_loss(two, labels, spec), atol=1e-12)
+
+
+def _fit(seed):
+    train = make_batch(16, (16, 16), area=6, sigma=0.5, generator=generator_for(seed, 0))
+    val = make_batch(8, (16, 16), area=6, sigma=0.5, generator=generator_for(seed, 1))
+    model = UNet(2, width=4, generator=generator_for(seed, 2))
+    result = fit(model, make_loss("dice_ce"), train, val, lr=1e-2, generator=generator_for(seed, 3), batch_size=4,
+                 budget_steps=6, max_steps=12, eval_every=3, patience=1,
+                 probe=lambda z, g: saturation_probe(z, g, val.masks))
+    return model, result
+
+
+def test_training_is_deterministic_and_keeps_both_checkpoints():
+    (m1, r1), (m2, r2), (_, r3) = _fit(0), _fit(0), _fit(1)
+    assert r1.trajectory == r2.trajectory
+    for key in r1.converged_state:
+        assert torch.equal(r1.converged_state[key], r2.converged_state[key])
+        assert torch.equal(r1.budget_state[key], r2.budget_state[key])
+    assert r1.trajectory != r3.trajectory
+    assert [p["step"] for p in r1.trajectory][:3] == [0, 3, 6]
+    assert r1.trajectory[-1]["val_loss"] < r1.trajectory[0]["val_loss"]
+    assert math.isfinite(r1.initial_grad_norm) and 0 <= r1.trajectory[-1]["cw_grad_share"] <= 1
+
+
+def test_measurements_on_known_cases():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6], dtype=torch.float64)
+    labels = torch.tensor([1, 0, 1, 0])
+    assert average_precision(scores, labels) == pytest.approx((1 / 1 + 2 / 3) / 2, abs=1e-12)
+    assert recall_at_precision(scores, labels, 0.6) == pytest.approx(1.0)
+    assert recall_at_precision(scores, labels, 0.9) == pytest.approx(0.5)
+    assert best_threshold(scores, labels) == pytest.approx(0.7)
+    assert calibration_error(torch.full((4,), 0.5, dtype=torch.float64), labels) == pytest.approx(0.0, abs=1e-12)
+    assert calibration_error(torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.long)) == pytest.approx(1.0)
+    z = 3 * torch.randn(40000, generator=generator_for(9), dtype=torch.float64)
+    y = (torch.rand(40000, generator=generator_for(10), dtype=torch.float64) < torch.sigmoid(z / 2)).long()
+    assert fit_temperature(z, y) == pytest.approx(2.0, rel=0.1)
+
+
+def test_saturation_probe_counts_confidently_wrong_pixels():
+    logits = torch.tensor([[[[-8.0, 8.0, 0.0, 0.0]]]])  # fg at p~0, bg at p~1, two unsure pixels
+    labels = torch.tensor([[[1, 0, 1, 0]]])
+    grad = torch.tensor([[[[1.0, 1.0, 2.0, 0.0]]]])
+    probe = saturation_probe(logits, grad, labels)
+    assert probe["cw_grad_share"] == pytest.approx(0.5) and probe["cw_pixel_share"] == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory):
+    """Every experiment at small scale, seed 0, stored once for the tests below."""
+    out = tmp_path_factory.mktemp("small")
+    return out, {name: run_experiment(name, out, scale="small", seed=0, progress=False) for name in EXPERIMENTS}
+
+
+def test_verifications_pass_at_small_scale_for_two_seeds(small_runs, tmp_path):
+    _, runs = small_runs
+    for name in VERIFICATIONS:
+        for seed, (_, claims, _) in ((0, runs[name]), (1, run_experiment(name, tmp_path, scale="small", seed=1, progress=False))):
+            failed = [c.id for c in claims if c.kind == "verification" and not c.passed]
+            assert claims and not failed, f"{name} seed {seed}: {failed}"
+
+
+def test_hypotheses_are_computed_and_finite_with_budget_and_convergence(small_runs):
+    _, runs = small_runs
+    for name in TRAINING_EXPERIMENTS:
+        df, claims, _ = runs[name]
+        hypotheses = [c for c in claims if c.kind == "hypothesis"]
+        assert hypotheses, name
+        for claim in hypotheses:
+            assert claim.source and math.isfinite(claim.value), (name, claim.id, claim.value)
+            assert math.isfinite(claim.ci_low) and math.isfinite(claim.ci_high) and claim.ci_low <= claim.ci_high
+        assert {"budget", "convergence"} <= {c.stage for c in hypotheses}, name
+        assert {"budget", "convergence"} <= set(df["stage"]), name
+
+
+def test_training_experiments_hold_out_their_test_split(small_runs):
+    _, runs = small_runs
+    df = runs["s1_imbalance"][0]
+    evaluated = df[df["stage"] == "convergence"]
+    assert evaluated["seed"].nunique() == config_for(EXPERIMENTS["s1_imbalance"], "small").seeds
+    assert np.isfinite(evaluated["bayes_dsc"]).all() and (evaluated["bayes_dsc"] > 0).all()
+    selection = runs["s3_empty"][0]
+    assert (selection["stage"] == "selection").any()  # the learning rate was chosen on the validation split
+
+
+def test_same_seed_gives_identical_parquet(small_runs, tmp_path):
+    out, _ = small_runs
+    for name in ("s3_empty", "s7_sgd"):
+        run_experiment(name, tmp_path, scale="small", seed=0, progress=False)
+        assert (tmp_path / name / "results.parquet").read_bytes() == (out / name / "results.parquet").read_bytes()
+
+
+def test_figures_render_from_stored_results(small_runs, tmp_path):
+    out, _ = small_runs
+    for name in TRAINING_EXPERIMENTS:
+        df, _, _ = load_results(out, name)
+        paths = EXPERIMENTS[name].figures(df, tmp_path / name)
+        assert paths and all(p.stat().st_size > 1000 for p in paths)
