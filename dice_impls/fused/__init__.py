@@ -135,7 +135,8 @@ def folded_loss(logits: Tensor, labels: Tensor, spec: DiceSpec, *, validate: boo
 
 
 def can_fold(logits: Tensor, spec: DiceSpec, pixel: Optional[PixelTerm] = None) -> bool:
-    if logits.device.type != "cpu" or not foldable(spec) or ops.cpp() is None:
+    # An empty batch has no unit to average: loss_from_statistics defines its loss (0, on the graph).
+    if logits.device.type != "cpu" or logits.shape[0] == 0 or not foldable(spec) or ops.cpp() is None:
         return False
     return pixel is None or (spec.activation == "softmax" and logits.shape[1] >= 2
                              and (pixel.label_smoothing == 0 or pixel.gamma == 0))
