@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmarks.common import cpu_model
+
 from .experiments import EXPERIMENTS, Claim, config_for, config_from_dict
 from .runner import code_identity, run_tasks
 
@@ -120,7 +122,7 @@ def environment() -> dict:
         python=sys.version.split()[0], torch=torch.__version__, numpy=np.__version__, pandas=pd.__version__,
         packages={name: package_version(name) for name in ("dicebench", "pyarrow", "matplotlib", "monai", "triton", "distributed")},
         git_commit=_git("rev-parse", "HEAD"), git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
-        platform=platform.platform(), cpu=_cpu_model(),
+        platform=platform.platform(), cpu=cpu_model(),
         gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
     )
 
@@ -132,11 +134,3 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"

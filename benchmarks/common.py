@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import functools
 import gc
+import platform
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -252,3 +254,14 @@ class _PeakBytes:
         return peak_rss_increase(self.forward_backward)
 
     track_peak_bytes_forward_backward.unit = "bytes"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

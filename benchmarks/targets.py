@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from typing import Callable, Dict, Optional
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import LOSSES, SPEC, make_inputs, parse_shape, peak_rss_increase, pin_threads
+from benchmarks.common import LOSSES, SPEC, cpu_model, make_inputs, parse_shape, peak_rss_increase, pin_threads
 from dice_impls import DiceCELoss, DiceStatistics, loss_from_statistics
 from dice_impls.fused import fused_statistics, ops
 from dice_impls.reference import reference_statistics
@@ -269,16 +268,6 @@ def accuracy(shape, progress) -> list:
         progress.update()
         del x, logits, loss
     return rows
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> list:
