@@ -27,13 +27,13 @@ from .errors import UsageError
 SUBCOMMANDS = {
     "implementations": ("implementations", ()),
     "experiment": ("experiment_commands", ("experiments",)),
-    "figures": ("figures", ("experiments",)),
+    "figures": ("figures", ("report",)),
     "experiment-table": ("experiment_table", ("experiments",)),
     "report": ("report", ("report",)),
     "compare": ("compare", ("report",)),
     "run": ("run", ("bench", "experiments", "report")),
 }
-EXIT_OK, EXIT_DIFFERENCE, EXIT_USAGE = 0, 1, 2
+EXIT_USAGE = 2  # 0 and 1 are the subcommands' own (see above)
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
@@ -80,8 +80,8 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def needs_message(extras: Sequence[str], missing: Sequence[str]) -> str:
-    spec = f"dicebench[{','.join(extras)}]"
-    return f"needs the {spec} extras (missing: {', '.join(missing)}); from the checkout: pip install '.[{','.join(extras)}]'"
+    extras = ",".join(extras)
+    return f"needs dicebench[{extras}] (missing: {', '.join(missing)}); in the checkout: pip install '.[{extras}]'"
 
 
 def missing_requirements(extras: Sequence[str]) -> List[str]:

@@ -8,15 +8,22 @@ Experiments run with different settings (manifest scale, seed, impl, threads, co
 flagged first. Experiment rows are matched on their non-float columns (the settings: loss, seed, fraction, ...)
 and every float column is compared with ``|a - b| <= atol + rtol * |b|`` (NaN equals NaN).
 Claims are matched by id: a flipped outcome or a value beyond the tolerance is reported.
-Benchmarks are matched on benchmark and parameters and compared with the looser ``time_rtol``,
-because timings on a shared machine vary far more than seeded computations.
+Benchmarks (each machine's newest commit) are matched on machine, benchmark and parameters and
+compared with the looser ``time_rtol``, because timings on a shared machine vary far more than
+seeded computations. When the two runs share no machine name, the numbers are matched without it
+(the command compares timings of different hardware only with ``--across-machines``). A timing
+that is unstable in either run (``benchmarks.results.is_unstable``: quartile spread over 15 % of
+the median, or too few samples) is listed as unstable instead of being compared: it neither
+counts as a change nor as agreement.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -66,6 +73,7 @@ class Comparison:
     time_rtol: float
     changes: List[Change] = field(default_factory=list)
     checked: int = 0
+    unstable: List[Change] = field(default_factory=list)  # benchmark cells too noisy to compare
 
     @property
     def moved(self) -> bool:
@@ -73,7 +81,8 @@ class Comparison:
 
 
 def relative_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # From 0 the change is infinite (the division by the tiny floor overflows): inf, no warning.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.abs(a - b) / np.maximum(np.abs(b), np.finfo(float).tiny)
 
 
@@ -150,40 +159,53 @@ def compare_experiments(a_dir: Optional[Path], b_dir: Optional[Path], rtol: floa
     return changes, checked
 
 
-BENCHMARK_KEYS = ("benchmark", "implementation", "device", "dtype", "shape", "label_dtype")
+BENCHMARK_KEYS = ("machine", "benchmark", "implementation", "device", "dtype", "shape", "label_dtype")
 
 
-def compare_benchmarks(a_dir: Optional[Path], b_dir: Optional[Path], time_rtol: float) -> Tuple[List[Change], int]:
-    """asv numbers matched on benchmark and parameters (medians over machines and commits)."""
+def compare_benchmarks(a_dir: Optional[Path], b_dir: Optional[Path],
+                       time_rtol: float) -> Tuple[List[Change], int, List[Change]]:
+    """asv numbers of each machine's newest commit matched on machine, benchmark and parameters;
+    returns (changes, numbers compared, unstable cells)."""
     if a_dir is None and b_dir is None:
-        return [], 0
+        return [], 0, []
     if a_dir is None or b_dir is None:
-        return [Change("missing", "asv", "benchmark results", a_dir is not None, b_dir is not None)], 0
-    from benchmarks.results import load_asv_results
+        return [Change("missing", "asv", "benchmark results", a_dir is not None, b_dir is not None)], 0, []
+    from benchmarks.results import latest, load_asv_results
 
-    frames = [load_asv_results(d) for d in (a_dir, b_dir)]
-    keys = [k for k in BENCHMARK_KEYS if all(k in f for f in frames)]
-    a, b = (f.groupby(keys, dropna=False)["value"].median() for f in frames)
-    merged = pd.concat([a.rename("a"), b.rename("b")], axis=1)
+    frames = [latest(load_asv_results(d)) for d in (a_dir, b_dir)]
     changes = []
+    if not set(frames[0]["machine"]) & set(frames[1]["machine"]):
+        # No machine name in common (the command line compares such runs only when asked to,
+        # --across-machines): match the numbers without it.
+        frames = [f.assign(machine="(any)") for f in frames]
+    keys = [k for k in BENCHMARK_KEYS if all(k in f for f in frames)]
+    a, b = (f.groupby(keys, dropna=False).agg(value=("value", "median"), unstable=("unstable", "any")) for f in frames)
+    merged = a.merge(b, how="outer", left_index=True, right_index=True, suffixes=("_a", "_b"))
+    merged["unstable"] = merged["unstable_a"].eq(True) | merged["unstable_b"].eq(True)
+    unstable = []
     for key, row in merged.iterrows():
         where = " ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-        if math.isnan(row["a"]) != math.isnan(row["b"]):
-            changes.append(Change("missing", "asv", where, row["a"], row["b"]))
-        elif _moved(np.array([row["a"]]), np.array([row["b"]]), time_rtol, 0.0)[0]:
-            changes.append(Change("benchmark", "asv", where, row["a"], row["b"],
-                                  float(relative_change(np.array(row["a"]), np.array(row["b"])))))
-    return changes, int(merged.notna().all(axis=1).sum())
+        va, vb = row["value_a"], row["value_b"]
+        if math.isnan(va) != math.isnan(vb):
+            changes.append(Change("missing", "asv", where, va, vb))
+        elif math.isnan(va):
+            continue
+        elif row["unstable"]:
+            unstable.append(Change("unstable", "asv", where, va, vb, float(relative_change(np.array(va), np.array(vb)))))
+        elif _moved(np.array([va]), np.array([vb]), time_rtol, 0.0)[0]:
+            changes.append(Change("benchmark", "asv", where, va, vb, float(relative_change(np.array(va), np.array(vb)))))
+    compared = int(merged[["value_a", "value_b"]].notna().all(axis=1).sum()) - len(unstable)
+    return changes, compared, unstable
 
 
 def compare_runs(a: Path | RunPaths, b: Path | RunPaths, rtol: float = 1e-3, atol: float = 1e-9,
                  time_rtol: float = 0.25) -> Comparison:
     a, b = (x if isinstance(x, RunPaths) else RunPaths.of(x) for x in (a, b))
     comparison = Comparison(a, b, rtol, atol, time_rtol)
-    for changes, checked in (compare_experiments(a.experiments, b.experiments, rtol, atol),
-                             compare_benchmarks(a.asv, b.asv, time_rtol)):
-        comparison.changes.extend(changes)
-        comparison.checked += checked
+    changes, checked = compare_experiments(a.experiments, b.experiments, rtol, atol)
+    bench_changes, bench_checked, comparison.unstable = compare_benchmarks(a.asv, b.asv, time_rtol)
+    comparison.changes = changes + bench_changes
+    comparison.checked = checked + bench_checked
     return comparison
 
 
@@ -198,22 +220,39 @@ def comparison_to_text(c: Comparison) -> str:
     for ch in c.changes:
         rel = "" if math.isnan(ch.relative) else f"  (relative change {ch.relative:.3g})"
         lines.append(f"  [{ch.kind}] {ch.where}: {ch.what}: A={_value(ch.a)} B={_value(ch.b)}{rel}")
+    if c.unstable:
+        lines.append(f"{len(c.unstable)} benchmark timings unstable in A or B (quartile spread over 15 % of the median, "
+                     "or too few samples): not compared, neither a change nor agreement")
+        lines += [f"  [unstable] {ch.what}: A={_value(ch.a)} B={_value(ch.b)}  (relative change {ch.relative:.2g})"
+                  for ch in c.unstable]
     return "\n".join(lines)
 
 
 def comparison_to_html(c: Comparison) -> str:
-    intro = (f"<p>This run (B) against <code>{esc(c.a.experiments or c.a.asv)}</code> (A): {c.checked} stored numbers "
+    from .benchmark_report import display_path
+
+    repo = Path(__file__).resolve().parent.parent
+    intro = (f"<p>This run (B) against <code>{esc(display_path(c.a.experiments or c.a.asv, repo))}</code> (A): "
+             f"{c.checked} stored numbers "
              f"and claims compared with relative tolerance {c.rtol:g} (absolute {c.atol:g}); benchmark times with "
              f"relative tolerance {c.time_rtol:g}. {len(c.changes)} moved.</p>")
+    unstable = ""
+    if c.unstable:
+        unstable = table(["where", "A", "B", "relative change"],
+                         [[ch.what, _value(ch.a), _value(ch.b), f"{ch.relative:.2g}"] for ch in c.unstable],
+                         "Benchmark timings unstable in A or B (quartile spread over 15 % of the median, or too few "
+                         "samples): not compared, neither a change nor agreement.")
     if not c.changes:
-        return intro + "<p>Nothing moved beyond the tolerances.</p>"
+        return intro + "<p>Nothing moved beyond the tolerances.</p>" + unstable
     rows = [[ch.kind, ch.where, ch.what, _value(ch.a), _value(ch.b), "" if math.isnan(ch.relative) else f"{ch.relative:.3g}"]
             for ch in c.changes]
     return intro + table(["kind", "where", "what", "A", "B", "relative change"], rows,
-                         "Numbers and claims that moved beyond the tolerance between the two runs.", text_columns=3)
+                         "Numbers and claims that moved beyond the tolerance between the two runs.", text_columns=3) + unstable
 
 
 DESCRIPTION = "Compare two run folders (exit status 1 when a number or claim moved beyond the tolerance)."
+# What makes two asv machines the same hardware (asv's machine.json); its name and OS version do not.
+MACHINE_FIELDS = ("arch", "cpu", "num_cpu", "ram")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,6 +261,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance for experiment numbers and claims")
     parser.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance for experiment numbers and claims")
     parser.add_argument("--time-rtol", type=float, default=0.25, help="relative tolerance for asv timings and memory")
+    parser.add_argument("--across-machines", action="store_true",
+                        help="compare asv timings even when the two runs measured them on different machines")
+
+
+def asv_machines(asv_dir: Path) -> List[str]:
+    """The machines of an asv results folder, each as its hardware (machine.json) or, without it, its name."""
+    machines = []
+    for folder in sorted(p for p in Path(asv_dir).iterdir() if p.is_dir()):
+        info = json.loads((folder / "machine.json").read_text()) if (folder / "machine.json").is_file() else {}
+        machines.append(", ".join(str(info[k]) for k in MACHINE_FIELDS if k in info) or folder.name)
+    return machines
 
 
 def main(args: argparse.Namespace) -> int:
@@ -229,6 +279,18 @@ def main(args: argparse.Namespace) -> int:
         run_a, run_b = RunPaths.of(args.run_a), RunPaths.of(args.run_b)
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None
-    comparison = compare_runs(run_a, run_b, args.rtol, args.atol, args.time_rtol)
+    if run_a.asv and run_b.asv and not args.across_machines:
+        machines_a, machines_b = asv_machines(run_a.asv), asv_machines(run_b.asv)
+        if machines_a and machines_b and machines_a != machines_b:
+            # Timings of two machines differ by their hardware; only the seeded numbers can reproduce.
+            print(f"dicebench compare: warning: asv timings not compared: A measured on {'; '.join(machines_a)}, "
+                  f"B on {'; '.join(machines_b)} (--across-machines compares them anyway)", file=sys.stderr)
+            run_a, run_b = replace(run_a, asv=None), replace(run_b, asv=None)
+    try:
+        comparison = compare_runs(run_a, run_b, args.rtol, args.atol, args.time_rtol)
+    except FileNotFoundError as error:  # a run folder without some of its files
+        raise UsageError(str(error)) from None
+    if not comparison.checked and not comparison.changes:
+        raise UsageError(f"nothing to compare: {args.run_a} and {args.run_b} share no stored numbers")
     print(comparison_to_text(comparison))
     return 1 if comparison.moved else 0

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=SCALE_NAMES, default="small")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--impl", choices=IMPLEMENTATIONS, default="vectorized", help="Dice implementation used by the losses")
-    parser.add_argument("--out", type=Path, default=Path("results/experiments"), help="results folder")
+    parser.add_argument("--out", type=Path, default=Path("reports/experiments"),
+                        help="results folder (default reports/experiments; the committed ones: results/experiments)")
     parser.add_argument("--workers", type=int, default=1,
                         help="run the tasks in N local processes (default 1: in this process); the results do not change")
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",

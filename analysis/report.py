@@ -4,12 +4,16 @@ Inputs (each optional; what is absent is shown as "n/a — not measured", never 
 
 - experiments: ``<results>/<name>/results.parquet``, ``claims.json``, ``manifest.json``
   (``analysis.storage``); figures are redrawn from the parquet by each experiment's ``figures``;
-- asv: the results folder of ``asv run`` (``benchmarks.results.load_asv_results``);
+- asv: the stored results folder (default the curated ``results/asv``), which the "At a glance"
+  block and the tables read, and optionally a fresh run's folder (``dicebench run`` passes its
+  ``reports/asv``), shown beside it and compared with it (``analysis.benchmark_report``);
 - pytest-benchmark JSON files (``make bench``);
 - a comparison with another run folder (``analysis.compare``).
 
-The page links its figures relatively (PNG files written next to it) and loads nothing else: it
-opens from the file system, offline.
+The page is rendered from the jinja2 templates in ``analysis/templates`` (``report_template``).
+By default it is one self-contained file, its figures embedded as data URIs; with
+``inline_figures=False`` they are PNG files in ``figures/`` beside it. Either way it loads nothing
+else and opens from the file system, offline.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from . import benchmark_report as asv_page
+from .benchmark_report import MISSING, SHORT_MISSING, display_path
 from .errors import UsageError
-from .report_template import Cell, code, esc, figure, page, table
+from .report_template import Cell, code, esc, figure, inline_images, page, table
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO / "results" / "experiments"
@@ -35,18 +41,6 @@ DEFAULT_ASV_RESULTS = REPO / "results" / "asv"
 DEFAULT_TARGETS = REPO / "results" / "fused" / "targets_cpu.json"
 # `make bench` (pytest-benchmark) writes here; the report includes it when present.
 DEFAULT_BENCH_JSON = REPO / "reports" / "bench.json"
-MISSING = "n/a — not measured"
-SHORT_MISSING = "n/a"  # in dense tables, whose captions spell it out
-BASELINE = "monai"
-CUDA_MODULE, SCALING_MODULE = "bench_cuda", "bench_scaling"
-# The implementations section's measures: (label, metric, {device: the asv method measuring it}).
-MEASURES = (
-    ("forward+backward time", "time", {"cpu": "time_forward_backward", "cuda": "track_seconds_forward_backward"}),
-    ("forward time", "time", {"cpu": "time_forward", "cuda": "time_forward"}),
-    ("forward+backward peak memory above the inputs", "memory",
-     {"cpu": "track_peak_bytes_forward_backward", "cuda": "track_max_memory_allocated_forward_backward"}),
-    ("forward+backward peak memory of the whole process (RSS)", "memory", {"cpu": "peakmem_forward_backward"}),
-)
 PRECISION_EXPERIMENT = "p1_precision"
 # The report's sections, in order: (id, title). Tests check that each one is present.
 SECTIONS = (
@@ -74,8 +68,9 @@ class ReportData:
 
     results_dir: Path
     asv_dir: Path
+    fresh_asv_dir: Optional[Path] = None
     experiments: Dict[str, ExperimentResult] = field(default_factory=dict)
-    asv: Optional[pd.DataFrame] = None
+    asv: Optional[pd.DataFrame] = None  # stored and fresh runs, told apart by ``origin`` and ``run``
     pytest_benchmarks: Optional[pd.DataFrame] = None
     targets_path: Optional[Path] = None
     targets: Optional[dict] = None
@@ -94,7 +89,7 @@ def format_number(value: object) -> str:
         return "inf" if value > 0 else "-inf"
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
-    return f"{value:.4g}"
+    return f"{value:.3g}"
 
 
 def number_cell(value: object, short: bool = False) -> Cell:
@@ -136,37 +131,20 @@ def load_pytest_benchmarks(paths: Iterable[Path]) -> Optional[pd.DataFrame]:
 
 
 def collect(results_dir: Path = DEFAULT_RESULTS, asv_dir: Path = DEFAULT_ASV_RESULTS,
-            bench_json: Sequence[Path] = (), targets: Optional[Path] = DEFAULT_TARGETS) -> ReportData:
-    data = ReportData(Path(results_dir), Path(asv_dir))
+            bench_json: Sequence[Path] = (), targets: Optional[Path] = DEFAULT_TARGETS,
+            fresh_asv_dir: Optional[Path] = None) -> ReportData:
+    """Load everything the page shows. ``asv_dir``: the stored asv results the headline is built
+    from; ``fresh_asv_dir``: a new run's, shown as a comparison against them."""
+    data = ReportData(Path(results_dir), Path(asv_dir), Path(fresh_asv_dir) if fresh_asv_dir else None)
     data.experiments = load_experiments(data.results_dir)
-    data.asv = load_benchmarks(data.asv_dir)
+    frames = [asv_page.load_benchmarks(folder, origin, display_path(folder, REPO))
+              for folder, origin in ((data.asv_dir, asv_page.STORED), (data.fresh_asv_dir, asv_page.FRESH)) if folder]
+    frames = [f for f in frames if f is not None]
+    data.asv = pd.concat(frames, ignore_index=True) if frames else None
     data.pytest_benchmarks = load_pytest_benchmarks(bench_json)
     if targets is not None and Path(targets).is_file():
         data.targets_path, data.targets = Path(targets), json.loads(Path(targets).read_text())
     return data
-
-
-def load_benchmarks(asv_dir: Path) -> Optional[pd.DataFrame]:
-    """asv results (``benchmarks.results.load_asv_results``), newest result file per machine, with
-    ``device``, ``module``, ``method`` and ``voxels`` added; None when there are none."""
-    if not (Path(asv_dir) / "benchmarks.json").is_file():
-        return None
-    from benchmarks.common import voxels
-    from benchmarks.results import load_asv_results
-
-    df = load_asv_results(asv_dir)
-    if df.empty:
-        return None
-    newest = df.groupby("machine")["date"].transform("max")
-    df = df[df["date"] == newest].copy()
-    df["module"] = df["benchmark"].str.split(".").str[0]
-    df["method"] = df["benchmark"].str.rsplit(".", n=1).str[-1]
-    df["device"] = ["cuda" if module == CUDA_MODULE else "cpu" for module in df["module"]]
-    if "dtype" not in df:
-        df["dtype"] = math.nan
-    df["dtype"] = df["dtype"].fillna("float32")  # benchmarks without a dtype parameter (scaling) run float32
-    df["voxels"] = [voxels(s) for s in df["shape"]]
-    return df.reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,8 +186,10 @@ ENVIRONMENT_FIELDS = ("python", "torch", "numpy", "pandas", "platform", "cpu", "
 
 
 def section_run(data: ReportData) -> str:
-    parts = [f"<p>Experiments were read from <code>{esc(data.results_dir)}</code> and benchmarks from "
-             f"<code>{esc(data.asv_dir)}</code>. Each experiment's manifest records its scale, seed, "
+    folders = " and, as this run, ".join(f"<code>{esc(display_path(d, REPO))}</code>"
+                                         for d in (data.asv_dir, data.fresh_asv_dir) if d)
+    parts = [f"<p>Experiments were read from <code>{esc(display_path(data.results_dir, REPO))}</code> and benchmarks "
+             f"from {folders}. Each experiment's manifest records its scale, seed, "
              "implementation, thread count, commit and wall time; the table lists them.</p>"]
     if data.experiments:
         rows = []
@@ -225,7 +205,7 @@ def section_run(data: ReportData) -> str:
         parts.append(_environment_table(data))
     else:
         parts.append(f'<p class="note">Experiments: {MISSING} — no stored results under '
-                     f"<code>{esc(data.results_dir)}</code>.</p>")
+                     f"<code>{esc(display_path(data.results_dir, REPO))}</code>.</p>")
     parts.append(_asv_machine_table(data))
     if data.pytest_benchmarks is not None:
         pb = data.pytest_benchmarks
@@ -256,167 +236,24 @@ def _environment_table(data: ReportData) -> str:
 
 def _asv_machine_table(data: ReportData) -> str:
     if data.asv is None:
-        return (f'<p class="note">Benchmarks: {MISSING} — no asv results under <code>{esc(data.asv_dir)}</code>.</p>')
+        return (f'<p class="note">Benchmarks: {MISSING} — no asv results under '
+                f"<code>{esc(display_path(data.asv_dir, REPO))}</code>.</p>")
     rows = []
-    for machine, group in data.asv.groupby("machine"):
-        info = _machine_info(data.asv_dir, machine)
-        devices = ", ".join(sorted(group.loc[group["value"].notna(), "device"].unique())) or "none"
-        rows.append([machine, info.get("cpu", MISSING), info.get("num_cpu", MISSING), info.get("os", MISSING),
-                     ", ".join(sorted(str(c)[:10] for c in group["commit"].unique())), devices,
-                     number_cell(int(group["value"].notna().sum()))])
-    return table(["asv machine", "CPU", "cores", "OS", "commit", "devices measured", "numbers"], rows,
-                 "Table 3. Benchmark machines (asv's machine.json) and what they measured.", text_columns=6)
-
-
-def _machine_info(asv_dir: Path, machine: str) -> dict:
-    path = Path(asv_dir) / machine / "machine.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def with_baseline_ratio(asv: pd.DataFrame) -> pd.DataFrame:
-    """Each number divided by MONAI's for the same measurement (module and method; the class may
-    differ, e.g. Headline and HeadlineCompiled), machine, commit, dtype and shape: both were
-    measured in the same asv run, so the ratio survives a noisy machine."""
-    keys = ["module", "method", "machine", "commit", "dtype", "shape"]
-    baseline = asv[(asv["implementation"] == BASELINE) & asv["value"].notna()].drop_duplicates(keys)
-    baseline = baseline.set_index(keys)["value"].rename("baseline")
-    out = asv.join(baseline, on=keys)
-    out["ratio"] = out["value"] / out["baseline"]
-    return out
-
-
-def _device_label(data: ReportData, device: str, measured: pd.DataFrame) -> str:
-    machines = sorted(measured.loc[measured["device"] == device, "machine"].unique())
-    if device == "cpu":
-        cpus = sorted({str(_machine_info(data.asv_dir, m).get("cpu") or m) for m in machines})
-        return "CPU" + (f" ({', '.join(cpus)})" if cpus else "")
-    return "GPU" + (f" ({', '.join(machines)})" if machines else "")
-
-
-def _expected(attribute: str, fallback: Sequence[str]) -> List[str]:
-    from benchmarks import common
-
-    return list(getattr(common, attribute, fallback))
-
-
-def _unit_scale(metric: str) -> Tuple[float, str]:
-    return (1e3, "ms") if metric == "time" else (1 / 2**20, "MiB")
-
-
-def measure_rows(ratios: pd.DataFrame, methods: Dict[str, str]) -> pd.DataFrame:
-    """The rows of one measure: on each device, the benchmark method that measures it there."""
-    chosen = [(ratios["device"] == device) & (ratios["method"] == method) for device, method in methods.items()]
-    mask = pd.concat(chosen, axis=1).any(axis=1) & (ratios["module"] != SCALING_MODULE)
-    return ratios[mask]
-
-
-def measure_table(data: ReportData, ratios: pd.DataFrame, label: str, metric: str, methods: Dict[str, str], number: int) -> str:
-    """Rows: shape x dtype. Per device (GPU beside CPU): MONAI's own number, then each other
-    implementation's ratio to it. Devices, dtypes and combinations without numbers show as not measured."""
-    scale, unit = _unit_scale(metric)
-    rows_df = measure_rows(ratios, methods)
-    measured = rows_df[rows_df["value"].notna()]
-    others = [i for i in dict.fromkeys(rows_df["implementation"]) if i != BASELINE]
-    dtypes = list(dict.fromkeys(_expected("DTYPES", []) + list(rows_df["dtype"])))
-    # A device counts as measured when it has at least one number; then its failures show too.
-    devices = [(d, rows_df[rows_df["device"] == d] if (measured["device"] == d).any() else rows_df.iloc[:0])
-               for d in _expected("DEVICES", ["cpu", "cuda"])]
-    missing = Cell(MISSING, css="missing")
-    header, groups = ["shape", "dtype"], [("", 2)]
-    for device, on_device in devices:
-        name = _device_label(data, device, measured)
-        if on_device.empty:
-            header.append("all implementations")
-            groups.append((name, 1))
-        else:
-            header += [f"{BASELINE} ({unit})"] + others
-            groups.append((f"{name}: {BASELINE} in {unit}, others ÷ {BASELINE}", 1 + len(others)))
-    rows = []
-    for shape in dict.fromkeys(rows_df["shape"]):
-        for dtype in dtypes:
-            row = [shape, dtype]
-            for device, on_device in devices:
-                here = on_device[(on_device["shape"] == shape) & (on_device["dtype"] == dtype)].set_index("implementation")
-                here = here[~here.index.duplicated(keep="last")]  # several machines of one kind: the last one
-                if on_device.empty:
-                    row.append(missing)
-                    continue
-                row.append(_result_cell(here, BASELINE, "value", scale))
-                row += [_result_cell(here, i, "ratio") for i in others]
-            rows.append(row)
-    benchmarks = ", ".join(f"{d}: {m}" for d, m in methods.items())
-    caption = (f"Table {number}. {esc(label)} ({esc(benchmarks)}). Shapes are N×C×spatial. Per device, MONAI's own "
-               f"number, then each implementation's ratio to MONAI's on the same shape and dtype in the same run "
-               f"(below 1 is better). “{SHORT_MISSING}”, “{MISSING}”: the combination did not run here (no such "
-               f"device, a dtype or shape a peer does not take, or not part of this grid).")
-    return table(header, rows, caption, text_columns=2, groups=groups)
-
-
-def _result_cell(rows: pd.DataFrame, implementation: str, column: str, scale: float = 1.0) -> Cell:
-    """A benchmark's number (short n/a when absent), or "failed" when asv recorded a failure."""
-    if implementation in rows.index and rows.at[implementation, "status"] == "failed":
-        return Cell("failed", css="fail")
-    value = rows[column].get(implementation)
-    return number_cell(None if value is None else value * scale, short=True)
-
-
-def ratio_figure(ratios: pd.DataFrame, label: str, metric: str, methods: Dict[str, str], fig_dir: Path) -> Optional[Path]:
-    """Bars of the CPU ratios to MONAI (log scale), grouped by shape and dtype."""
-    from .plotting import plt, save_figure
-
-    df = measure_rows(ratios, methods)
-    df = df[(df["device"] == "cpu") & (df["implementation"] != BASELINE) & df["ratio"].notna()]
-    if df.empty:
-        return None
-    df = df.assign(case=df["shape"] + "\n" + df["dtype"])
-    pivot = df.pivot_table(index="case", columns="implementation", values="ratio", sort=False)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(pivot)), 4.2))
-    pivot.plot.bar(ax=ax, logy=True, rot=0, width=0.8)
-    ax.axhline(1, color="k", lw=1)
-    ax.set_ylabel("ratio to MONAI (log scale)")
-    ax.set_xlabel("shape (N×C×spatial), dtype")
-    ax.set_title(f"CPU: {label}\nrelative to MONAI (below 1 is better)", fontsize=10)
-    ax.legend(title="implementation", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # clear of the bars
-    return save_figure(fig, fig_dir, "ratio_" + re.sub(r"\W+", "_", label).strip("_"))[0]
-
-
-def scaling_figures(ratios: pd.DataFrame, fig_dir: Path) -> List[Tuple[Path, str]]:
-    """Time and memory against size (log-log), one line per implementation, for each scaling
-    series (a class of ``bench_scaling``) and each of its measurements."""
-    from benchmarks.common import parse_shape
-
-    from .plotting import plt, save_figure
-
-    out = []
-    measured = ratios[(ratios["module"] == SCALING_MODULE) & ratios["value"].notna()]
-    for benchmark, group in measured.groupby("benchmark", sort=False):
-        shapes = [parse_shape(s) for s in group["shape"]]
-        by_classes = len({s[2:] for s in shapes}) == 1 and len({s[1] for s in shapes}) > 1
-        x = [s[1] for s in shapes] if by_classes else list(group["voxels"])
-        group = group.assign(x=x)
-        metric = _metric(group)
-        scale, unit = _unit_scale(metric)
-        fig, ax = plt.subplots(figsize=(6.0, 4.2))
-        for implementation, line in group.groupby("implementation", sort=False):
-            line = line.sort_values("x")
-            style = dict(ls="--", marker="s") if implementation == BASELINE else dict(marker="o")
-            ax.plot(line["x"], line["value"] * scale, label=implementation, **style)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("classes C (log), fixed voxels" if by_classes else "logit elements N·C·voxels (log), C fixed")
-        what = "time" if metric == "time" else "peak memory above inputs"
-        ax.set_ylabel(f"{what} ({unit}, log)")
-        ax.set_title(f"{benchmark.split('.')[1]}: {benchmark.rsplit('.', 1)[-1]} (CPU, float32)")
-        ax.legend(fontsize=8)
-        path = save_figure(fig, fig_dir, "scaling_" + benchmark.replace(".", "_"))[0]
-        caption = (f"{esc(benchmark)}: {what} against {'the class count' if by_classes else 'problem size'}, log-log, "
-                   "CPU, float32; a slope of 1 is linear growth. MONAI dashed.")
-        out.append((path, caption))
-    return out
-
-
-def _metric(rows: pd.DataFrame) -> str:
-    return "time" if rows["unit"].iloc[0] == "seconds" else "memory"
+    folders = {asv_page.STORED: data.asv_dir, asv_page.FRESH: data.fresh_asv_dir}
+    for (origin, run, machine), group in data.asv.groupby(["origin", "run", "machine"], sort=False):
+        info = asv_page.machine_info(folders[origin], machine)
+        newest = group[group["latest"]]
+        devices = ", ".join(sorted(newest.loc[newest["value"].notna(), "device"].unique())) or "none"
+        rows.append([origin, run, info.get("cpu", MISSING), info.get("num_cpu", MISSING), info.get("ram", MISSING),
+                     str(newest["commit"].iloc[0])[:8], number_cell(group["commit"].nunique()),
+                     asv_page.environment_label(newest["env"].iloc[0]),
+                     devices, number_cell(int(newest["value"].notna().sum())),
+                     number_cell(int((newest["unstable"]).sum()))])
+    return table(["origin", "asv run (machine · folder)", "CPU", "cores", "RAM", "newest commit", "commits stored",
+                  "environment", "devices measured", "numbers", "unstable timings"], rows,
+                 "Table 3. Benchmark runs (asv's machine.json): every table and figure below keeps them apart. "
+                 "“stored”: the results the headline is built from; “this run”: a fresh run compared with them.",
+                 text_columns=9)
 
 
 def _docstring_parts(module) -> Tuple[str, str]:
@@ -466,26 +303,30 @@ def section_implementations(data: ReportData, ratios: Optional[pd.DataFrame], fi
     parts = ["<p>Every implementation (ours and the peers: MONAI, kornia, and <code>torch.compile</code> of our "
              "vectorized loss) computes the same loss — softmax, one Dice per image and class, background included "
              "(<code>DiceSpec.preset(\"monai\")</code>) — on the same seeded inputs, in one asv run. Each table "
-             "gives one measure per device: the number itself and its ratio to MONAI's, so that the noise of a "
-             "shared machine, which moves both, largely cancels. GPU numbers stand beside the CPU ones.</p>"]
+             "gives one measure per device and run: the number itself and its ratio to MONAI's, so that the noise of a "
+             "shared machine, which moves both, largely cancels. Runs of different machines or results folders "
+             "stand side by side, never merged.</p>"]
     if ratios is None:
-        return "\n".join(parts + [f'<p class="note">{MISSING}: no asv results under <code>{esc(data.asv_dir)}</code>; '
-                                  "run <code>dicebench run</code>.</p>", targets_block(data)])
+        return "\n".join(parts + [f'<p class="note">{MISSING}: no asv results under '
+                                  f"<code>{esc(display_path(data.asv_dir, REPO))}</code>; run <code>dicebench run</code>.</p>",
+                                  targets_block(data)])
     shown = set()
-    for number, (label, metric, methods) in enumerate(MEASURES, start=4):
-        rows = measure_rows(ratios, methods)
+    for number, (label, metric, methods) in enumerate(asv_page.MEASURES, start=4):
+        rows = asv_page.measure_rows(ratios, methods)
         shown.update(rows["benchmark"])
         parts.append(f"<h3>{esc(label[0].upper() + label[1:])}</h3>")
         if rows.empty:
             parts.append(f'<p class="note">{MISSING}: no benchmark measured it.</p>')
             continue
-        parts.append(measure_table(data, ratios, label, metric, methods, number))
-        path = ratio_figure(ratios, label, metric, methods, fig_dir)
-        if path is not None:
-            parts.append(figure(path.relative_to(out_dir).as_posix(),
-                                f"{esc(label)} on CPU relative to MONAI, log scale; the black line is parity."))
+        parts.append(asv_page.measure_table(ratios, label, metric, methods, number))
+        parts.append(asv_page.figure_html(asv_page.ratio_figure(ratios, label, methods, fig_dir), out_dir))
     parts.append(targets_block(data))
-    others = sorted(set(ratios.loc[ratios["module"] != SCALING_MODULE, "benchmark"]) - shown)
+    history = asv_page.history_figures(ratios, fig_dir)
+    parts.append("<h3>History over commits</h3>")
+    parts.append(asv_page.figure_html(history, out_dir) if history else
+                 '<p class="note">Every run here holds one commit: no history to draw (<code>make asv-range</code> '
+                 "benchmarks a range of commits).</p>")
+    others = sorted(set(ratios.loc[ratios["module"] != asv_page.SCALING_MODULE, "benchmark"]) - shown)
     if others:
         parts.append("<p>Other benchmarks in these results (see asv's own pages): " + ", ".join(esc(o) for o in others) + ".</p>")
     return "\n".join(parts)
@@ -496,7 +337,7 @@ def targets_block(data: ReportData) -> str:
     heading = "<h3>The fused path against MONAI and against its floor</h3>"
     if data.targets is None:
         return heading + (f'<p class="note">{MISSING}: no results of <code>python -m benchmarks.targets</code> '
-                          f"(expected at <code>{esc(DEFAULT_TARGETS)}</code>).</p>")
+                          f"(expected at <code>{esc(display_path(DEFAULT_TARGETS, REPO))}</code>).</p>")
     t, m = data.targets, data.targets.get("machine", {})
     memory = {(r["shape"], r["impl"]): r for r in t.get("memory", [])}
     rows = []
@@ -504,7 +345,7 @@ def targets_block(data: ReportData) -> str:
         peak = memory.get((r["shape"], r["impl"]), {})
         rows.append([r["shape"], r["impl"], number_cell(r["seconds"] * 1e3), number_cell(r["vs_monai"]),
                      number_cell(r["floor_s"] * 1e3), number_cell(r["floor_ratio"]), number_cell(peak.get("x_logits"))])
-    text = (f"<p>From <code>{esc(data.targets_path)}</code> (<code>python -m benchmarks.targets</code>; CPU "
+    text = (f"<p>From <code>{esc(display_path(data.targets_path, REPO))}</code> (<code>python -m benchmarks.targets</code>; CPU "
             f"{esc(m.get('cpu', MISSING))}, {esc(m.get('threads', MISSING))} threads, torch {esc(m.get('torch', MISSING))}). "
             "The floor of forward+backward is the larger of two times: reading logits and labels twice and writing "
             "the gradient once at the measured bandwidth, and one exp per logit per pass at the measured exp rate. "
@@ -525,14 +366,15 @@ def targets_block(data: ReportData) -> str:
 
 def section_scaling(data: ReportData, ratios: Optional[pd.DataFrame], fig_dir: Path, out_dir: Path) -> str:
     intro = ("<p>How time and memory grow with the number of logit elements, one line per implementation "
-             "(MONAI dashed). Memory that grows faster than the inputs reveals stored intermediates "
-             "(one-hot targets, probabilities).</p>")
+             "(MONAI dashed), one figure per run. Memory that grows faster than the inputs reveals stored "
+             "intermediates (one-hot targets, probabilities). Points that cannot be read at face value are circled "
+             "and explained under each figure.</p>")
     if ratios is None:
         return intro + f'<p class="note">{MISSING}: no asv results.</p>'
-    figures = scaling_figures(ratios, fig_dir)
+    figures = asv_page.scaling_figures(ratios, fig_dir)
     if not figures:
         return intro + f'<p class="note">{MISSING}: no benchmark was measured at three or more sizes.</p>'
-    return intro + "\n".join(figure(p.relative_to(out_dir).as_posix(), c, width=560) for p, c in figures)
+    return intro + asv_page.figure_html(figures, out_dir, width=620)
 
 
 def precision_table(df: pd.DataFrame) -> str:
@@ -557,7 +399,7 @@ def section_precision(data: ReportData, fig_dir: Path, out_dir: Path) -> str:
     result = data.experiments.get(PRECISION_EXPERIMENT)
     if result is None:
         return (f'<p class="note">{MISSING}: no stored results for {PRECISION_EXPERIMENT} under '
-                f"<code>{esc(data.results_dir)}</code>.</p>")
+                f"<code>{esc(display_path(data.results_dir, REPO))}</code>.</p>")
     summary = ""
     if {"impl", "dtype", "voxels", "rel_error", "finite"} <= set(result.df.columns):
         summary = precision_table(result.df)
@@ -599,56 +441,54 @@ def section_experiments(data: ReportData, fig_dir: Path, out_dir: Path) -> str:
 
 def section_reproduce(data: ReportData) -> str:
     parts = ["<p>From a fresh clone, <code>make report</code> installs everything and runs <code>dicebench run</code>: "
-             "the CPU asv grid, every experiment, and this page. Each number can also be reproduced on its own, at the "
-             "commit it was measured at (given with each command):</p>"]
+             "the CPU asv grid in this environment (results in <code>reports/asv</code>), every experiment, and this "
+             "page, which compares the fresh numbers with the curated ones. Each number can also be reproduced on its "
+             "own, at the commit it was measured at (given with each command):</p>"]
+    results = display_path(data.results_dir, REPO)
     for result in data.experiments.values():
         m = result.manifest
         parts.append(f"<p>{esc(result.name)} (commit {esc(str(m.get('git_commit', 'unknown'))[:10])}"
                      f"{', uncommitted changes' if m.get('git_dirty') else ''}):</p>")
         parts.append(code(f"dicebench experiment {result.name} --scale {m.get('scale', 'small')} --seed {m.get('seed', 0)} "
-                          f"--impl {m.get('impl', 'vectorized')} --out {data.results_dir}"))
+                          f"--impl {m.get('impl', 'vectorized')} --out {results}"))
     if data.asv is not None:
-        from benchmarks.common import ASV_CPU_GRID
-
-        for commit in sorted(data.asv["commit"].unique()):
-            parts.append(f"<p>The CPU benchmark grid (asv, commit {esc(str(commit)[:10])}; results go to asv.conf.json's "
-                         "<code>results_dir</code>), then asv's own HTML:</p>")
-            parts.append(code(f"git checkout {commit}\nasv machine --yes\nasv run --python=same --set-commit-hash {commit} "
-                              f"--launch-method=forkserver --bench '{ASV_CPU_GRID}'\nasv publish"))
+        for commit in sorted(data.asv.loc[data.asv["latest"], "commit"].unique()):
+            parts.append(f"<p>The CPU benchmark grid at commit {esc(str(commit)[:10])}, in an environment asv builds for "
+                         "it (results in <code>reports/asv</code>, asv's HTML in <code>reports/asv-html</code>):</p>")
+            parts.append(code(f"git checkout {commit}\nmake asv"))
+        parts.append("<p>A timing regression check between two commits (on a quiet machine):</p>")
+        parts.append(code("make asv-continuous BASE=HEAD~1 FACTOR=1.2"))
     if data.targets is not None:
         parts.append("<p>The fused path's targets (speed-up, floor, memory, accuracy):</p>")
-        parts.append(code(f"python -m benchmarks.targets --out {data.targets_path}"))
+        parts.append(code(f"python -m benchmarks.targets --out {display_path(data.targets_path, REPO)}"))
     parts.append("<p>This page, from the stored results:</p>")
-    parts.append(code(f"dicebench report --results {data.results_dir} --asv-results {data.asv_dir} --out reports"))
+    parts.append(code(f"dicebench report --results {results} --asv-results {display_path(data.asv_dir, REPO)} --out reports"))
     parts.append("<p>Two runs (two machines or two commits) compared number by number; exit status 1 when "
                  "something moved beyond the tolerance:</p>")
     parts.append(code("dicebench compare RUN_A RUN_B --rtol 1e-3 --time-rtol 0.25"))
     return "\n".join(parts)
 
 
-def _median_ratios(ratios: pd.DataFrame, methods: Dict[str, str]) -> str:
-    """``impl median (min–max)`` of the CPU ratios to MONAI of one measure, best first."""
-    rows = measure_rows(ratios, methods)
-    rows = rows[(rows["device"] == "cpu") & (rows["implementation"] != BASELINE) & rows["ratio"].notna()]
-    stats = rows.groupby("implementation")["ratio"].agg(["median", "min", "max", "count"]).sort_values("median")
-    return "; ".join(f"{impl} {format_number(r['median'])} ({format_number(r['min'])}–{format_number(r['max'])}, "
-                     f"{int(r['count'])} cases)" for impl, r in stats.iterrows())
-
-
 def headline(data: ReportData, ratios: Optional[pd.DataFrame]) -> str:
-    """The findings at a glance, each computed from the stored results shown below."""
+    """The "At a glance" block: the findings, each computed from the stored results shown below;
+    the benchmark headline per stored machine with its interval, and a fresh run against it."""
     claims = [(r.name, c) for r in data.experiments.values() for c in r.claims]
     failed = [c["id"] for _, c in claims if not c["passed"]]
     items = [f"{len(data.experiments)} experiments stored; {len(claims) - len(failed)}/{len(claims)} claims passed"
              + (f" (failed: {', '.join(failed)})" if failed else "") + "."]
+    tables = []
     if ratios is not None:
-        for label, metric, methods in MEASURES[:1] + MEASURES[2:3]:
-            summary = _median_ratios(ratios, methods)
-            if summary:
-                items.append(f"CPU {label} as a ratio to MONAI, median (range) over shapes and dtypes, lower is "
-                             f"better: {summary}.")
+        items += asv_page.headline_sentences(ratios)
         gpu = ratios[(ratios["device"] == "cuda") & ratios["value"].notna()]
-        items.append("GPU: " + (f"{len(gpu)} numbers measured." if len(gpu) else f"{MISSING} (no GPU results in this run)."))
+        items.append("GPU: " + (f"{len(gpu)} numbers measured." if len(gpu) else f"{MISSING} (no GPU results in these runs)."))
+        tables += asv_page.glance_tables(ratios)
+        fresh = asv_page.fresh_comparison(ratios)
+        if fresh:
+            tables.append("<h3>This run against the stored results</h3>")
+            tables += fresh
+        elif data.fresh_asv_dir is not None:
+            tables.append(f'<p class="note">This run: {MISSING} — no headline benchmark in '
+                          f"<code>{esc(display_path(data.fresh_asv_dir, REPO))}</code>.</p>")
     else:
         items.append(f"Benchmarks: {MISSING}.")
     precision = data.experiments.get(PRECISION_EXPERIMENT)
@@ -660,17 +500,19 @@ def headline(data: ReportData, ratios: Optional[pd.DataFrame]) -> str:
         items.append(f"Precision (P1, up to {format_number(df['voxels'].max())} voxels): inf/NaN statistics: {text}. "
                      f"Worst relative error of the others ({', '.join(dict.fromkeys(sound['impl']))}): "
                      f"{format_number(sound['rel_error'].max())}.")
-    return "<ul>" + "".join(f"<li>{esc(item)}</li>" for item in items) + "</ul>"
+    return "<ul>" + "".join(f"<li>{esc(item)}</li>" for item in items) + "</ul>\n" + "\n".join(tables)
 
 
-def write_report(data: ReportData, out_dir: Path, comparison_html: Optional[str] = None) -> Path:
-    """Write ``<out_dir>/index.html`` and its figures (``<out_dir>/figures/``); return the page's path."""
+def write_report(data: ReportData, out_dir: Path, comparison_html: Optional[str] = None,
+                 inline_figures: bool = True) -> Path:
+    """Write ``<out_dir>/index.html``; return its path. ``inline_figures``: one self-contained file
+    (figures as data URIs); otherwise the figures stay beside it in ``<out_dir>/figures/``."""
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     if fig_dir.exists():
         shutil.rmtree(fig_dir)  # figures are redrawn every time; stale ones must not linger
     fig_dir.mkdir(parents=True)
-    ratios = with_baseline_ratio(data.asv) if data.asv is not None else None
+    ratios = asv_page.with_baseline_ratio(data.asv) if data.asv is not None else None
     bodies = {
         "run": section_run(data),
         "implementations": section_implementations(data, ratios, fig_dir, out_dir),
@@ -682,12 +524,16 @@ def write_report(data: ReportData, out_dir: Path, comparison_html: Optional[str]
     sections = [(sid, title, bodies[sid]) for sid, title in SECTIONS]
     if comparison_html is not None:
         sections.append((*COMPARISON_SECTION, comparison_html))
+    document = page("dicebench: soft Dice loss — results", headline(data, ratios), sections)
+    if inline_figures:
+        document = inline_images(document, out_dir)
+        shutil.rmtree(fig_dir)
     index = out_dir / "index.html"
-    index.write_text(page("dicebench: soft Dice loss — results", headline(data, ratios), sections), encoding="utf-8")
+    index.write_text(document, encoding="utf-8")
     return index
 
 
-DESCRIPTION = "Write the HTML report (index.html + figures) from stored results."
+DESCRIPTION = "Write the HTML report (one self-contained index.html) from stored results."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -698,17 +544,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", type=Path, default=DEFAULT_TARGETS, help="benchmarks/targets.py JSON")
     parser.add_argument("--compare", type=Path, help="another run folder to compare these results with")
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the comparison")
+    parser.add_argument("--fresh-asv-results", type=Path, help="a new run's asv folder, compared with --asv-results")
+    parser.add_argument("--figure-files", action="store_true", help="write the figures beside the page, not inline")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
 
 
 def main(args: argparse.Namespace) -> int:
     # Absent measurements show as n/a on the page; a path that does not exist is a typo, not a result.
     for option, path in [("--results", args.results), ("--asv-results", args.asv_results), ("--targets", args.targets),
-                         ("--compare", args.compare), *(("--bench-json", p) for p in args.bench_json)]:
+                         ("--compare", args.compare), ("--fresh-asv-results", args.fresh_asv_results),
+                         *(("--bench-json", p) for p in args.bench_json)]:
         if path is not None and not path.exists():
             raise UsageError(f"{option} {path} does not exist")
     bench_json = args.bench_json or [p for p in (DEFAULT_BENCH_JSON,) if p.is_file()]
-    data = collect(args.results, args.asv_results, bench_json, args.targets)
+    data = collect(args.results, args.asv_results, bench_json, args.targets, args.fresh_asv_results)
     comparison_html = None
     if args.compare is not None:
         from .compare import RunPaths, compare_runs, comparison_to_html
@@ -716,6 +565,6 @@ def main(args: argparse.Namespace) -> int:
         this_run = RunPaths(args.results if args.results.is_dir() else None,
                             args.asv_results if args.asv_results.is_dir() else None)
         comparison_html = comparison_to_html(compare_runs(args.compare, this_run, rtol=args.rtol))
-    index = write_report(data, args.out, comparison_html)
+    index = write_report(data, args.out, comparison_html, inline_figures=not args.figure_files)
     print(f"report written to {index}")
     return 0

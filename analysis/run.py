@@ -6,20 +6,23 @@ Writes one self-describing run folder (default ``reports/``)::
     reports/experiments/<name>/     results.parquet, claims.json, manifest.json
     reports/index.html, figures/    the report
 
-The full run (the whole CPU asv grid, every experiment at small scale) fits in 20 minutes on a
-2-core machine; ``--quick`` (one asv pass over a small subset, every experiment at small scale) in 3.
+The page shows the curated results (``results/asv``) as its headline and this run's asv numbers
+as a comparison against them. The full run is the whole CPU asv grid and every experiment at small
+scale; ``--quick`` times only the headline cell of every implementation (README gives the times).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import List
 
+from .errors import UsageError
 from .experiments import SCALE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +34,9 @@ def banner(text: str) -> None:
 
 
 def asv_config(results_dir: Path) -> Path:
-    """A copy of the project's asv.conf.json that stores results in ``results_dir``."""
+    """A copy of the project's asv.conf.json that stores results in ``results_dir`` (and the HTML
+    beside it, in ``asv-html``), written next to ``results_dir``: a run never writes into the
+    repository's committed results."""
     from asv.util import load_json
 
     config = load_json(str(ASV_CONFIG), js_comments=True)
@@ -45,24 +50,35 @@ def asv_config(results_dir: Path) -> Path:
     return path
 
 
-def run_asv(results_dir: Path, quick: bool) -> int:
-    """The CPU grid in this environment (``--python=same``), results stored under this commit."""
-    from benchmarks.common import ASV_CPU_GRID, GRID_SHAPES
+def asv_selection(quick: bool) -> str:
+    """What ``dicebench run`` benchmarks: the CPU grid, or (``--quick``) the headline cell of every
+    implementation, float32 at the 2-D headline shape, with the benchmark's full repeat and rounds,
+    so that even the quick look has a spread and a headline ratio to compare with the curated one."""
+    from benchmarks.common import ASV_CPU_GRID, HEADLINE_SHAPES
 
-    # asv matches --bench against "name(param, ...)": --quick keeps one float32 2-D case per implementation.
-    quick_selection = rf"^bench_loss\.Grid\.time_forward_backward\(.*'float32', '{GRID_SHAPES[0]}'\)$"
+    if quick:
+        # asv matches --bench against "name(param, ...)".
+        return rf"^bench_loss\.Headline\.time_forward_backward\(.*'float32', '{HEADLINE_SHAPES[0]}'\)$"
+    return ASV_CPU_GRID
+
+
+def asv_command(config: Path, machine: str, commit: str, selection: str) -> List[str]:
+    """``asv run`` in this environment (``--python=same``: the installed working tree, no
+    environment to build), results filed under ``commit`` and ``machine``."""
+    # forkserver: no CPU benchmark module touches CUDA at import, so one torch import serves all.
+    return [sys.executable, "-m", "asv", "--config", str(config), "run", "--python=same", "--machine", machine,
+            "--set-commit-hash", commit, "--show-stderr", "--launch-method=forkserver", "--bench", selection]
+
+
+def run_asv(results_dir: Path, quick: bool) -> int:
+    """The CPU grid (or the quick headline subset) in this environment; asv's exit status."""
+    from benchmarks.asv_machine import define
 
     results_dir.mkdir(parents=True, exist_ok=True)
     config = asv_config(results_dir)
-    asv = [sys.executable, "-m", "asv", "--config", str(config)]
-    if not (Path.home() / ".asv-machine.json").exists():
-        subprocess.run(asv + ["machine", "--yes"], cwd=REPO, check=True)
+    machine = define()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    # forkserver: no CPU benchmark module touches CUDA at import, so one torch import serves all.
-    command_line = asv + ["run", "--python=same", "--set-commit-hash", commit, "--show-stderr",
-                          "--launch-method=forkserver", "--bench", quick_selection if quick else ASV_CPU_GRID]
-    if quick:
-        command_line.append("--quick")  # one sample per combination: indicative numbers only
+    command_line = asv_command(config, machine, commit, asv_selection(quick))
     print("$ " + " ".join(command_line[2:]), flush=True)
     # asv prints its own progress ([ 12%] ··· name  time); it exits non-zero when a benchmark fails.
     return subprocess.run(command_line, cwd=REPO).returncode
@@ -70,13 +86,11 @@ def run_asv(results_dir: Path, quick: bool) -> int:
 
 def run_experiments(out_dir: Path, names: List[str], scale: str, seed: int) -> int:
     """``dicebench experiment NAME`` for each name (it prints every claim); 1 when a claim failed."""
-    from tqdm.auto import tqdm
-
     from . import experiment_commands
 
     status = 0
-    for name in tqdm(names, desc="experiments", unit="experiment"):
-        banner(f"experiment {name} ({scale})")
+    for i, name in enumerate(names, 1):
+        banner(f"experiment {i}/{len(names)}: {name} ({scale})")
         # Figures are drawn by the report, from the stored results.
         status |= experiment_commands.run_and_print([name], out_dir, scale=scale, seed=seed, figures=False)
     return status
@@ -86,7 +100,7 @@ DESCRIPTION = "Run the CPU asv grid and every experiment, then write the report 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a look in under 3 minutes: one quick asv pass over a small subset")
+    parser.add_argument("--quick", action="store_true", help="a look in under 3 minutes: the headline cell of every implementation")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="run folder and report (default: reports/)")
     parser.add_argument("--scale", choices=SCALE_NAMES, default="small", help="experiments' scale (default: small)")
     parser.add_argument("--seed", type=int, default=0)
@@ -96,10 +110,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from .experiments import EXPERIMENTS
-    from .report import DEFAULT_BENCH_JSON, collect, write_report
+    from .report import DEFAULT_ASV_RESULTS, DEFAULT_BENCH_JSON, collect, write_report
 
     start, status = time.perf_counter(), 0
     out: Path = args.out
+    if not args.skip_asv and (shutil.which("git") is None or subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0):
+        raise UsageError(f"the asv stage stores its results under the checkout's git commit, and {REPO} is not a "
+                         "git checkout (or git is missing); --skip-asv skips that stage")
     if not args.skip_asv:
         banner("1/3 benchmarks: asv CPU grid" + (" (quick subset)" if args.quick else ""))
         if run_asv(out / "asv", args.quick) != 0:
@@ -112,6 +130,7 @@ def main(args: argparse.Namespace) -> int:
             print("some claims failed (listed above); the report shows them as failed", flush=True)
     banner("3/3 report")
     bench_json = [p for p in (out / "bench.json", DEFAULT_BENCH_JSON) if p.is_file()][:1]
-    index = write_report(collect(out / "experiments", out / "asv", bench_json), out)
+    # The headline comes from the curated results; this run's asv numbers are compared with them.
+    index = write_report(collect(out / "experiments", DEFAULT_ASV_RESULTS, bench_json, fresh_asv_dir=out / "asv"), out)
     print(f"report: {index.resolve()}\nwall time {time.perf_counter() - start:.0f} s", flush=True)
     return status

@@ -13,7 +13,7 @@ in-process and in each worker alike (a task's numbers must not depend on where i
   and ``dice_impls`` sources, the experiment module and the torch/numpy/pandas versions
   (:func:`code_identity`) is compared with this process's, and a mismatch is refused.
 
-Progress counts tasks: a tqdm bar on a terminal, plain lines (about every 5 %) otherwise.
+Progress counts tasks (``analysis.progress.track``: a tqdm bar on a terminal, plain lines otherwise).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import hashlib
 import json
 import multiprocessing
 import sys
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from importlib import import_module
@@ -32,6 +31,8 @@ from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 import torch
+
+from .progress import track
 
 
 class TaskError(RuntimeError):
@@ -75,7 +76,7 @@ def run_tasks(module: ModuleType, config, tasks: Sequence[dict], *, workers: int
         raise ValueError("give either workers (local processes) or scheduler (a Dask cluster), not both")
     if scheduler is not None and "://" not in scheduler:
         raise ValueError(f"scheduler must be an address such as tcp://HOST:PORT, got {scheduler!r}")
-    bar = Progress(module.__name__.rsplit(".", 1)[-1], len(tasks), enabled=progress)
+    bar = track(total=len(tasks), desc=module.__name__.rsplit(".", 1)[-1], unit="task", disable=not progress)
     try:
         if scheduler is not None:
             frames = _on_dask(module, config, tasks, scheduler, bar)
@@ -176,35 +177,3 @@ def _on_dask(module, config, tasks, scheduler, bar) -> List[pd.DataFrame]:
             return client.gather(futures)
         finally:
             client.cancel(futures)
-
-
-class Progress:
-    """Tasks done out of ``total``: a tqdm bar when stderr is a terminal, else a plain line about
-    every 5 % (and at the end), so logs stay readable."""
-
-    def __init__(self, name: str, total: int, enabled: bool = True):
-        self.name, self.total, self.done, self.enabled = name, total, 0, enabled and total > 0
-        self.start = time.perf_counter()
-        self.bar = None
-        self.printed = 0
-        if self.enabled and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=name, unit="task")
-
-    def update(self, count: int = 1) -> None:
-        self.done += count
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(count)
-            return
-        step = self.done * 20 // self.total
-        if step != self.printed:
-            self.printed = step
-            print(f"{self.name}: {self.done}/{self.total} tasks ({time.perf_counter() - self.start:.1f} s)",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

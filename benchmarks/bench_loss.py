@@ -31,10 +31,6 @@ class Headline(_PeakBytes, LossCase):
     def time_forward_backward(self, *params):
         self.forward_backward()
 
-    # The headline times come from two rounds: asv runs every combination once, then all again,
-    # so a burst of load on the shared machine hits one round, not one implementation.
-    time_forward_backward.rounds = 2
-
     def peakmem_forward_backward(self, *params):
         self.forward_backward()
 

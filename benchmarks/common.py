@@ -169,6 +169,12 @@ def check_supported(name: str, shape: str, dtype: str, device: str = "cpu") -> N
     require(name != "naive" or voxels(shape) <= 2**22, "naive is only timed on small shapes (Python loops)")
     # Each compilation costs 30-70 s on the 2-core machine; one dtype keeps the grid affordable.
     require(name != "vectorized_compiled" or dtype == "float32", "torch.compile is benchmarked in float32 only")
+    if name == "fused" and device == "cpu":
+        # Without its C++ kernel fused falls back to a chunked torch path, many times slower: a number
+        # under fused's name would then measure something else (an installed copy that lacks the kernel).
+        from dice_impls.fused.cpu import extension_available
+
+        require(extension_available(), "fused's C++ CPU kernel is not available in this environment")
 
 
 def _libc():
@@ -213,8 +219,11 @@ class LossCase:
 
     param_names = ("implementation", "dtype", "shape")
     device = "cpu"
-    rounds = 1  # every combination is a separate process already; one round keeps the grid short
-    repeat = (5, 10, 2.0)  # at least 5 samples, at most 10 or about 2 s
+    # Two rounds: asv runs every combination once, then all of them again, so a burst of load on a
+    # shared machine hits one round of every implementation rather than all samples of one; the
+    # quartiles of both rounds' samples give each number its spread (benchmarks.results).
+    rounds = 2
+    repeat = (5, 10, 2.0)  # per round: at least 5 samples, at most 10 or about 2 s
     warmup_time = 0.1
 
     def setup(self, implementation: str, dtype: str = "float32", shape: str = SHAPES_2D[0], *_):

@@ -2,7 +2,13 @@
 
 ``load_asv_results("results/asv")`` reads every ``<machine>/<commit>-<env>.json`` under the asv
 results folder (and the folder's ``benchmarks.json`` for units) into one row per benchmark and
-parameter combination.
+parameter combination, with asv's own statistics of the samples behind each number (quartiles,
+99 % interval, sample count) and a stability verdict.
+
+Stability: a timing whose interquartile range exceeds ``UNSTABLE_SPREAD`` of its median, or that
+rests on fewer than ``MIN_SAMPLES`` samples, is *unstable*: the report and ``dicebench compare``
+flag it and never use it as a headline. The threshold is the reproducibility target of the
+headline ratio (two runs within 15 % of each other), fixed before looking at any run.
 """
 
 from __future__ import annotations
@@ -12,12 +18,18 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Iterator, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported on use: asv imports this module when it discovers benchmarks
+    import pandas as pd
 
 # asv writes n/a (NotImplementedError in setup) as NaN and a failure as null.
 STATUS_OK, STATUS_NA, STATUS_FAILED = "ok", "n/a", "failed"
+UNSTABLE_SPREAD = 0.15  # interquartile range / median above which a timing is unstable
+MIN_SAMPLES = 4  # fewer samples (e.g. an `asv run --quick` pass) say nothing about the spread
+# asv's per-combination statistics (result_columns) -> our column names.
+STATS = {"stats_q_25": "q25", "stats_q_75": "q75", "stats_ci_99_a": "ci_low", "stats_ci_99_b": "ci_high",
+         "stats_repeat": "samples"}
 
 
 def load_asv_results(results_dir: Union[str, Path] = "results/asv") -> pd.DataFrame:
@@ -26,8 +38,14 @@ def load_asv_results(results_dir: Union[str, Path] = "results/asv") -> pd.DataFr
     Columns: ``benchmark`` (e.g. ``bench_loss.Headline.time_forward_backward``), one column per
     parameter name (``implementation``, ``dtype``, ``shape``, ...), ``value`` (seconds, bytes,
     ...; NaN unless ``status`` is ``"ok"``), ``unit``, ``status`` (ok, n/a, failed), ``machine``,
-    ``commit``, ``date`` (ms since the epoch, asv's convention) and ``env``.
+    ``commit``, ``date`` (the commit's date, ms since the epoch, asv's convention), ``started_at``
+    (when the benchmark ran, ms), ``env``, ``file`` (the result file's name), asv's statistics
+    ``q25``, ``q75``, ``ci_low``, ``ci_high``, ``samples`` (NaN where asv keeps none, e.g. for
+    ``track_`` benchmarks), ``spread`` (``(q75 - q25) / value``) and ``unstable`` (see the module
+    docstring; always False for measurements that are not timings).
     """
+    import pandas as pd
+
     results_dir = Path(results_dir)
     benchmarks_file = results_dir / "benchmarks.json"
     if not benchmarks_file.is_file():
@@ -44,17 +62,34 @@ def _rows(path: Path, definitions: dict) -> Iterator[dict]:
         stored = json.load(f)
     columns = stored["result_columns"]
     common = dict(machine=stored["params"].get("machine", path.parent.name), commit=stored["commit_hash"],
-                  date=stored.get("date"), env=stored.get("env_name"))
+                  date=stored.get("date"), env=stored.get("env_name"), file=path.name)
     for name, entry in stored["results"].items():
         entry = dict(zip(columns, entry))
         definition = definitions.get(name, {})
         param_names = definition.get("param_names", [])
-        combos = itertools.product(*entry.get("params") or [[]])
-        for value, combo in zip(entry["result"], combos):
+        combos = list(itertools.product(*entry.get("params") or [[]]))
+        stats = {ours: entry.get(theirs) or [None] * len(combos) for theirs, ours in STATS.items()}
+        for i, (value, combo) in enumerate(zip(entry["result"], combos)):
             status = STATUS_FAILED if value is None else STATUS_NA if math.isnan(value) else STATUS_OK
             params = {key: ast.literal_eval(text) for key, text in zip(param_names, combo)}
-            yield dict(benchmark=name, **params, value=math.nan if value is None else float(value),
-                       unit=definition.get("unit"), status=status, **common)
+            value = math.nan if value is None else float(value)
+            numbers = {ours: _number(column[i]) for ours, column in stats.items()}
+            spread = (numbers["q75"] - numbers["q25"]) / value if status == STATUS_OK and value else math.nan
+            unit = definition.get("unit")
+            yield dict(benchmark=name, **params, value=value, unit=unit, status=status, **common,
+                       started_at=entry.get("started_at"), **numbers, spread=spread,
+                       unstable=is_unstable(unit, status, spread, numbers["samples"]))
+
+
+def _number(value: Optional[float]) -> float:
+    return math.nan if value is None else float(value)
+
+
+def is_unstable(unit: Optional[str], status: str, spread: float, samples: float) -> bool:
+    """A measured timing whose spread is unknown or too wide to be read on its own."""
+    if unit != "seconds" or status != STATUS_OK:
+        return False
+    return not (samples >= MIN_SAMPLES and spread <= UNSTABLE_SPREAD)  # NaN compares False: unstable
 
 
 def ratios_to(df: pd.DataFrame, baseline: str = "monai", benchmark_contains: str = "Headline") -> pd.DataFrame:
@@ -72,3 +107,21 @@ def ratios_to(df: pd.DataFrame, baseline: str = "monai", benchmark_contains: str
     if baseline not in table:
         raise ValueError(f"no {baseline!r} results among {sorted(table.columns)}")
     return table.div(table[baseline], axis=0)
+
+
+def one_file_per_commit(df: pd.DataFrame) -> pd.DataFrame:
+    """Per machine and commit, only the rows of the result file that ran last (an environment
+    rerun at the same commit, e.g. ``make asv`` after ``dicebench run``, replaces the earlier one)."""
+    if df.empty:
+        return df
+    ran = df["started_at"].astype(float).fillna(0.0).groupby([df["machine"], df["file"]]).transform("max")
+    last = ran.groupby([df["machine"], df["commit"]]).transform("max")
+    return df[ran == last]
+
+
+def latest(df: pd.DataFrame) -> pd.DataFrame:
+    """Per machine, the rows of its newest commit (asv's commit date), one result file each."""
+    df = one_file_per_commit(df)
+    if df.empty:
+        return df
+    return df[df["date"] == df.groupby("machine")["date"].transform("max")]

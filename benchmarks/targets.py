@@ -1,70 +1,88 @@
-"""Issue 3's targets for ``fused`` on this machine's CPU, measured side by side.
+"""The CPU targets of ``fused``, measured side by side (docs/performance.md gives the numbers).
 
-- Speed: forward+backward in float32 with 2 threads against MONAI ``DiceLoss(softmax=True,
-  to_onehot_y=True)`` (our ``"monai"`` preset), medians of interleaved repetitions, at
-  (16, 4, 512, 512), (2, 32, 256, 256) and (2, 4, 128, 128, 128); target >= 3x. The CPU
-  alternatives of ``fused`` (C++ kernel, chunked torch, ``torch.compile`` of the same torch
-  formulation) are timed in the same rounds.
-- The floor: logits and labels read twice, the gradient written once, over the measured read
-  bandwidth; exps (one per logit per pass) over the measured ``torch.exp`` rate.
-- Peak memory above the inputs for one forward+backward, in a fresh subprocess per loss:
-  the growth of the peak resident set (VmHWM, reset through /proc/self/clear_refs) after the
-  inputs exist and every library is loaded; target <= 1.25x the logits' size.
-- Accuracy at 2^27 voxels (one image of 2 x 8192 x 16384): the loss in float32, bfloat16, float16 and
-  the float32 gradient's norm against float64 sums computed slice by slice; targets 1e-5
-  (float32) and 1e-3 (half dtypes).
+- Speed: forward+backward in float32 with 2 threads, medians of interleaved rounds (every
+  candidate runs once per round), against MONAI ``DiceLoss(softmax=True, to_onehot_y=True)``
+  (our ``"monai"`` preset) and ``DiceCELoss(softmax=True, to_onehot_y=True)``; targets: fused
+  Dice >= 3x at 4x4x128x128 and >= 8x at 16x4x512x512 and 2x4x128x128x128, within 1.5x of the
+  bandwidth floor at the two large sizes; fused Dice+CE >= 5x MONAI's at the large sizes and
+  <= 1.3x the time of fused Dice alone.
+- The floor: logits and labels read twice, the gradient written once, at the measured read
+  bandwidth (2 threads, 256 MiB).
+- Cold and steady state (fresh subprocess per loss and shape): the first forward+backward after
+  the inputs exist, then the median of the next ones, with the gradient pool on and off.
+- Peak memory above the inputs for one forward+backward after a warm-up (pool off: the gradient
+  counts; pool on: the pooled gradient is resident before the call); target <= 1.1x the logits.
+- Per-call overhead at 4x4x128x128: the two C++ kernels alone against the whole call (folded,
+  unvalidated, and unfolded: statistics + ``loss_from_statistics``), one thread, CPU time.
+- Instruction sets: fused forward+backward with the baseline, AVX2 and AVX-512 kernels
+  (``DICE_FUSED_ISA``), alternating subprocess rounds, one thread, CPU time.
+- torch.compile(fullgraph=True) of a small conv net + fused loss against eager: no graph break,
+  the same loss and gradients (1e-6), time per training step.
+- Accuracy at 2^27 voxels: the loss in float32, bfloat16, float16 and the float32 gradient's
+  norm against float64 sums computed slice by slice; targets 1e-5 (float32), 1e-3 (half).
 
-Usage: ``python -m benchmarks.targets [--quick] [--out results/targets_cpu.json]``; ``--quick``
-shrinks every size for a smoke run (its numbers are not the targets').
+Usage: ``python -m benchmarks.targets [--quick] [--skip accuracy isa ...]``; ``--quick`` shrinks
+every size for a smoke run (its numbers are not the targets').
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 from tqdm import tqdm
 
 from benchmarks.common import LOSSES, SPEC, make_inputs, parse_shape, peak_rss_increase, pin_threads
-from dice_impls import DiceStatistics, loss_from_statistics
-from dice_impls.fused import Backend, cpu, fused_statistics
+from dice_impls import DiceCELoss, DiceStatistics, loss_from_statistics
+from dice_impls.fused import fused_statistics, ops
 from dice_impls.reference import reference_statistics
 
 THREADS = 2
-SHAPES = ["16x4x512x512", "2x32x256x256", "2x4x128x128x128"]
-QUICK_SHAPES = ["2x4x128x128", "1x32x64x64", "1x4x32x32x32"]
+SHAPES = ["4x4x128x128", "16x4x512x512", "2x4x128x128x128"]
+QUICK_SHAPES = ["2x4x64x64", "1x4x256x256"]
+LARGE = {"16x4x512x512", "2x4x128x128x128", "1x4x256x256"}
+SPEED_TARGETS = {"4x4x128x128": 3.0, "16x4x512x512": 8.0, "2x4x128x128x128": 8.0}
+FLOOR_TARGET, CE_SPEED_TARGET, CE_OVER_DICE_TARGET, MEMORY_TARGET = 1.5, 5.0, 1.3, 1.1
 ACCURACY_SHAPE = (1, 2, 8192, 16384)  # 2^27 voxels
 QUICK_ACCURACY_SHAPE = (1, 2, 512, 1024)
-TIME_TARGET, MEMORY_TARGET = 3.0, 1.25
 ACCURACY_TARGETS = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-3}
+ISAS = ("baseline", "avx2", "avx512")
+PARTS = ("speed", "states", "memory", "overhead", "isa", "compile", "accuracy")
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def _compiled_backend() -> Backend:
-    """``torch.compile`` (inductor CPU code) of the plain torch formulation, over all voxels."""
-    statistics_fn = torch.compile(cpu.slice_statistics, dynamic=False)
-    gradient_fn = torch.compile(cpu.slice_gradient, dynamic=False)
-    return Backend(lambda x, y, params, deterministic: statistics_fn(x, y, params),
-                   lambda x, y, a, b, params: gradient_fn(x, y, a, b, params).to(x.dtype))
+def _monai_dice_ce():
+    from monai.losses import DiceCELoss as MonaiDiceCE
+
+    module = MonaiDiceCE(softmax=True, to_onehot_y=True)
+    return lambda logits, labels: module(logits, labels.unsqueeze(1))
 
 
-def fused_loss(backend) -> Callable:
-    return lambda logits, labels: loss_from_statistics(fused_statistics(logits, labels, SPEC, backend=backend), SPEC)
+def _fused_chunked(logits, labels):
+    return loss_from_statistics(fused_statistics(logits, labels, SPEC, backend="chunked"), SPEC)
+
+
+def _fused_cpp_unfolded(logits, labels):
+    """The C++ statistics operator + loss_from_statistics (what ``fused`` did before the fold)."""
+    return loss_from_statistics(fused_statistics(logits, labels, SPEC, backend="cpp"), SPEC)
 
 
 def candidates() -> Dict[str, Callable]:
     return {
         "monai": LOSSES["monai"],
-        "fused": LOSSES["fused"],  # the registered implementation: the C++ kernel on CPU
-        "fused_chunked": fused_loss("chunked"),
-        "fused_compiled": fused_loss(_compiled_backend()),
+        "fused": LOSSES["fused"],  # the registered implementation: the folded C++ operator on CPU
+        "fused_chunked": _fused_chunked,
+        "monai_dice_ce": _monai_dice_ce(),
+        "fused_dice_ce": DiceCELoss(impl="fused", spec=SPEC),
     }
 
 
@@ -75,73 +93,146 @@ def forward_backward(loss_fn: Callable, logits, labels) -> Callable[[], None]:
     return run
 
 
-def interleaved_medians(runs: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, float]:
-    """Median seconds of each run, the runs taking turns so machine load hits them alike."""
+def interleaved(runs: Dict[str, Callable[[], None]], repeats: int, clock=time.perf_counter,
+                cpu_times: Optional[Dict[str, list]] = None) -> Dict[str, list]:
+    """Seconds of each run per round, the runs taking turns so machine load hits them alike
+    (``clock=time.thread_time``: CPU seconds of this thread, for single-thread runs on a busy
+    machine). ``cpu_times``, when given, also collects the process's CPU seconds per run (all its
+    threads, OpenMP's spin-waits included)."""
     times = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start, cpu = clock(), time.process_time()
             run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name].append(clock() - start)
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append(time.process_time() - cpu)
+    return times
 
 
-def machine_rates(repeats: int, threads: int) -> Dict[str, float]:
-    """Read and copy bandwidth (bytes/s) on 256 MiB with ``threads``; torch.exp (elements/s) on
-    a cache-resident 1 MiB tensor with one thread, times ``threads`` (on a loaded machine a
-    2-thread call on 1 MiB measures OpenMP wake-ups, not exp)."""
+def spread(values: list) -> dict:
+    ordered = sorted(values)
+    return {"median_s": statistics.median(values), "min_s": ordered[0], "max_s": ordered[-1],
+            "q1_s": ordered[len(ordered) // 4], "q3_s": ordered[(3 * len(ordered)) // 4]}
+
+
+def machine_rates(repeats: int) -> Dict[str, float]:
+    """Read and copy bandwidth (bytes/s) on 256 MiB with the pinned threads."""
     big = torch.randn(1 << 26)
     out = torch.empty_like(big)
     out.copy_(big)  # first touch outside the timing
-    small = torch.randn(1 << 18)
-    small_out = torch.empty_like(small)
-    loops = 16
-
-    def exp_one_thread():
-        torch.set_num_threads(1)
-        for _ in range(loops):
-            torch.exp(small, out=small_out)
-        torch.set_num_threads(threads)
-
-    medians = interleaved_medians({
-        "read": lambda: big.sum(),
-        "copy": lambda: out.copy_(big),
-        "exp": exp_one_thread,
-    }, repeats)
+    times = interleaved({"read": lambda: big.sum(), "copy": lambda: out.copy_(big)}, repeats)
     nbytes = big.numel() * 4
-    return {
-        "read_bytes_per_s": nbytes / medians["read"],
-        "copy_bytes_per_s": 2 * nbytes / medians["copy"],
-        "exp_per_s": threads * small.numel() * loops / medians["exp"],
-    }
+    return {"read_bytes_per_s": nbytes / statistics.median(times["read"]),
+            "copy_bytes_per_s": 2 * nbytes / statistics.median(times["copy"])}
 
 
-def floor_seconds(shape: str, rates: Dict[str, float]) -> Dict[str, float]:
+def floor_seconds(shape: str, rates: Dict[str, float]) -> float:
     n, c, *spatial = parse_shape(shape)
     pixels = n * int(torch.tensor(spatial).prod())
     logits_bytes, label_bytes = pixels * c * 4, pixels * 8  # float32 logits, int64 labels
-    moved = 2 * (logits_bytes + label_bytes) + logits_bytes  # read twice, gradient written once
-    memory = moved / rates["read_bytes_per_s"]
-    exps = 2 * pixels * c / rates["exp_per_s"]  # softmax recomputed in the gradient pass
-    return {"memory_s": memory, "exp_s": exps, "floor_s": max(memory, exps)}
+    return (2 * (logits_bytes + label_bytes) + logits_bytes) / rates["read_bytes_per_s"]
 
 
-def peak_memory_bytes(name: str, shape: str, threads: int) -> int:
-    """Peak RSS growth of one forward+backward of ``name`` in a fresh process."""
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.targets", "--memory-probe", name, shape, "--threads", str(threads)],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
-    )
-    return int(result.stdout.strip().splitlines()[-1])
+def _subprocess(*args, env=None) -> dict:
+    result = subprocess.run([sys.executable, "-m", "benchmarks.targets", *args], capture_output=True, text=True,
+                            check=True, cwd=ROOT, env=dict(os.environ, **(env or {})))
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def memory_probe(name: str, shape: str) -> None:
+def probe(name: str, shape: str, rounds: int) -> dict:
+    """In this (fresh) process: the first call, the steady median, and the peak of one more call."""
     loss_fn = candidates()[name]
     logits, labels = make_inputs(shape, "float32")
-    x = logits.requires_grad_()
-    loss_fn(x, labels).backward()  # warm-up: loads libraries, builds and compiles for this shape
-    x.grad = None
-    print(peak_rss_increase(lambda: loss_fn(x, labels).backward()))
+    run = forward_backward(loss_fn, logits, labels)
+    start = time.perf_counter()
+    run()  # cold: fresh gradient memory, first use of every library
+    cold = time.perf_counter() - start
+    steady = interleaved({"run": run}, rounds)["run"]
+    peak = peak_rss_increase(run)
+    return {"cold_s": cold, "steady": spread(steady), "peak_above_inputs": peak,
+            "x_logits": peak / (logits.numel() * 4)}
+
+
+def isa_probe(shape: str, rounds: int) -> dict:
+    """fused forward+backward with one thread, in CPU seconds of that thread (the kernels' own
+    cost, insensitive to other processes on the machine)."""
+    pin_threads(1)
+    logits, labels = make_inputs(shape, "float32")
+    run = forward_backward(LOSSES["fused"], logits, labels)
+    run()
+    return {"isa": ops.isa(), **spread(interleaved({"run": run}, rounds, time.thread_time)["run"])}
+
+
+def overhead(shape: str, repeats: int) -> dict:
+    """The whole call against its two kernels alone (the difference is the per-call overhead),
+    one thread, CPU seconds of that thread."""
+    logits, labels = make_inputs(shape, "float32")
+    n, c = logits.shape[:2]
+    x, y = logits.reshape(n, c, -1), labels.reshape(n, -1)
+    a = torch.randn(n, c, dtype=torch.float64)
+    kernels = {
+        "statistics_kernel": lambda: torch.ops.dice_fused.statistics(x, y, 0, False, None, True, True),
+        "gradient_kernel": lambda: torch.ops.dice_fused.gradient(x, y, a, a, 0, False, None),
+        "fused_call": forward_backward(LOSSES["fused"], logits, labels),
+        "fused_call_unvalidated": forward_backward(
+            lambda t, labels: ops.cpp().loss(t, labels, 0, False, None, False, False, [0, 1, 0, 0, 0, 0, 1],
+                                             [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None, None)[0],
+            logits, labels),
+        "monai": forward_backward(LOSSES["monai"], logits, labels),
+        "fused_unfolded": forward_backward(_fused_cpp_unfolded, logits, labels),
+    }
+    pin_threads(1)
+    for run in kernels.values():
+        run()
+    try:
+        return {name: spread(values) for name, values in interleaved(kernels, repeats, time.thread_time).items()}
+    finally:
+        pin_threads(THREADS)
+
+
+class SmallNet(torch.nn.Module):
+    def __init__(self, channels: int = 4):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(x)))
+
+
+def compile_check(repeats: int, size: int) -> dict:
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    net = SmallNet()
+    images, labels = torch.randn(4, 1, size, size), torch.randint(0, 4, (4, size, size))
+
+    def forward(images, labels):
+        return LOSSES["fused"](net(images), labels)
+
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    compiled = torch.compile(forward, fullgraph=True)
+
+    def step(fn):
+        def run():
+            net.zero_grad(set_to_none=True)
+            fn(images, labels).backward()
+        return run
+
+    results = {}
+    for name, fn in (("eager", forward), ("compiled", compiled)):
+        loss = fn(images, labels)
+        grads = torch.autograd.grad(loss, list(net.parameters()))
+        results[name] = (loss.detach(), grads)
+    loss_diff = float((results["eager"][0] - results["compiled"][0]).abs())
+    grad_diff = max(float((a - b).abs().max()) for a, b in zip(results["eager"][1], results["compiled"][1]))
+    times = interleaved({"eager": step(forward), "compiled": step(compiled)}, repeats)
+    return {"shape": f"4x1x{size}x{size} -> conv -> 4 classes", "graph_breaks": sum(counters["graph_break"].values()),
+            "unique_graphs": counters["stats"]["unique_graphs"], "loss_diff": loss_diff, "grad_diff": grad_diff,
+            "eager": spread(times["eager"]), "compiled": spread(times["compiled"])}
 
 
 def accuracy(shape, progress) -> list:
@@ -154,14 +245,13 @@ def accuracy(shape, progress) -> list:
     for dtype, target in ACCURACY_TARGETS.items():
         logits = base.to(dtype)
         x = logits.requires_grad_()
-        loss = loss_from_statistics(fused_statistics(x, labels, SPEC), SPEC)
+        loss = LOSSES["fused"](x, labels)
         loss.backward()
         # The float64 statistics, slice by slice (they are sums over voxels), then the loss.
         parts = [reference_statistics(logits[:, :, part].detach(), labels[:, part], SPEC) for part in slices]
         stats = DiceStatistics(*(torch.stack(s).sum(0).requires_grad_() for s in zip(*parts)))
         expected = loss_from_statistics(stats, SPEC)
         row = {"dtype": str(dtype).replace("torch.", ""), "voxels": base[:, 0].numel(),
-               "loss": loss.item(), "reference": expected.item(),
                "loss_error": abs(loss.item() - expected.item()) / abs(expected.item()), "target": target}
         if dtype == torch.float32:
             # dL/dlogits = sum over statistics of dL/dstat * dstat/dlogits, slice by slice.
@@ -181,52 +271,101 @@ def accuracy(shape, progress) -> list:
     return rows
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list:
+    return list(os.getloadavg())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions (smoke run)")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7, quick 2)")
-    parser.add_argument("--shapes", nargs="+", help=f"speed/memory shapes (default {' '.join(SHAPES)})")
-    parser.add_argument("--no-accuracy", action="store_true", help="skip the 2^27-voxel accuracy check")
-    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (the target: 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 9, quick 2)")
+    parser.add_argument("--shapes", nargs="+", help=f"shapes (default {' '.join(SHAPES)})")
+    parser.add_argument("--skip", nargs="*", default=[], choices=PARTS, help="parts to leave out")
     parser.add_argument("--out", default="results/fused/targets_cpu.json", help="JSON file for the results")
-    parser.add_argument("--memory-probe", nargs=2, metavar=("NAME", "SHAPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe", nargs=3, metavar=("NAME", "SHAPE", "ROUNDS"), help=argparse.SUPPRESS)
+    parser.add_argument("--isa-probe", nargs=2, metavar=("SHAPE", "ROUNDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.memory_probe:
-        pin_threads(args.threads)
-        memory_probe(*args.memory_probe)
+    pin_threads(THREADS)
+    if args.probe:
+        print(json.dumps(probe(args.probe[0], args.probe[1], int(args.probe[2]))))
         return 0
-    pin_threads(args.threads)
-    repeats = args.repeats or (2 if args.quick else 7)
+    if args.isa_probe:
+        print(json.dumps(isa_probe(args.isa_probe[0], int(args.isa_probe[1]))))
+        return 0
+    repeats = args.repeats or (2 if args.quick else 9)
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
+    parts = [part for part in PARTS if part not in args.skip]
     losses = candidates()
-    results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                           "torch": torch.__version__}, "speed": [], "memory": [], "accuracy": []}
-    steps = len(shapes) * (1 + len(losses)) + 1 + (0 if args.no_accuracy else len(ACCURACY_TARGETS))
-    with tqdm(total=steps, desc="targets", file=sys.stderr) as progress:
-        rates = machine_rates(repeats, args.threads)
-        results["machine"].update(rates)
-        progress.update()
-        for shape in shapes:
-            logits, labels = make_inputs(shape, "float32")
-            runs = {name: forward_backward(fn, logits, labels) for name, fn in losses.items()}
-            for run in runs.values():  # warm-up: builds, compiles, first-touch
-                run()
-            medians = interleaved_medians(runs, repeats)
-            floor = floor_seconds(shape, rates)
-            for name, seconds in medians.items():
-                results["speed"].append({
-                    "shape": shape, "impl": name, "seconds": seconds, "vs_monai": medians["monai"] / seconds,
-                    "floor_ratio": seconds / floor["floor_s"], **floor,
-                })
-            progress.update()
-            logits_bytes = logits.numel() * 4
-            for name in losses:
-                peak = peak_memory_bytes(name, shape, args.threads)
-                results["memory"].append({"shape": shape, "impl": name, "peak_above_inputs": peak,
-                                          "x_logits": peak / logits_bytes})
-                progress.update()
-        if not args.no_accuracy:
+    results = {"machine": {"cpu": cpu_model(), "threads": THREADS,
+                           "torch": torch.__version__, "isa": ops.isa(), "load_before": load_average()}}
+    with tqdm(total=len(parts) * len(shapes), desc="targets", file=sys.stderr) as progress:
+        results["machine"].update(machine_rates(repeats))
+        if "speed" in parts:
+            results["speed"] = []
+            for shape in shapes:
+                logits, labels = make_inputs(shape, "float32")
+                runs = {name: forward_backward(fn, logits, labels) for name, fn in losses.items()}
+                for run in runs.values():  # warm-up: first touch, libraries, the gradient pool
+                    run()
+                cpu_times: Dict[str, list] = {}
+                times = interleaved(runs, repeats, cpu_times=cpu_times)
+                medians = {name: statistics.median(values) for name, values in times.items()}
+                floor = floor_seconds(shape, results["machine"])
+                for name, values in times.items():
+                    results["speed"].append({
+                        "shape": shape, "impl": name, "seconds": medians[name], **spread(values),
+                        "cpu_median_s": statistics.median(cpu_times[name]), "floor_s": floor,
+                        "floor_ratio": medians[name] / floor,
+                        "vs_monai": medians["monai"] / medians[name],
+                        "vs_monai_dice_ce": medians["monai_dice_ce"] / medians[name],
+                        "vs_fused": medians[name] / medians["fused"],
+                    })
+                progress.update(len(shapes) and 1)
+        if "states" in parts or "memory" in parts:
+            results["states"] = []
+            for shape in shapes:
+                for name in ("fused", "fused_dice_ce", "monai", "monai_dice_ce"):
+                    for pool in ("1", "0") if name.startswith("fused") else ("1",):
+                        row = _subprocess("--probe", name, shape, str(max(3, repeats // 2)),
+                                          env={"DICE_FUSED_POOL": pool})
+                        results["states"].append({"shape": shape, "impl": name, "pool": pool == "1", **row})
+                progress.update(2)
+            # Peak memory as the report reads it: pool off, so the returned gradient counts.
+            results["memory"] = [{"shape": r["shape"], "impl": r["impl"], "peak_above_inputs": r["peak_above_inputs"],
+                                  "x_logits": r["x_logits"]} for r in results["states"] if not r["pool"] or
+                                 not r["impl"].startswith("fused")]
+        if "overhead" in parts:
+            results["overhead"] = {"shape": shapes[0], **overhead(shapes[0], 20 * repeats)}
+            progress.update(len(shapes))
+        if "isa" in parts:
+            results["isa"] = []
+            for shape in (shapes[0], shapes[1 if len(shapes) > 1 else 0]):
+                rounds = {isa: [] for isa in ISAS}
+                for _ in range(3):
+                    for isa in ISAS:
+                        rounds[isa].append(_subprocess("--isa-probe", shape, str(max(3, repeats // 2)),
+                                                       env={"DICE_FUSED_ISA": isa}))
+                for isa, rows in rounds.items():
+                    results["isa"].append({"shape": shape, "requested": isa, "ran": rows[0]["isa"],
+                                           "median_s": statistics.median(r["median_s"] for r in rows),
+                                           "runs_s": [r["median_s"] for r in rows]})
+            progress.update(len(shapes))
+        if "compile" in parts:
+            results["compile"] = compile_check(max(5, repeats), 32 if args.quick else 64)
+            progress.update(len(shapes))
+        if "accuracy" in parts:
             results["accuracy"] = accuracy(QUICK_ACCURACY_SHAPE if args.quick else ACCURACY_SHAPE, progress)
+    results["machine"]["load_after"] = load_average()
     report(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,23 +374,53 @@ def main(argv=None) -> int:
     return 0
 
 
+def _verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
 def report(results: dict) -> None:
     m = results["machine"]
-    print(f"\nmachine: read {m['read_bytes_per_s'] / 1e9:.1f} GB/s, copy {m['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
-          f"exp {m['exp_per_s'] / 1e9:.2f} G/s ({m['threads']} threads)")
-    print(f"\n{'shape':<18}{'impl':<16}{'ms':>9}{'x MONAI':>9}{'x floor':>9}{'peak/logits':>13}")
-    peaks = {(r["shape"], r["impl"]): r["x_logits"] for r in results["memory"]}
-    for r in results["speed"]:
-        print(f"{r['shape']:<18}{r['impl']:<16}{r['seconds'] * 1e3:>9.1f}{r['vs_monai']:>9.2f}"
-              f"{r['floor_ratio']:>9.1f}{peaks[r['shape'], r['impl']]:>13.2f}")
-    print(f"\n{'dtype':<10}{'voxels':>12}{'loss err':>11}{'grad err':>11}  met (target)")
-    for r in results["accuracy"]:
+    print(f"\nmachine: {m['cpu']}, kernels {m['isa']}, read {m['read_bytes_per_s'] / 1e9:.1f} GB/s, "
+          f"copy {m['copy_bytes_per_s'] / 1e9:.1f} GB/s, load {m['load_before']} -> {m['load_after']}")
+    speed = results.get("speed", [])
+    if speed:
+        print(f"\n{'shape':<18}{'impl':<15}{'ms':>8}{'q1-q3 ms':>15}{'x MONAI':>9}{'x MONAI CE':>11}"
+              f"{'x floor':>9}{'/ fused':>9}")
+        for r in speed:
+            print(f"{r['shape']:<18}{r['impl']:<15}{r['median_s'] * 1e3:>8.2f}"
+                  f"{r['q1_s'] * 1e3:>7.2f}-{r['q3_s'] * 1e3:<7.2f}{r['vs_monai']:>9.2f}{r['vs_monai_dice_ce']:>11.2f}"
+                  f"{r['floor_ratio']:>9.2f}{r['vs_fused']:>9.2f}")
+        rows = {(r["shape"], r["impl"]): r for r in speed}
+        for shape in {r["shape"] for r in speed}:
+            fused, ce = rows[shape, "fused"], rows[shape, "fused_dice_ce"]
+            if shape in SPEED_TARGETS:
+                print(f"{shape}: fused {fused['vs_monai']:.2f}x MONAI (>= {SPEED_TARGETS[shape]}): "
+                      f"{_verdict(fused['vs_monai'] >= SPEED_TARGETS[shape])}")
+            if shape in LARGE:
+                print(f"{shape}: fused {fused['floor_ratio']:.2f}x floor (<= {FLOOR_TARGET}): "
+                      f"{_verdict(fused['floor_ratio'] <= FLOOR_TARGET)}; Dice+CE {ce['vs_monai_dice_ce']:.2f}x MONAI "
+                      f"DiceCE (>= {CE_SPEED_TARGET}): {_verdict(ce['vs_monai_dice_ce'] >= CE_SPEED_TARGET)}; "
+                      f"{ce['vs_fused']:.2f}x fused Dice (<= {CE_OVER_DICE_TARGET}): "
+                      f"{_verdict(ce['vs_fused'] <= CE_OVER_DICE_TARGET)}")
+    for r in results.get("states", []):
+        print(f"{r['shape']:<18}{r['impl']:<15} pool {'on ' if r['pool'] else 'off'}  cold {r['cold_s'] * 1e3:8.1f} ms  "
+              f"steady {r['steady']['median_s'] * 1e3:8.1f} ms ({r['steady']['min_s'] * 1e3:.1f}-"
+              f"{r['steady']['max_s'] * 1e3:.1f})  peak above inputs {r['x_logits']:.2f}x logits")
+    if "overhead" in results:
+        o = results["overhead"]
+        print("\noverhead at", o["shape"], {k: f"{v['median_s'] * 1e6:.0f} us" for k, v in o.items() if k != "shape"})
+    for r in results.get("isa", []):
+        print(f"isa {r['shape']:<18}{r['requested']:<9}(ran {r['ran']:<8}) {r['median_s'] * 1e3:8.2f} ms  "
+              f"runs {[round(v * 1e3, 2) for v in r['runs_s']]}")
+    if "compile" in results:
+        c = results["compile"]
+        print(f"\ncompile: graph breaks {c['graph_breaks']}, graphs {c['unique_graphs']}, loss diff {c['loss_diff']:.1e}, "
+              f"grad diff {c['grad_diff']:.1e}, eager {c['eager']['median_s'] * 1e3:.2f} ms, "
+              f"compiled {c['compiled']['median_s'] * 1e3:.2f} ms")
+    for r in results.get("accuracy", []):
         grad = f"{r['grad_norm_error']:.1e}" if "grad_norm_error" in r else "-"
-        print(f"{r['dtype']:<10}{r['voxels']:>12}{r['loss_error']:>11.1e}{grad:>11}  {r['met']} ({r['target']:g})")
-    fused = [r for r in results["speed"] if r["impl"] == "fused"]
-    print("\nspeed target (>= 3x MONAI):", all(r["vs_monai"] >= TIME_TARGET for r in fused))
-    print("memory target (<= 1.25x logits):",
-          all(r["x_logits"] <= MEMORY_TARGET for r in results["memory"] if r["impl"] == "fused"))
+        print(f"accuracy {r['dtype']:<10}{r['voxels']:>12} loss {r['loss_error']:.1e} grad {grad}  "
+              f"{_verdict(r['met'])} ({r['target']:g})")
 
 
 if __name__ == "__main__":

@@ -27,9 +27,14 @@ def naive_statistics(logits: Tensor, target: Tensor, spec: DiceSpec) -> DiceStat
         if is_label_map(target):
             labels = target[n]
             ignored = ignored_pixels(labels, spec.ignore_index)
-            keep = torch.ones_like(labels, dtype=x.dtype) if ignored is None else (~ignored).to(x.dtype)
+            keep = None if ignored is None else ~ignored
         else:
-            keep = torch.ones_like(x[0])
+            keep = None
+
+        def counted(values: Tensor) -> Tensor:
+            # where, not a product by the mask: see dense_statistics
+            return values if keep is None else torch.where(keep, values, 0)
+
         tps, preds, targets = [], [], []
         for c in range(channels):
             if is_label_map(target):
@@ -38,9 +43,9 @@ def naive_statistics(logits: Tensor, target: Tensor, spec: DiceSpec) -> DiceStat
                 truth = target[n, c].to(x.dtype)
             p = probs[c]
             overlap = torch.minimum(p, truth) if soft_overlap else p * truth
-            tps.append((keep * overlap).sum())
-            preds.append((keep * p**power).sum())
-            targets.append((keep * truth**power).sum())
+            tps.append(counted(overlap).sum())
+            preds.append(counted(p**power).sum())
+            targets.append(counted(truth**power).sum())
         rows["intersection"].append(torch.stack(tps))
         rows["pred_sum"].append(torch.stack(preds))
         rows["target_sum"].append(torch.stack(targets))

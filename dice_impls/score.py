@@ -58,7 +58,7 @@ def loss_from_statistics(stats: DiceStatistics, spec: DiceSpec) -> Tensor:
     elif spec.negate:
         loss = -score
     elif spec.focal_gamma != 1:
-        loss = _focal(1 - score, spec.focal_gamma)
+        loss = focal_power(1 - score, spec.focal_gamma)
     else:
         loss = 1 - score
 
@@ -75,7 +75,9 @@ def loss_from_statistics(stats: DiceStatistics, spec: DiceSpec) -> Tensor:
     normalizer = weights.sum(1)
     no_class = normalizer == 0  # only with absent_classes="exclude": kornia scores such a unit 1
     per_unit = torch.where(no_class, 1.0, weighted.sum(1) / torch.where(no_class, 1.0, normalizer))
-    return per_unit.mean()
+    # No image (an empty batch, e.g. a data-parallel rank's share): 0, like the pooled sums of
+    # batch Dice, and still attached to the graph; a plain mean of nothing would be NaN.
+    return per_unit.mean() if per_unit.numel() else per_unit.sum()
 
 
 def score_terms(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, spec: DiceSpec) -> Tuple[Tensor, Tensor]:
@@ -108,8 +110,9 @@ def generalized_weights(target_sum: Tensor, kind: str) -> Tensor:
     return torch.where(finite, raw, raw.amax(1, keepdim=True))
 
 
-def _focal(base: Tensor, gamma: float) -> Tensor:
-    """``base**gamma`` with ``base`` clamped at 0; at 0 the value and gradient are 0 (no inf for gamma < 1)."""
+def focal_power(base: Tensor, gamma: float) -> Tensor:
+    """``base**gamma`` with ``base`` clamped at 0; at 0 the value and gradient are 0 (no inf for gamma < 1,
+    whose inf * 0 would be a NaN gradient). For gamma > 0."""
     positive = base > 0
     return torch.where(positive, torch.where(positive, base, 1.0) ** gamma, 0.0)
 

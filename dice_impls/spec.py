@@ -37,6 +37,7 @@ ABSENT_CLASS_MODES = ("include", "zero", "exclude")
 OUT_OF_RANGE_MODES = ("error", "zero_target")
 GENERALIZED_WEIGHTS = (None, "square", "simple", "uniform")
 INT64 = (-(2**63), 2**63 - 1)
+NUMBER_FIELDS = ("smooth_nr", "smooth_dr", "beta", "min_denominator", "fp_weight", "fn_weight", "focal_gamma")
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ class DiceSpec:
             (integer label maps only).
         weight: one non-negative weight per channel of the logits; the loss is the weighted mean
             over classes ``sum w_c l_c / sum w_c``.
-        reduction: ``"mean"`` over reduction units, ``"sum"``, or ``"none"`` (the weighted
-            per-unit, per-class losses ``w_c * l_c``, shape ``(units, classes)``).
+        reduction: ``"mean"`` over reduction units (0 for a batch of no images), ``"sum"``, or
+            ``"none"`` (the weighted per-unit, per-class losses ``w_c * l_c``, shape ``(units, classes)``).
         log_loss: ``loss = -log(score)`` (score clamped at the smallest normal float32, 1.2e-38,
             whatever the statistics' dtype, so the loss is at most 87.3).
         average: ``"macro"`` scores each class; ``"micro"`` pools the (weighted) sums of all
@@ -130,13 +131,14 @@ class DiceSpec:
     soft_label: bool = False
 
     def __post_init__(self) -> None:
+        self._plain_numbers()
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("reduction", self.reduction, REDUCTIONS)
         _check_choice("average", self.average, AVERAGES)
         _check_choice("absent_classes", self.absent_classes, ABSENT_CLASS_MODES)
         _check_choice("out_of_range", self.out_of_range, OUT_OF_RANGE_MODES)
         _check_choice("generalized", self.generalized, GENERALIZED_WEIGHTS)
-        for name in ("smooth_nr", "smooth_dr", "beta", "min_denominator", "fp_weight", "fn_weight", "focal_gamma"):
+        for name in NUMBER_FIELDS:
             value = getattr(self, name)
             if value is None and name in ("fp_weight", "fn_weight"):
                 continue
@@ -157,6 +159,17 @@ class DiceSpec:
         if self.average == "micro" and self.absent_classes != "include":
             raise ValueError("DiceSpec.absent_classes applies to average='macro' only")
         self._check_family()
+
+    def _plain_numbers(self) -> None:
+        """NumPy scalars (``np.int64(255)``, ``np.float32(1e-5)``, as configs and arrays give them) become
+        Python ints and floats; other types are left for the checks to name."""
+        for name in ("ignore_index", *NUMBER_FIELDS):
+            value = getattr(self, name)
+            if isinstance(value, (bool, int, float)) or not isinstance(value, numbers.Real):
+                continue
+            if name == "ignore_index" and not isinstance(value, numbers.Integral):
+                continue  # a float ignore_index is refused by its check
+            object.__setattr__(self, name, int(value) if isinstance(value, numbers.Integral) else float(value))
 
     def _check_family(self) -> None:
         if (self.fp_weight is None) != (self.fn_weight is None):
@@ -244,11 +257,12 @@ PRESETS = {
         activation="softmax", smooth_nr=1e-5, smooth_dr=1e-5, batch=True,
         include_background=False, min_denominator=1e-8, negate=True,
     ),
-    # segmentation_models_pytorch DiceLoss(mode="multiclass"): smooth 0, eps 1e-7 clamp,
-    # batch sums, classes absent from the batch count with loss 0.
+    # segmentation_models_pytorch DiceLoss(mode="multiclass") since 0.4: smooth 0, batch sums, the
+    # Tversky index at alpha = beta = 1/2 with the soft-label intersection sum min(p, g), its
+    # denominator clamped at eps 1e-7; classes absent from the batch count with loss 0.
     "smp": dict(
-        activation="softmax", smooth_nr=0.0, smooth_dr=0.0, batch=True,
-        min_denominator=1e-7, absent_classes="zero",
+        activation="softmax", smooth_nr=0.0, smooth_dr=0.0, batch=True, fp_weight=0.5, fn_weight=0.5,
+        soft_label=True, min_denominator=1e-7, absent_classes="zero",
     ),
     # kornia.losses.dice_loss: eps 1e-8 in the denominator only, per image, micro average,
     # label -100 ignored.

@@ -25,8 +25,8 @@ def activate(logits: Tensor, spec: DiceSpec) -> Tensor:
 
 
 def one_hot_target(target: Tensor, channels: int, spec: DiceSpec, dtype: torch.dtype):
-    """``(g, keep)``: the target as ``(N, C, *spatial)`` of ``dtype`` and the ``(N, 1, *spatial)``
-    mask of counted pixels (``None`` when every pixel counts)."""
+    """``(g, keep)``: the target as ``(N, C, *spatial)`` of ``dtype`` and the boolean
+    ``(N, 1, *spatial)`` mask of counted pixels (``None`` when every pixel counts)."""
     if not is_label_map(target):
         return target.to(dtype), None
     ignored = ignored_pixels(target, spec.ignore_index)
@@ -39,7 +39,7 @@ def one_hot_target(target: Tensor, channels: int, spec: DiceSpec, dtype: torch.d
         # with an int64 tensor promotes the labels, so no class index wraps around in their dtype.
         classes = torch.arange(channels, device=target.device).view(1, channels, *([1] * (target.ndim - 1)))
         g = target.unsqueeze(1) == classes
-    return g.to(dtype), None if keep is None else keep.to(dtype)
+    return g.to(dtype), keep
 
 
 def uses_soft_overlap(target: Tensor, spec: DiceSpec) -> bool:
@@ -54,8 +54,10 @@ def dense_statistics(
     p = activate(logits, spec)
     g, keep = one_hot_target(target, logits.shape[1], spec, p.dtype)
     if keep is not None:
-        p = p * keep
-        g = g * keep
+        # where, not a product: the backward of a product by 0 is inf * 0 = NaN wherever the upstream
+        # gradient overflows the logits' dtype (float16 with an all-ignored batch: 1 / smooth_dr).
+        p = torch.where(keep, p, 0)
+        g = torch.where(keep, g, 0)
     axes = tuple(range(2, logits.ndim))
     power = 2 if spec.squared else 1
     overlap = torch.minimum(p, g) if uses_soft_overlap(target, spec) else p * g

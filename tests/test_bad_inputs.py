@@ -329,6 +329,10 @@ def test_validation_of_valid_inputs_reads_one_flag_back(host_reads, impl, case):
         host_reads.clear()
         dice_loss(x, target, spec, impl=impl, validate=validate).backward()
         counts[validate] = len(host_reads)
+    if impl == "fused" and logits.device.type == "cpu":
+        # fused's C++ kernel validates in its own pass and raises from there: no read at all.
+        assert counts == {True: 0, False: 0}, counts
+        return
     assert counts[True] == counts[False] + 1, counts
     if not get_implementation(impl).checks_finite:  # fused reads its kernel's NaN probe back itself
         assert counts[False] == 0, counts

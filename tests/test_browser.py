@@ -1,5 +1,6 @@
 """The generated report in headless Chromium: it renders without console errors, every image
-loads, every section is there; a screenshot is saved.
+loads (inline data URIs by default, files beside the page on request), every section and the
+"At a glance" block are there; a screenshot is saved.
 
 Chromium is driven through the Chrome DevTools Protocol over a pipe (``--remote-debugging-pipe``:
 JSON messages ending in NUL on file descriptors 3 and 4), with the standard library only: no
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.report import SECTIONS
+from analysis.report import SECTIONS, collect, write_report
 
 from test_report import built_report, run_folder  # noqa: F401  (fixtures: a report from small real results)
 
@@ -151,8 +152,19 @@ def test_report_renders_in_chromium(browser, built_report, tmp_path):  # noqa: F
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert seen["errors"] == []
     assert seen["images"], "the report shows no figure"
-    assert [src for src, complete, width in seen["images"] if not (complete and width > 0)] == []
+    assert all(src.startswith("data:image/png;base64,") for src, _, _ in seen["images"])
+    assert [src[:60] for src, complete, width in seen["images"] if not (complete and width > 0)] == []
+    assert "glance" in seen["sections"]
     assert [sid for sid, _ in SECTIONS if sid not in seen["sections"]] == []
+
+
+def test_report_with_figure_files_renders_in_chromium(browser, run_folder, tmp_path):  # noqa: F811
+    data = collect(Path("no-experiments-here"), run_folder / "asv", targets=run_folder / "targets_cpu.json")
+    index = write_report(data, tmp_path / "report", inline_figures=False)
+    seen = inspect(browser, index)
+    assert seen["errors"] == []
+    assert seen["images"] and all(src.startswith("figures/") for src, _, _ in seen["images"])
+    assert [src for src, complete, width in seen["images"] if not (complete and width > 0)] == []
 
 
 def test_the_checks_catch_a_broken_page(browser, tmp_path):

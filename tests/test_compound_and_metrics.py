@@ -14,12 +14,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+import torchmetrics.functional.classification as tm_classification  # dev dependency: never skipped
 
 import dice_impls
-from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec, metrics
+from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec, compound, metrics
 from helpers import random_inputs
-
-tm_classification = pytest.importorskip("torchmetrics.functional.classification")
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
@@ -145,6 +144,22 @@ def test_focal_with_gamma_zero_is_cross_entropy():
     assert_same_loss_and_grad(focal, labels, lambda x: F.cross_entropy(x, labels), logits)
 
 
+@pytest.mark.parametrize("soft_target", [False, True])
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_focal_gamma_below_one_on_saturated_logits_has_finite_gradient(activation, soft_target):
+    """A confident correct prediction (p rounds to 1): (1 - p)**gamma with gamma < 1 must not give
+    inf * 0 = NaN in the gradient; the focal term there is 0 (float64 reference: < 1e-12)."""
+    labels = random_inputs((2, 4, 4), 3, seed=16)[1]
+    onehot = F.one_hot(labels, 3).movedim(-1, 1)
+    logits = onehot.float() * 80 - 40
+    target = onehot.float() if soft_target else labels
+    x = logits.clone().requires_grad_()
+    focal = compound.focal_loss(x, target, DiceSpec(activation=activation), gamma=0.5)
+    focal.backward()
+    assert torch.isfinite(x.grad).all()
+    assert focal.item() < 1e-12
+
+
 def test_compound_all_ignored_batch_is_finite():
     """No counted pixel: the per-pixel term is 0 and the Dice term is its documented all-ignored value."""
     logits = random_inputs((2, 5, 5), 3, torch.float64, seed=13)[0]
@@ -154,6 +169,111 @@ def test_compound_all_ignored_batch_is_finite():
         loss, grad = loss_and_grad(lambda x: loss_fn(x, labels), logits)
         assert torch.isfinite(grad).all()
         torch.testing.assert_close(loss, dice_impls.dice_loss(logits, labels, spec))
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_compound_sum_reduction_sums_both_terms(activation):
+    """reduction="sum": the Dice losses summed over (images, classes) plus the per-pixel term summed
+    over its elements (MONAI's DiceCELoss "sum"), not a mean CE added to a Dice sum."""
+    logits, labels = random_inputs((2, 6, 5), 3, torch.float64, seed=20, ignore_index=255)
+    spec = DiceSpec(activation=activation, ignore_index=255, reduction="sum")
+    keep = labels != 255
+
+    def expected(x):
+        if activation == "softmax":
+            pixel = F.cross_entropy(x, labels, ignore_index=255, reduction="sum")
+        else:
+            onehot = F.one_hot(labels.clamp_max(2), 3).movedim(-1, 1).double()
+            pixel = (F.binary_cross_entropy_with_logits(x, onehot, reduction="none") * keep.unsqueeze(1)).sum()
+        return dice_impls.dice_loss(x, labels, spec, impl="reference") + 0.5 * pixel
+
+    assert_same_loss_and_grad(DiceCELoss(spec=spec, lambda_ce=0.5), labels, expected, logits)
+
+
+def test_compound_none_reduction_refuses_forward_and_gives_both_terms():
+    logits, labels = random_inputs((2, 5, 4, 3), 4, torch.float64, seed=21, ignore_index=-1)
+    spec = DiceSpec(ignore_index=-1, reduction="none")
+    loss = DiceCELoss(spec=spec)
+    with pytest.raises(ValueError, match="no common shape"):
+        loss(logits, labels)
+    dice, pixel = loss.terms(logits, labels)
+    torch.testing.assert_close(dice, dice_impls.dice_loss(logits, labels, spec, impl="reference"), **TOL)
+    torch.testing.assert_close(pixel, F.cross_entropy(logits, labels, ignore_index=-1, reduction="none"), **TOL)
+    assert dice.shape == (2, 4) and pixel.shape == labels.shape
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_weighted_ce_uses_the_spec_weight(reduction):
+    """weighted_ce=True: F.cross_entropy's class weight, its weighted mean sum w_y l / sum w_y."""
+    logits, labels = random_inputs((3, 6, 6), 4, torch.float64, seed=22, ignore_index=255)
+    weight = (0.5, 2.0, 1.0, 3.0)
+    spec = DiceSpec(ignore_index=255, weight=weight, reduction=reduction)
+    w = torch.tensor(weight, dtype=torch.float64)
+    expected = lambda x: (dice_impls.dice_loss(x, labels, spec, impl="reference")  # noqa: E731
+                          + F.cross_entropy(x, labels, weight=w, ignore_index=255, reduction=reduction))
+    assert_same_loss_and_grad(DiceCELoss(spec=spec, weighted_ce=True), labels, expected, logits)
+    unweighted = DiceCELoss(spec=spec)(logits, labels)
+    assert not torch.allclose(unweighted, expected(logits))  # the switch changes the CE term
+    with pytest.raises(ValueError, match="weighted_pixel=True needs"):
+        DiceCELoss(weighted_ce=True)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_binary_cross_entropy_of_a_label_map_equals_the_one_hot_form(channels, reduction, weighted):
+    """compound.binary_cross_entropy on a label map (softplus and a gather, no one-hot) equals
+    F.binary_cross_entropy_with_logits on the one-hot target, ignored pixels left out; uint8 labels
+    with an ignore_index they cannot hold (256) ignore nothing."""
+    logits, labels = random_inputs((2, 5, 6), channels, torch.float64, seed=23 + channels, ignore_index=255,
+                                   label_dtype=torch.uint8)
+    onehot = ((labels == 1).unsqueeze(1) if channels == 1 else F.one_hot(labels.long().clamp_max(channels - 1),
+                                                                          channels).movedim(-1, 1)).double()
+    keep = (labels != 255).unsqueeze(1).double()
+    weight = torch.tensor([0.5, 2.0, 1.5][:channels], dtype=torch.float64) if weighted else None
+    pos_weight = torch.tensor([3.0, 0.5, 1.0][:channels], dtype=torch.float64) if weighted else None
+    view = (1, channels, 1, 1)
+
+    def expected(x):
+        per = F.binary_cross_entropy_with_logits(x, onehot, reduction="none", pos_weight=(
+            None if pos_weight is None else pos_weight.view(view[1:])))
+        per = per * keep * (1 if weight is None else weight.view(view))
+        return {"none": per, "sum": per.sum(), "mean": per.sum() / (keep.sum() * channels)}[reduction]
+
+    got = lambda x: compound.binary_cross_entropy(x, labels, weight=weight, pos_weight=pos_weight,  # noqa: E731
+                                                  ignore_index=255, reduction=reduction)
+    loss, grad = loss_and_grad(lambda x: got(x).sum(), logits)
+    want_loss, want_grad = loss_and_grad(lambda x: expected(x).sum(), logits)
+    torch.testing.assert_close(loss, want_loss, **TOL)
+    torch.testing.assert_close(grad, want_grad, **TOL)
+    clean = labels.masked_fill(labels == 255, 0)
+    torch.testing.assert_close(compound.binary_cross_entropy(logits, clean, ignore_index=256, reduction=reduction),
+                               compound.binary_cross_entropy(logits, clean, reduction=reduction), **TOL)
+
+
+def test_cross_entropy_all_ignored_and_half_logits():
+    """A batch with no counted pixel: mean 0 (weighted too) with a zero, finite gradient. Half logits:
+    computed in float32 (equal to the float32 loss of the same values), gradient in the half dtype."""
+    logits = random_inputs((2, 4, 4), 3, torch.float64, seed=24)[0]
+    ignored = torch.full((2, 4, 4), 7)
+    for weight in (None, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)):
+        loss, grad = loss_and_grad(lambda x: compound.cross_entropy(x, ignored, weight=weight, ignore_index=7), logits)
+        assert loss == 0 and torch.equal(grad, torch.zeros_like(grad))
+    labels = random_inputs((2, 4, 4), 3, seed=25)[1]
+    half = logits.to(torch.bfloat16).requires_grad_()
+    loss = compound.cross_entropy(half, labels)
+    loss.backward()
+    assert loss.dtype == torch.float32 and half.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, F.cross_entropy(half.detach().float(), labels))
+
+
+def test_seed_out_of_range_labels_leave_the_ce_term():
+    logits, labels = random_inputs((2, 6, 6), 3, torch.float64, seed=26, out_of_range_fraction=0.3)
+    spec = DiceSpec.preset("seed")
+    inside = labels < 3
+    expected = lambda x: (dice_impls.dice_loss(x, labels, spec, impl="reference")  # noqa: E731
+                          + F.cross_entropy(x.movedim(1, -1)[inside], labels[inside]))
+    assert_same_loss_and_grad(DiceCELoss(spec=spec), labels, expected, logits)
 
 
 def test_compound_rejects_bad_configuration():
@@ -256,3 +376,13 @@ def test_predict_labels():
     assert torch.equal(metrics.predict_labels(binary, "sigmoid"), (binary[:, 0] > 0).long())
     assert torch.equal(metrics.predict_labels(torch.sigmoid(binary), "none", threshold=0.7),
                        (torch.sigmoid(binary[:, 0]) > 0.7).long())
+
+
+@pytest.mark.parametrize("gamma, alpha, named", [(-0.5, None, "gamma"), (float("nan"), None, "gamma"),
+                                                 (2.0, 1.5, "alpha"), (2.0, -0.1, "alpha")])
+def test_focal_parameters_out_of_range_are_refused(gamma, alpha, named):
+    with pytest.raises(ValueError, match=f"focal {named}"):
+        DiceFocalLoss(gamma=gamma, alpha=alpha)
+    logits, labels = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(ValueError, match=f"focal {named}"):
+        compound.focal_loss(logits, labels, DiceSpec(), gamma=gamma, alpha=alpha)

@@ -12,9 +12,13 @@ from __future__ import annotations
 import itertools
 import warnings
 
+# The peers are dev dependencies (make test installs them): a missing one fails, it is not skipped.
+import kornia.losses as kornia_losses
+import monai.losses as monai_losses
 import pytest
 import torch
 import torch.nn.functional as F
+import torchmetrics.functional.segmentation as tm_segmentation
 
 import dice_impls
 from dice_impls import DiceSpec, metrics
@@ -22,10 +26,6 @@ from helpers import random_inputs
 from peers.nnunet import dc_and_ce_dice_term, memory_efficient_soft_dice
 from peers.seed import Dice_loss, seed_target
 from peers.smp import smp_dice_loss
-
-monai_losses = pytest.importorskip("monai.losses")
-kornia_losses = pytest.importorskip("kornia.losses")
-tm_segmentation = pytest.importorskip("torchmetrics.functional.segmentation")
 
 # float64 inputs: both sides then differ by summation order only.
 F64 = dict(loss=1e-12, grad=1e-12)
@@ -269,6 +269,29 @@ def test_nnunet_memory_efficient_soft_dice(batch, spatial, ignore, impl):
                 relation=str(spec))
 
 
+@pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_nnunet_preset_against_installed_nnunetv2(batch, ignore):
+    """The preset against nnunetv2 2.8.1 itself (installed with --no-deps): its
+    MemoryEfficientSoftDiceLoss as DC_and_CE_loss calls it, ignored pixels relabelled 0 and masked.
+    nnunetv2 2.8.1 sums in float32 even for float64 logits, hence the float32-level tolerance."""
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+
+    channels = 4
+    ignore_label = channels if ignore else None
+    logits, labels = random_inputs((3, 6, 5, 4), channels, torch.float64, seed=30 + 2 * batch + ignore,
+                                   ignore_index=ignore_label, empty_classes=(2,))
+    peer = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=batch, do_bg=False, smooth=1e-5,
+                                       ddp=False)
+    target = labels.unsqueeze(1)
+    mask = None if ignore_label is None else (target != ignore_label)
+    peer_target = target if mask is None else torch.where(mask, target, 0)
+    spec = DiceSpec.preset("nnunet", ignore_index=ignore_label, batch=batch)
+    assert_same(loss_and_grad(lambda x: dice_impls.dice_loss(x, labels, spec), logits),
+                loss_and_grad(lambda x: peer(x, peer_target, loss_mask=mask), logits), dict(loss=1e-6, grad=1e-8))
+
+
 def test_nnunet_denominator_clip_with_zero_smooth():
     """nnU-Net clips the denominator at 1e-8: with smooth=0 an all-ignored image scores 0/1e-8 = 0
     (not our empty-denominator 1), which is what the preset's min_denominator reproduces."""
@@ -294,6 +317,8 @@ def test_nnunet_negated_form_is_one_minus_dice_shifted():
 
 # ------------------------------------------------------------------------------------------------ smp
 
+# smp >= 0.4 scores (I + smooth) / max(I + FP/2 + FN/2 + smooth, eps) with I = sum min(p, g): the
+# preset's fp_weight = fn_weight = 1/2 and soft_label.
 SMP_GRID = list(itertools.product((None, 255), (False, True), (None, (1, 2, 3))))
 
 
@@ -323,7 +348,9 @@ def test_smp_binary(ignore_index):
 
 def test_smp_eps_clamp_on_tiny_soft_targets():
     """smp clamps the denominator at eps=1e-7; it binds only when sum(p) + sum(g) < 1e-7, e.g. a
-    near-empty soft target with confident negatives. Gradients there are tiny: compared relatively."""
+    near-empty soft target with confident negatives. Gradients there are tiny: compared relatively.
+    smp (since 0.4) scores with its Tversky index at alpha = beta = 1/2, whose eps clamps half the
+    F-beta denominator, and with the soft-label intersection, as the preset does."""
     gen = torch.Generator().manual_seed(19)
     logits = -40 + torch.randn(2, 1, 6, 6, generator=gen, dtype=torch.float64)
     soft = torch.rand(2, 1, 6, 6, generator=gen, dtype=torch.float64) * 1e-12

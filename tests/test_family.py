@@ -22,6 +22,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU in CI: the Triton kerne
 
 import warnings
 
+import monai.losses as monai_losses  # dev dependency: a missing one fails, it is not skipped
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,6 @@ from dice_impls import DiceSpec, DiceStatistics, dice_loss, loss_from_statistics
 from dice_impls.fused import autograd as fused_autograd
 from dice_impls.fused import fused_statistics
 from helpers import HALF_DTYPES, assert_matches_reference, error, random_inputs, refuses_float_target
-
-monai_losses = pytest.importorskip("monai.losses")
 
 COMPARED = [name for name in dice_impls.IMPLEMENTATIONS if name != "reference"]
 DTYPES = [torch.float32, *HALF_DTYPES]

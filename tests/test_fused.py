@@ -16,7 +16,7 @@ import torch
 import dice_impls
 from dice_impls import DiceSpec, loss_from_statistics
 from dice_impls.fused import autograd as fused_autograd
-from dice_impls.fused import fused_statistics
+from dice_impls.fused import fused_statistics, ops
 from helpers import error, random_inputs
 
 LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -139,13 +139,13 @@ def test_dtypes(dtype, label_dtype, backend):
 
 def test_labels_are_read_without_a_copy(monkeypatch):
     seen = []
-    original = fused_autograd.FusedStatistics.forward
+    family = ops.family("cpp", torch.device("cpu"))
 
-    def spy(ctx, logits, labels, *args):
+    def spy(logits, labels, *args):
         seen.append(labels)
-        return original(ctx, logits, labels, *args)
+        return family.statistics(logits, labels, *args)
 
-    monkeypatch.setattr(fused_autograd.FusedStatistics, "forward", staticmethod(spy))
+    monkeypatch.setattr(ops, "family", lambda name, device: family._replace(statistics=spy))
     for label_dtype in LABEL_DTYPES:
         logits, labels = random_inputs((2, 6, 5), 3, label_dtype=label_dtype)
         fused_statistics(logits, labels, DiceSpec())
@@ -190,9 +190,11 @@ def test_empty_inputs(backend, shape):
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    """Every buffer a kernel must overwrite starts as NaN."""
+    """Every buffer a kernel must overwrite starts as NaN (the C++ kernels allocate their own:
+    DICE_FUSED_POISON=1 makes them fill it with NaN first)."""
     monkeypatch.setattr(fused_autograd, "output_buffer",
                         lambda shape, device, dtype: torch.full(shape, float("nan"), device=device, dtype=dtype))
+    monkeypatch.setenv("DICE_FUSED_POISON", "1")
 
 
 @pytest.mark.parametrize("backend", ["cpp", "chunked", "triton"])
@@ -220,7 +222,7 @@ def test_cpu_is_bitwise_deterministic():
 def triton_cases():
     from dice_impls.fused import triton_kernels
 
-    block_v = triton_kernels._blocks(4)[1]
+    block_v = triton_kernels.layout(4).block_v
     return [
         ((2, 13, 7), 4),  # odd sizes
         ((1, block_v), 4),  # exactly one tile

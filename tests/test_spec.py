@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,13 +13,14 @@ from dice_impls import PRESETS, DiceSpec, dice_loss
 from dice_impls.spec import field_names
 from helpers import random_inputs
 
-# What each peer's default is documented to be (DESIGN.md section 3, docs/conventions.md);
+# What each peer's default is documented to be (docs/conventions.md);
 # fields not listed keep DiceSpec's defaults.
 DOCUMENTED = {
     "monai": dict(activation="softmax", smooth_nr=1e-5, smooth_dr=1e-5, batch=False, include_background=True),
     "nnunet": dict(smooth_nr=1e-5, smooth_dr=1e-5, batch=True, include_background=False, min_denominator=1e-8,
                    negate=True),
-    "smp": dict(smooth_nr=0.0, smooth_dr=0.0, batch=True, min_denominator=1e-7, absent_classes="zero"),
+    "smp": dict(smooth_nr=0.0, smooth_dr=0.0, batch=True, fp_weight=0.5, fn_weight=0.5, soft_label=True,
+                min_denominator=1e-7, absent_classes="zero"),
     "kornia": dict(smooth_nr=0.0, smooth_dr=1e-8, batch=False, average="micro", include_background=True,
                    ignore_index=-100),
     "seed": dict(smooth_nr=1e-5, smooth_dr=1e-5, batch=True, include_background=True, out_of_range="zero_target",
@@ -129,6 +131,8 @@ POST_INIT_ERRORS = [
     (dict(smooth_dr=True), TypeError, "smooth_dr must be a number, got bool"),
     (dict(ignore_index=True), TypeError, "ignore_index must be an int or None"),
     (dict(ignore_index=255.0), TypeError, "ignore_index must be an int or None"),
+    (dict(ignore_index=np.float64(255)), TypeError, "ignore_index must be an int or None"),
+    (dict(smooth_dr=np.float32(-1)), ValueError, "smooth_dr must be finite and >= 0, got -1.0"),
     (dict(weight=()), ValueError, "weight must hold one weight per class, got an empty sequence"),
     (dict(weight=(1.0, -1.0)), ValueError, "weight must be finite and >= 0"),
     (dict(weight=(1.0, float("nan"))), ValueError, "weight must be finite and >= 0"),
@@ -167,6 +171,15 @@ POST_INIT_ERRORS = [
     (dict(generalized="simple", absent_classes="zero"), ValueError, "DiceSpec.generalized has its own absent-class rule"),
     (dict(soft_label=None), TypeError, "DiceSpec.soft_label must be True or False"),
 ]
+
+
+def test_numpy_scalars_become_python_numbers():
+    """Configs and arrays give NumPy scalars (MONAI accepts ignore_index=np.int64(255)): they are
+    stored as the Python int or float of the same value, so the spec compares and hashes alike."""
+    spec = DiceSpec(ignore_index=np.int64(255), smooth_nr=np.float32(0.5), fp_weight=np.float16(0.25),
+                    fn_weight=np.int32(1), focal_gamma=np.int8(2))
+    assert spec == DiceSpec(ignore_index=255, smooth_nr=0.5, fp_weight=0.25, fn_weight=1, focal_gamma=2)
+    assert type(spec.ignore_index) is int and type(spec.smooth_nr) is float and type(spec.fn_weight) is int
 
 
 @pytest.mark.parametrize("fields,error,message", POST_INIT_ERRORS, ids=[str(c[0]) for c in POST_INIT_ERRORS])

@@ -93,7 +93,7 @@ def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
 
 
 def figures(df: pd.DataFrame, out_dir) -> list:
-    from ..plotting import plt, save_figure
+    from ..plotting import legend_outside, plt, save_figure, style
 
     dtypes = list(dict.fromkeys(df["dtype"]))
     fig, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 4.5), squeeze=False)
@@ -101,7 +101,7 @@ def figures(df: pd.DataFrame, out_dir) -> list:
         part = df[df["dtype"] == dtype]
         ceiling = part.loc[part["finite"], "rel_error"].max() * 10 if part["finite"].any() else 1.0
         for impl, group in part.groupby("impl", sort=False):
-            line, = ax.plot(group["voxels"], group["rel_error"].where(group["finite"]).clip(lower=1e-12), marker="o", label=impl)
+            line, = ax.plot(group["voxels"], group["rel_error"].where(group["finite"]).clip(lower=1e-12), label=impl, **style(impl))
             bad = group[~group["finite"]]
             ax.scatter(bad["voxels"], [ceiling] * len(bad), marker="x", s=80, color=line.get_color())
         ax.axhline(1e-3, color="grey", ls="--", lw=1, label="1e-3")
@@ -110,5 +110,5 @@ def figures(df: pd.DataFrame, out_dir) -> list:
         ax.set_xlabel("voxels per class sum (log2 scale)")
         ax.set_ylabel("relative error of the loss vs float64")
         ax.set_title(f"P1: {dtype} inputs (x at the top: statistics inf/NaN)")
-        ax.legend(title="implementation")
+    legend_outside(axes[0][-1], title="implementation")  # one legend, beside the data it would cover
     return save_figure(fig, out_dir, "p1_precision")

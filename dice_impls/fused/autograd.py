@@ -1,14 +1,20 @@
-"""The autograd Function of ``fused``: per-image, per-class sums forward, analytic gradient backward.
+"""The kernel interface of ``fused`` and its autograd formulas (registered on the ops by ``ops``).
 
-Forward returns ``intersection = sum m p g``, ``pred_sum = sum m p**k`` and ``target_sum = sum m g**k``
-(each ``(N, C)``); ``loss_from_statistics`` turns them into the loss with ordinary autograd, so every
-``DiceSpec`` field works without the kernels knowing about it. Backward receives
-``a = dL/dpred_sum`` and ``b = dL/dintersection`` (``target_sum`` does not depend on the logits) and
-a backend writes ``dL/dlogits`` in one pass, without a one-hot::
+Statistics return ``intersection = sum m p g``, ``pred_sum = sum m p**k`` and
+``target_sum = sum m g**k`` (stacked, ``(3, N, C)`` float64); ``loss_from_statistics`` turns them
+into the loss with ordinary autograd, so every ``DiceSpec`` field works without the kernels
+knowing about it. The backward receives ``a = dL/dpred_sum`` and ``b = dL/dintersection``
+(``target_sum`` does not depend on the logits) and a kernel writes ``dL/dlogits`` in one pass,
+without a one-hot::
 
     q_c      = a_c k p_c**(k-1) + b_c g_c                     (dL/dp_c)
     softmax: dlogit_c = p_c (q_c - sum_j p_j q_j),  sum_j p_j q_j = sum_j a_j k p_j**k + b_y p_y
     sigmoid: dlogit_c = p_c (1 - p_c) q_c;   none: dlogit_c = q_c;   all times the mask m.
+
+The folded ``loss`` op (C++) also scores the sums itself and keeps ``a``, ``b`` for a unit
+upstream gradient; its per-pixel term (cross-entropy, focal) adds
+``k (p_c - [y = c]) h u_y`` per logit (``fused_kernels.h``). The gradient ops are not
+differentiable again: double backward raises (``refuse_double_backward``).
 
 Reference: F. Milletari et al., "V-Net", 3DV 2016 (the soft Dice and its gradient).
 """
@@ -20,8 +26,12 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..checks import check_finite_logits
 from ..spec import DiceSpec
+
+DOUBLE_BACKWARD = (
+    "impl='fused' has no double backward (create_graph=True through its gradient, gradgradcheck, "
+    "gradient penalties); use impl='vectorized' for second-order gradients"
+)
 
 
 class KernelParams(NamedTuple):
@@ -53,27 +63,95 @@ def output_buffer(shape, device, dtype) -> Tensor:
     return torch.empty(shape, device=device, dtype=dtype)
 
 
-class FusedStatistics(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, params: KernelParams, backend: Backend, deterministic: bool,
-                shape: torch.Size):
-        stats, probe = backend.statistics(logits, labels, params, deterministic)
-        if not torch.isfinite(probe):
-            check_finite_logits(logits.view(shape))  # raises the error that names the bad logit's index
+# --- fake (shape-only) kernels -------------------------------------------------------------------
+
+def statistics_fake(logits: Tensor, labels: Tensor, *args):
+    n, c = logits.shape[:2]
+    return logits.new_empty((3, n, c), dtype=torch.float64), logits.new_empty((), dtype=torch.float64)
+
+
+def gradient_fake(logits: Tensor, labels: Tensor, a: Tensor, b: Tensor, *args) -> Tensor:
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def loss_fake(logits: Tensor, labels: Tensor, *args):
+    n, c = logits.shape[:2]
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return logits.new_empty((), dtype=dtype), logits.new_empty((2 * n * c + 1,), dtype=torch.float64)
+
+
+def loss_backward_fake(grad: Tensor, logits: Tensor, *args) -> Tensor:
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+# --- autograd formulas ---------------------------------------------------------------------------
+
+def statistics_autograd(gradient_op: Callable):
+    """``(setup_context, backward)`` of a statistics op whose backward is ``gradient_op``.
+
+    Inputs: ``(logits, labels, activation, squared, ignore_index, *flags)``.
+    """
+
+    def setup_context(ctx, inputs, output):
+        logits, labels, activation, squared, ignore_index = inputs[:5]
         ctx.save_for_backward(logits, labels)
-        ctx.params, ctx.backend = params, backend
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        intersection, pred_sum, target_sum = (s.to(dtype, copy=True) for s in stats)
-        ctx.mark_non_differentiable(target_sum)
-        return intersection, pred_sum, target_sum
+        ctx.kernel_args = (activation, squared, ignore_index)
+        ctx.flags = len(inputs) - 5
+        ctx.mark_non_differentiable(output[1])
+
+    def backward(ctx, grad_stats: Optional[Tensor], _grad_probe):
+        logits, labels = ctx.saved_tensors
+        n, c = logits.shape[:2]
+        if grad_stats is None:
+            grad_stats = logits.new_zeros((3, n, c), dtype=torch.float64)
+        grad_stats = grad_stats.to(torch.float64)
+        grad = gradient_op(logits, labels, grad_stats[1].contiguous(), grad_stats[0].contiguous(), *ctx.kernel_args)
+        return (grad, None, None, None, None) + (None,) * ctx.flags
+
+    return setup_context, backward
+
+
+def loss_setup_context(ctx, inputs, output):
+    logits, labels = inputs[:2]
+    ctx.save_for_backward(logits, labels, output[1])
+    ctx.config = inputs[2:]
+    ctx.mark_non_differentiable(output[1])
+
+
+def loss_backward(ctx, grad_loss: Tensor, _grad_saved):
+    return (_loss_gradient(ctx, grad_loss),) + (None,) * (1 + len(ctx.config))
+
+
+def _loss_gradient(ctx, grad_loss: Tensor) -> Tensor:
+    logits, labels, saved = ctx.saved_tensors
+    activation, squared, ignore_index, _check_finite, _check_labels, *scoring = ctx.config
+    return torch.ops.dice_fused.loss_backward(grad_loss, logits, labels, saved, activation, squared, ignore_index,
+                                              *scoring)
+
+
+class FoldedLoss(torch.autograd.Function):
+    """The folded ``loss`` operator in eager mode, with the formula registered on it
+    (``loss_setup_context``, ``loss_backward``) but without the generic wrapper of
+    ``register_autograd``: that wrapper crosses between C++ and Python twice per call and costs
+    about as much again as this whole Function (docs/performance.md, per-call overhead).
+    torch.compile calls the registered operator itself."""
 
     @staticmethod
-    def backward(ctx, grad_intersection: Optional[Tensor], grad_pred_sum: Optional[Tensor], _grad_target_sum):
-        logits, labels = ctx.saved_tensors
-        shape = (logits.shape[0], logits.shape[1])
-        a, b = (
-            torch.zeros(shape, dtype=torch.float64, device=logits.device) if g is None
-            else g.to(torch.float64).contiguous()
-            for g in (grad_pred_sum, grad_intersection)
-        )
-        return ctx.backend.gradient(logits, labels, a, b, ctx.params), None, None, None, None, None
+    def forward(ctx, logits: Tensor, labels: Tensor, *config):
+        with torch._C._AutoDispatchBelowAutograd():
+            loss, saved = torch.ops.dice_fused.loss(logits, labels, *config)
+        ctx.save_for_backward(logits, labels, saved)
+        ctx.config = config
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        return (_loss_gradient(ctx, grad_loss),) + (None,) * (1 + len(ctx.config))
+
+
+def refuse_double_backward(ctx, *grads):
+    raise RuntimeError(DOUBLE_BACKWARD)
+
+
+def no_context(ctx, inputs, output):
+    pass

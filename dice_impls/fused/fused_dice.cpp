@@ -1,31 +1,49 @@
-// Fused soft-Dice statistics and gradient on the CPU: no one-hot, no stored probabilities.
+// torch.ops.dice_fused: the fused soft-Dice operators on the CPU (schemas, CPU kernels, the
+// scoring of the sums and its gradient, input validation inside the kernel's own pass).
 //
-// The pixels of each image are cut into fixed tasks of whole blocks (independent of the thread
-// count, so results are bitwise reproducible); a block of pixels is activated into a small
-// C x block tile that stays in cache, summed in the compute type and added to double task
-// partials, which are reduced in task order. Inner loops run over contiguous pixels and are
-// written for the compiler's vectoriser (`omp simd`, a polynomial exp it can inline, loop-invariant
-// values in locals, accumulators as plain locals of small functions so they stay in registers).
-// Registered as torch.ops.dice_fused.* with the light ATen headers (no pybind, no torch/extension.h)
-// so the first-use JIT build stays short.
-#include <ATen/Dispatch.h>
+// The hot loops live in fused_kernels.h, compiled for the build's baseline and for AVX2 and
+// AVX-512 (fused_kernels_*.cpp); the widest the CPU supports is chosen once at load time
+// (`DICE_FUSED_ISA=baseline|avx2|avx512` forces one, for measurements). Python adds the fake
+// (shape-only) kernels and the autograd formulas (dice_impls/fused/ops.py).
+//
+// Operators:
+//   statistics(logits, labels, ...) -> (stats (3, N, C) float64, probe)  intersection, pred_sum, target_sum
+//   gradient(logits, labels, a, b, ...) -> dL/dlogits                    a = dL/dpred_sum, b = dL/dintersection
+//   loss(logits, labels, ...) -> (loss, saved)    Dice (+ cross-entropy/focal) loss in one pass, with the
+//                                                  coefficients of its gradient for unit upstream gradient
+//   loss_backward(grad, logits, labels, saved, ...) -> dL/dlogits
+// Registered with the light ATen headers (no pybind, no torch/extension.h): the extension is a
+// plain shared library that torch.ops.load_library loads.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/fill.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
-#include <type_traits>
+#include <iterator>
+#include <limits>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <string>
 #include <vector>
 
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+
+#include "fused_args.h"
+
+FUSED_DECLARE_KERNELS(isa_baseline)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+FUSED_DECLARE_KERNELS(isa_avx2)
+FUSED_DECLARE_KERNELS(isa_avx512)
 #endif
 
 namespace {
@@ -34,447 +52,528 @@ constexpr int64_t TASK_PIXELS = 16384;  // enough work per task, and many tasks
 constexpr int64_t MAX_BLOCK = 256;      // pixels per block (a power of two, divides TASK_PIXELS)
 constexpr int64_t TILE_FLOATS = 4096;   // the C x block tile: 16 KiB, within L1 for any C
 
-enum Activation { SOFTMAX = 0, SIGMOID = 1, IDENTITY = 2 };
+struct Kernels {
+  const char* name;
+  decltype(&isa_baseline::statistics_tasks) statistics;
+  decltype(&isa_baseline::gradient_tasks) gradient;
+};
 
-// exp(x) for x <= 0, all the kernels need (softmax after subtracting the max, sigmoid through
-// exp(-|x|)): exp(x) = 2^n * P(r), n = round(x / ln 2), r = x - n ln 2 (one fused multiply-add),
-// |r| <= ln(2)/2, P the degree-5 minimax polynomial of exp on that interval. Max relative error
-// 2.1e-7 for x > -10 and 4.3e-7 down to -87.3 (docs/performance.md); 0 below -87.34, where 2^n
-// would leave the normal floats (exp < 1.2e-38 there). Branch-free so the loops around it vectorise.
-static inline __attribute__((always_inline)) float exp_approx(float x) {
-  // n = round(x / ln 2) by the 1.5 * 2^23 trick: the low mantissa bits of `shifted` hold n.
-  const float shifted = x * 1.44269504088896341f + 12582912.0f;
-  const float n = shifted - 12582912.0f;
-  const float r = x - n * 0.693147182464599609375f;
-  float y = 8.297654800117016e-3f;
-  y = y * r + 4.191538318991661e-2f;
-  y = y * r + 1.6667574644088745e-1f;
-  y = y * r + 4.9998894333839417e-1f;
-  y = y * r + 9.999997019767761e-1f;
-  y = y * r + 1.0000001192092896f;
-  int32_t bits;
-  std::memcpy(&bits, &shifted, sizeof(bits));
-  bits = (bits << 23) + (127 << 23);  // 2^n: n sits in the low bits of `shifted`
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.33654f ? 0.0f : y * scale;
-}
-static inline double exp_approx(double x) { return std::exp(x); }
-
-// Float32 arithmetic for fp32/bf16/fp16 logits, float64 for float64 ones (gradcheck).
-template <typename T> struct Compute { using type = float; };
-template <> struct Compute<double> { using type = double; };
-
-// Half logits to float and float gradients back, a block at a time in loops that vectorise (c10's
-// conversions are scalar): a bfloat16 is the top half of a float32 (rounded to nearest even on
-// the way back, as c10 does); float16 uses the F16C instructions where the build has them.
-void to_float(const c10::BFloat16* x, float* out, int64_t len) {
-  const uint16_t* bits = reinterpret_cast<const uint16_t*>(x);
-#pragma omp simd
-  for (int64_t v = 0; v < len; ++v) {
-    const uint32_t wide = static_cast<uint32_t>(bits[v]) << 16;
-    std::memcpy(out + v, &wide, sizeof(float));
-  }
-}
-void from_float(const float* x, c10::BFloat16* out, int64_t len) {
-  uint16_t* bits = reinterpret_cast<uint16_t*>(out);
-#pragma omp simd
-  for (int64_t v = 0; v < len; ++v) {
-    uint32_t wide;
-    std::memcpy(&wide, x + v, sizeof(wide));
-    const uint32_t rounded = (wide + 0x7FFFu + ((wide >> 16) & 1u)) >> 16;
-    bits[v] = x[v] != x[v] ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
-  }
-}
-void to_float(const c10::Half* x, float* out, int64_t len) {
-  int64_t v = 0;
-#if defined(__F16C__)
-  for (; v + 8 <= len; v += 8)
-    _mm256_storeu_ps(out + v, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + v))));
+Kernels pick_kernels() {
+  const Kernels baseline{"baseline", isa_baseline::statistics_tasks, isa_baseline::gradient_tasks};
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const Kernels avx2{"avx2", isa_avx2::statistics_tasks, isa_avx2::gradient_tasks};
+  const Kernels avx512{"avx512", isa_avx512::statistics_tasks, isa_avx512::gradient_tasks};
+  __builtin_cpu_init();
+  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                        __builtin_cpu_supports("f16c");
+  const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  const char* forced = std::getenv("DICE_FUSED_ISA");
+  const std::string want = forced ? forced : "";
+  if (want == "baseline") return baseline;
+  if (want == "avx2" && has_avx2) return avx2;
+  if ((want.empty() || want == "avx512") && has_avx512) return avx512;
+  if (has_avx2) return avx2;
 #endif
-  for (; v < len; ++v) out[v] = static_cast<float>(x[v]);
-}
-void from_float(const float* x, c10::Half* out, int64_t len) {
-  int64_t v = 0;
-#if defined(__F16C__)
-  for (; v + 8 <= len; v += 8)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + v), _mm256_cvtps_ph(_mm256_loadu_ps(x + v), _MM_FROUND_TO_NEAREST_INT));
-#endif
-  for (; v < len; ++v) out[v] = static_cast<c10::Half>(x[v]);
+  return baseline;
 }
 
-// Asks for the cache lines of the next block of every channel while this one is computed: C
-// strided streams are more than the hardware prefetcher follows.
-template <bool WRITE, typename T>
-inline void prefetch_block(const T* x, int64_t C, int64_t V, int64_t len) {
-  for (int64_t c = 0; c < C; ++c) {
-    const char* row = reinterpret_cast<const char*>(x + c * V);
-    for (int64_t byte = 0; byte < len * int64_t(sizeof(T)); byte += 64) __builtin_prefetch(row + byte, WRITE, 3);
+const Kernels& kernels() {
+  static const Kernels chosen = pick_kernels();
+  return chosen;
+}
+
+int logits_type(const at::Tensor& logits) {
+  switch (logits.scalar_type()) {
+    case at::kFloat: return LOGITS_F32;
+    case at::kDouble: return LOGITS_F64;
+    case at::kBFloat16: return LOGITS_BF16;
+    case at::kHalf: return LOGITS_F16;
+    default: TORCH_CHECK_TYPE(false, "fused CPU kernel: unsupported logits dtype ", logits.scalar_type());
   }
 }
 
-struct Params {
-  int64_t N, C, V;
-  int activation;
-  bool squared;
-  bool has_ignore;
-  int64_t ignore_index;
-  int64_t label_low, label_high;  // labels in [low, high) mark class (label - low); 1 channel: {1}
-  int64_t block;                  // pixels per block
-};
-
-// Labels of one block -> class (-1: none, or an ignored pixel) and keep mask (0 on ignored pixels).
-template <typename label_t, typename acc_t>
-void read_labels(const Params& P, const void* labels, int64_t offset, int64_t len, int32_t* cls, acc_t* keep) {
-  const label_t* y = static_cast<const label_t*>(labels) + offset;
-  prefetch_block<false>(y + len, 1, 0, len);
-  // Locals and non-short-circuit tests keep this loop branch-free (vectorised).
-  const int64_t low = P.label_low, classes = P.label_high - P.label_low, ignore = P.ignore_index;
-  const bool has_ignore = P.has_ignore;
-#pragma omp simd
-  for (int64_t v = 0; v < len; ++v) {
-    const int64_t label = static_cast<int64_t>(y[v]);
-    const bool ignored = has_ignore & (label == ignore);
-    const bool in_range = static_cast<uint64_t>(label - low) < static_cast<uint64_t>(classes);
-    cls[v] = in_range & !ignored ? static_cast<int32_t>(label - low) : -1;
-    keep[v] = ignored ? acc_t(0) : acc_t(1);
+int label_type(const at::Tensor& labels) {
+  switch (labels.scalar_type()) {
+    case at::kByte: case at::kBool: return LABEL_U8;
+    case at::kChar: return LABEL_I8;
+    case at::kShort: return LABEL_I16;
+    case at::kInt: return LABEL_I32;
+    case at::kLong: return LABEL_I64;
+    default: TORCH_CHECK_TYPE(false, "fused CPU kernel: unsupported label dtype ", labels.scalar_type());
   }
-}
-
-template <typename acc_t>
-using LabelReader = void (*)(const Params&, const void*, int64_t, int64_t, int32_t*, acc_t*);
-
-template <typename acc_t>
-LabelReader<acc_t> label_reader(at::ScalarType type) {
-  switch (type) {
-    case at::kByte: return read_labels<uint8_t, acc_t>;
-    case at::kChar: return read_labels<int8_t, acc_t>;
-    case at::kShort: return read_labels<int16_t, acc_t>;
-    case at::kInt: return read_labels<int32_t, acc_t>;
-    case at::kLong: return read_labels<int64_t, acc_t>;
-    default: TORCH_CHECK(false, "fused CPU kernel: unsupported label dtype ", type);
-  }
-}
-
-// One block of pixels, activated: p_c = u_c * r with u = exp(x - max_c x) and r = 1 / sum_c u for
-// softmax (the normalisation is folded into the passes that read u), u = p and r = 1 otherwise.
-template <typename scalar_t, typename acc_t>
-struct Tile {
-  const Params& P;
-  LabelReader<acc_t> labels;
-  std::vector<acc_t> u, r, keep, work;
-  std::vector<int32_t> cls;
-  acc_t probe = 0;  // sum of x - x: NaN iff some logit is NaN/inf
-
-  Tile(const Params& params, LabelReader<acc_t> reader)
-      : P(params), labels(reader), u(params.C * params.block), r(params.block), keep(params.block),
-        work(2 * params.block), cls(params.block) {}
-
-  // Loads pixels [v0, v0 + len) of image n.
-  template <bool PROBE>
-  void load(const scalar_t* logits, const void* label_data, int64_t n, int64_t v0, int64_t len) {
-    const int64_t C = P.C, V = P.V, B = P.block;
-    labels(P, label_data, n * V + v0, len, cls.data(), keep.data());
-    const scalar_t* x = logits + n * C * V + v0;
-    prefetch_block<false>(x + B, C, V, len);
-    // The logits in the compute type: read in place, or converted into u first (half types).
-    const acc_t* src;
-    int64_t stride;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      src = x, stride = V;
-    } else {
-      for (int64_t c = 0; c < C; ++c) to_float(x + c * V, u.data() + c * B, len);
-      src = u.data(), stride = B;
-    }
-    acc_t* rv = r.data();
-    acc_t pr = 0;
-    if (P.activation == SOFTMAX) {
-      acc_t* mx = work.data();
-      acc_t* s = work.data() + B;
-      std::copy(src, src + len, mx);
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t* xc = src + c * stride;
-#pragma omp simd reduction(+ : pr)
-        for (int64_t v = 0; v < len; ++v) {
-          if (PROBE) pr += xc[v] - xc[v];
-          mx[v] = xc[v] > mx[v] ? xc[v] : mx[v];
-        }
-      }
-      std::fill(s, s + len, acc_t(0));
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t* xc = src + c * stride;
-        acc_t* uc = u.data() + c * B;
-#pragma omp simd  // uc may be xc (half types, in place): elementwise, so no loop-carried dependence
-        for (int64_t v = 0; v < len; ++v) {
-          const acc_t e = exp_approx(xc[v] - mx[v]);
-          uc[v] = e;
-          s[v] += e;
-        }
-      }
-#pragma omp simd
-      for (int64_t v = 0; v < len; ++v) rv[v] = acc_t(1) / s[v];
-    } else {
-      const bool sigmoid = P.activation == SIGMOID;
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t* xc = src + c * stride;
-        acc_t* uc = u.data() + c * B;
-        if (sigmoid) {
-#pragma omp simd reduction(+ : pr)
-          for (int64_t v = 0; v < len; ++v) {
-            if (PROBE) pr += xc[v] - xc[v];
-            const acc_t e = exp_approx(-std::abs(xc[v]));  // sigmoid(x) = 1 / (1 + e) or e / (1 + e)
-            uc[v] = (xc[v] >= acc_t(0) ? acc_t(1) : e) / (acc_t(1) + e);
-          }
-        } else {
-#pragma omp simd reduction(+ : pr)
-          for (int64_t v = 0; v < len; ++v) {
-            if (PROBE) pr += xc[v] - xc[v];
-            uc[v] = xc[v];
-          }
-        }
-      }
-      std::fill(rv, rv + len, acc_t(1));
-    }
-    probe += pr;
-  }
-};
-
-// Fixed work split: tasks of whole blocks inside one image, the same for any thread count.
-struct Split {
-  int64_t tasks_per_image, task_len;
-  explicit Split(int64_t V) {
-    task_len = TASK_PIXELS;
-    tasks_per_image = std::max<int64_t>(1, (V + task_len - 1) / task_len);
-  }
-};
-
-// Adds one block's sums to acc = (tp[C], ps[C], gs[C]): tp_c = sum [cls = c] r u_c,
-// ps_c = sum keep r^k u_c^k, gs_c = sum [cls = c]. Accumulators are locals (kept in registers).
-template <bool SQUARED, typename acc_t>
-void block_sums(const acc_t* u, const acc_t* r, const acc_t* keep, const int32_t* cls, int64_t C, int64_t B,
-                int64_t len, acc_t* weight, double* acc) {
-#pragma omp simd
-  for (int64_t v = 0; v < len; ++v) weight[v] = SQUARED ? keep[v] * r[v] * r[v] : keep[v] * r[v];
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t* uc = u + c * B;
-    const int32_t cc = static_cast<int32_t>(c);
-    acc_t tp = 0, ps = 0, gs = 0;
-#pragma omp simd reduction(+ : tp, ps, gs)
-    for (int64_t v = 0; v < len; ++v) {
-      const acc_t g = cls[v] == cc ? acc_t(1) : acc_t(0);
-      tp += g * r[v] * uc[v];
-      ps += SQUARED ? weight[v] * uc[v] * uc[v] : weight[v] * uc[v];
-      gs += g;
-    }
-    acc[c] += tp;
-    acc[C + c] += ps;
-    acc[2 * C + c] += gs;
-  }
-}
-
-template <typename scalar_t>
-void statistics_kernel(const Params& P, const scalar_t* logits, const void* labels, at::ScalarType label_type,
-                       double* out, double* probe_out) {
-  using acc_t = typename Compute<scalar_t>::type;
-  const Split split(P.V);
-  const int64_t tasks = P.N * split.tasks_per_image;
-  const int64_t C = P.C, B = P.block;
-  const bool squared = P.squared;
-  const LabelReader<acc_t> reader = label_reader<acc_t>(label_type);
-  std::vector<double> partial(tasks * 3 * C, 0.0);
-  std::vector<double> probes(tasks, 0.0);
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    Tile<scalar_t, acc_t> tile(P, reader);
-    std::vector<acc_t> weight(B);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / split.tasks_per_image;
-      const int64_t v_begin = (t % split.tasks_per_image) * split.task_len;
-      const int64_t v_end = std::min(P.V, v_begin + split.task_len);
-      double* acc = partial.data() + t * 3 * C;
-      tile.probe = 0;
-      for (int64_t v0 = v_begin; v0 < v_end; v0 += B) {
-        const int64_t len = std::min(B, v_end - v0);
-        tile.template load<true>(logits, labels, n, v0, len);
-        if (squared)
-          block_sums<true>(tile.u.data(), tile.r.data(), tile.keep.data(), tile.cls.data(), C, B, len, weight.data(), acc);
-        else
-          block_sums<false>(tile.u.data(), tile.r.data(), tile.keep.data(), tile.cls.data(), C, B, len, weight.data(), acc);
-      }
-      probes[t] = tile.probe;
-    }
-  });
-  // Fixed-order reduction of the task partials: out is (3, N, C).
-  std::fill(out, out + 3 * P.N * C, 0.0);
-  double probe = 0;
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t n = t / split.tasks_per_image;
-    for (int64_t s = 0; s < 3; ++s)
-      for (int64_t c = 0; c < C; ++c) out[(s * P.N + n) * C + c] += partial[(t * 3 + s) * C + c];
-    probe += probes[t];
-  }
-  *probe_out = probe;
-}
-
-// One channel of dL/dlogits for a block: keep * dp/dlogit * (q - dot), q = ak p^(k-1) + [cls = c] bc
-// (ak = k a_c), dp/dlogit = p (softmax), p (1 - p) (sigmoid) or 1 (identity), p = r u.
-template <int ACTIVATION, bool SQUARED, typename acc_t>
-void channel_gradient(const acc_t* uc, const acc_t* r, const acc_t* keep, const int32_t* cls, const acc_t* dot,
-                      acc_t ak, acc_t bc, int32_t c, int64_t len, acc_t* out) {
-#pragma omp simd
-  for (int64_t v = 0; v < len; ++v) {
-    const acc_t p = r[v] * uc[v];
-    const acc_t q = (SQUARED ? ak * p : ak) + (cls[v] == c ? bc : acc_t(0));
-    if (ACTIVATION == SOFTMAX) {
-      out[v] = keep[v] * p * (q - dot[v]);
-    } else if (ACTIVATION == SIGMOID) {
-      out[v] = keep[v] * p * (acc_t(1) - p) * q;
-    } else {
-      out[v] = keep[v] * q;
-    }
-  }
-}
-
-template <typename acc_t>
-using ChannelGradient = void (*)(const acc_t*, const acc_t*, const acc_t*, const int32_t*, const acc_t*, acc_t, acc_t,
-                                 int32_t, int64_t, acc_t*);
-
-template <typename acc_t>
-ChannelGradient<acc_t> channel_gradient_for(int activation, bool squared) {
-  if (activation == SOFTMAX)
-    return squared ? channel_gradient<SOFTMAX, true, acc_t> : channel_gradient<SOFTMAX, false, acc_t>;
-  if (activation == SIGMOID)
-    return squared ? channel_gradient<SIGMOID, true, acc_t> : channel_gradient<SIGMOID, false, acc_t>;
-  return squared ? channel_gradient<IDENTITY, true, acc_t> : channel_gradient<IDENTITY, false, acc_t>;
-}
-
-// Softmax: dot = sum_c p_c q_c = r sum_c u_c q_c, q_c = ak_c (r u_c)^(k-1) + [cls = c] b_c.
-template <bool SQUARED, typename acc_t>
-void softmax_dot(const acc_t* u, const acc_t* r, const int32_t* cls, const acc_t* ak, const acc_t* b, int64_t C,
-                 int64_t B, int64_t len, acc_t* dot) {
-  std::fill(dot, dot + len, acc_t(0));
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t* uc = u + c * B;
-    const acc_t akc = ak[c], bc = b[c];
-    const int32_t cc = static_cast<int32_t>(c);
-#pragma omp simd
-    for (int64_t v = 0; v < len; ++v)
-      dot[v] += uc[v] * ((SQUARED ? akc * r[v] * uc[v] : akc) + (cls[v] == cc ? bc : acc_t(0)));
-  }
-#pragma omp simd
-  for (int64_t v = 0; v < len; ++v) dot[v] *= r[v];
-}
-
-template <typename scalar_t>
-void gradient_kernel(const Params& P, const scalar_t* logits, const void* labels, at::ScalarType label_type,
-                     const double* a, const double* b, scalar_t* grad) {
-  using acc_t = typename Compute<scalar_t>::type;
-  const Split split(P.V);
-  const int64_t tasks = P.N * split.tasks_per_image;
-  const int64_t C = P.C, V = P.V, B = P.block;
-  const bool squared = P.squared, softmax = P.activation == SOFTMAX;
-  const LabelReader<acc_t> reader = label_reader<acc_t>(label_type);
-  const ChannelGradient<acc_t> channel = channel_gradient_for<acc_t>(P.activation, squared);
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    Tile<scalar_t, acc_t> tile(P, reader);
-    std::vector<acc_t> dot(B, acc_t(0)), ak(C), bc(C), row(std::is_same_v<scalar_t, acc_t> ? 0 : B);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / split.tasks_per_image;
-      const int64_t v_begin = (t % split.tasks_per_image) * split.task_len;
-      const int64_t v_end = std::min(V, v_begin + split.task_len);
-      for (int64_t c = 0; c < C; ++c) {  // dL/dp_c = q_c = a_c k p_c^(k-1) + b_c g_c
-        ak[c] = static_cast<acc_t>(a[n * C + c] * (squared ? 2 : 1));
-        bc[c] = static_cast<acc_t>(b[n * C + c]);
-      }
-      for (int64_t v0 = v_begin; v0 < v_end; v0 += B) {
-        const int64_t len = std::min(B, v_end - v0);
-        tile.template load<false>(logits, labels, n, v0, len);
-        prefetch_block<true>(grad + n * C * V + v0 + B, C, V, len);
-        if (softmax)
-          (squared ? softmax_dot<true, acc_t> : softmax_dot<false, acc_t>)(
-              tile.u.data(), tile.r.data(), tile.cls.data(), ak.data(), bc.data(), C, B, len, dot.data());
-        for (int64_t c = 0; c < C; ++c) {
-          scalar_t* out = grad + (n * C + c) * V + v0;
-          acc_t* dst;
-          if constexpr (std::is_same_v<scalar_t, acc_t>) dst = out; else dst = row.data();
-          channel(tile.u.data() + c * B, tile.r.data(), tile.keep.data(), tile.cls.data(), dot.data(), ak[c], bc[c],
-                  static_cast<int32_t>(c), len, dst);
-          if constexpr (!std::is_same_v<scalar_t, acc_t>) from_float(row.data(), out, len);
-        }
-      }
-    }
-  });
-}
-
-Params make_params(const at::Tensor& logits, int64_t activation, bool squared, bool has_ignore,
-                   int64_t ignore_index) {
-  Params P;
-  P.N = logits.size(0);
-  P.C = logits.size(1);
-  P.V = logits.numel() / std::max<int64_t>(1, P.N * P.C);
-  P.activation = static_cast<int>(activation);
-  P.squared = squared;
-  P.has_ignore = has_ignore;
-  P.ignore_index = ignore_index;
-  P.label_low = P.C == 1 ? 1 : 0;
-  P.label_high = P.C == 1 ? 2 : P.C;
-  P.block = MAX_BLOCK;
-  while (P.block > 16 && P.block * P.C > TILE_FLOATS) P.block /= 2;
-  return P;
 }
 
 void check_inputs(const at::Tensor& logits, const at::Tensor& labels) {
+  TORCH_CHECK(logits.device().is_cpu() && labels.device().is_cpu(), "fused CPU kernel: tensors must be on the CPU");
   TORCH_CHECK(logits.is_contiguous() && labels.is_contiguous(), "fused CPU kernel needs contiguous inputs");
-  TORCH_CHECK(logits.dim() >= 2 && labels.numel() * logits.size(1) == logits.numel(),
+  TORCH_CHECK(logits.dim() >= 2 && labels.numel() * logits.size(1) == logits.numel() &&
+                  labels.numel() == (logits.size(1) ? logits.numel() / logits.size(1) : labels.numel()),
               "fused CPU kernel: labels must have one entry per pixel of the logits");
 }
 
-// A fresh gradient buffer is faulted in page by page as the kernel first writes it; on Linux, ask
-// for transparent huge pages on its 2 MiB-aligned interior (512x fewer faults) before writing.
-void advise_huge_pages(void* data, size_t bytes) {
+KernelArgs make_args(const at::Tensor& logits, const at::Tensor& labels, int64_t activation, bool squared,
+                     std::optional<int64_t> ignore_index, bool validate, bool check_labels) {
+  check_inputs(logits, labels);
+  TORCH_CHECK(activation >= 0 && activation <= 2, "fused CPU kernel: activation must be 0, 1 or 2");
+  KernelArgs P{};
+  P.logits = logits.data_ptr();
+  P.labels = labels.data_ptr();
+  P.logits_type = logits_type(logits);
+  P.label_type = label_type(labels);
+  P.N = logits.size(0);
+  P.C = logits.size(1);
+  P.V = P.N * P.C != 0 ? logits.numel() / (P.N * P.C) : 0;
+  P.activation = static_cast<int>(activation);
+  P.squared = squared;
+  P.has_ignore = ignore_index.has_value();
+  P.ignore_index = ignore_index.value_or(0);
+  P.label_low = P.C == 1 ? 1 : 0;
+  P.label_high = P.C == 1 ? 2 : P.C;
+  P.valid_high = P.C == 1 ? 2 : P.C;
+  P.validate = validate;
+  P.check_labels = check_labels;
+  P.block = MAX_BLOCK;
+  while (P.block > 16 && P.block * P.C > TILE_FLOATS) P.block /= 2;
+  P.task_len = TASK_PIXELS;
+  P.tasks_per_image = std::max<int64_t>(1, (P.V + P.task_len - 1) / P.task_len);
+  return P;
+}
+
+// "(1, 2, 3, 4)", as Python prints a tuple of ints.
+std::string index_text(int64_t flat, at::IntArrayRef sizes) {
+  std::vector<int64_t> index(sizes.size());
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    index[d] = sizes[d] ? flat % sizes[d] : 0;
+    flat = sizes[d] ? flat / sizes[d] : 0;
+  }
+  std::ostringstream text;
+  text << "(";
+  for (size_t d = 0; d < index.size(); ++d) text << (d ? ", " : "") << index[d];
+  text << (index.size() == 1 ? ",)" : ")");
+  return text.str();
+}
+
+// The errors of dice_impls.checks, raised from here when the kernel's own pass found a problem
+// (a second pass over the data only then).
+[[noreturn]] void raise_non_finite(const at::Tensor& logits) {
+  const at::Tensor x = logits.to(at::kDouble);
+  const double* data = x.data_ptr<double>();
+  int64_t count = 0, first = -1;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    if (!std::isfinite(data[i])) {
+      if (first < 0) first = i;
+      ++count;
+    }
+  }
+  TORCH_CHECK_VALUE(false, "logits contain NaN or inf (", count, " values; first at index ",
+                    index_text(first, logits.sizes()), ")");
+}
+
+[[noreturn]] void raise_bad_labels(const KernelArgs& P, const at::Tensor& labels) {
+  const at::Tensor y = labels.to(at::kLong);
+  const int64_t* data = y.data_ptr<int64_t>();
+  std::set<int64_t> values;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    const int64_t label = data[i];
+    if ((label < 0 || label >= P.valid_high) && !(P.has_ignore && label == P.ignore_index)) values.insert(label);
+  }
+  std::ostringstream found;
+  found << "[";
+  int64_t shown = 0;
+  for (const int64_t value : values) {
+    if (shown == 5) break;
+    found << (shown++ ? ", " : "") << value;
+  }
+  found << "]";
+  std::ostringstream hint;
+  if (P.has_ignore) hint << " other than ignore_index=" << P.ignore_index;
+  TORCH_CHECK_VALUE(false, "labels out of range: found ", found.str(), " but labels must lie in [0, ", P.valid_high - 1,
+                    "]", hint.str(), " for ", P.C, " channel(s)");
+}
+
+// The statistics pass: (3, N, C) Dice sums and the 3 pixel sums, reduced in task order.
+struct Sums {
+  std::vector<double> dice;  // (3, N, C)
+  double pixel[3] = {0, 0, 0};
+  double probe = 0;
+};
+
+Sums run_statistics(const KernelArgs& P, const at::Tensor& logits, const at::Tensor& labels) {
+  const int64_t C = P.C, width = 3 * C + 3, tasks = P.N * P.tasks_per_image;
+  std::vector<double> partial(tasks * width, 0.0), probes(tasks, 0.0);
+  std::vector<int64_t> bad(tasks, 0);
+  const Kernels& k = kernels();
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    k.statistics(P, begin, end, partial.data(), probes.data(), bad.data());
+  });
+  Sums sums;
+  sums.dice.assign(3 * P.N * C, 0.0);
+  int64_t bad_labels = 0;
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t n = t / P.tasks_per_image;
+    const double* acc = partial.data() + t * width;
+    for (int64_t s = 0; s < 3; ++s)
+      for (int64_t c = 0; c < C; ++c) sums.dice[(s * P.N + n) * C + c] += acc[s * C + c];
+    for (int64_t s = 0; s < 3; ++s) sums.pixel[s] += acc[3 * C + s];
+    sums.probe += probes[t];
+    bad_labels += bad[t];
+  }
+  if (P.validate && !std::isfinite(sums.probe)) raise_non_finite(logits);
+  if (P.validate && P.check_labels && bad_labels) raise_bad_labels(P, labels);
+  return sums;
+}
+
+// Gradient memory. A fresh buffer is faulted in page by page as the kernel first writes it
+// (~100 ms per 64 MiB on a 2-core VM), and glibc serves every allocation above its mmap threshold
+// (at most 32 MiB) with fresh pages. So large gradients come from a small pool instead: a freed
+// gradient (its tensor's deleter) is kept and handed to the next call of the same size, as a
+// training loop's next step asks for exactly that. At most POOL_BUFFERS buffers of at least
+// POOL_MIN_BYTES are kept; DICE_FUSED_POOL=0 turns it off (each gradient is then fresh memory).
+// Fresh buffers of that size are 2 MiB aligned and advised to use transparent huge pages (512x
+// fewer faults where the kernel grants them).
+constexpr size_t POOL_MIN_BYTES = size_t(4) << 20;
+constexpr size_t POOL_BUFFERS = 2;
+constexpr size_t HUGE_PAGE = size_t(2) << 20;
+
+struct Pool {
+  std::mutex lock;
+  std::vector<std::pair<size_t, void*>> free;  // (bytes, buffer), newest last
+};
+
+Pool& pool() {
+  static Pool* instance = new Pool();  // never destroyed: deleters may run during interpreter exit
+  return *instance;
+}
+
+bool pool_enabled() {
+  const char* flag = std::getenv("DICE_FUSED_POOL");
+  return !(flag && flag[0] == '0');
+}
+
+void release_to_pool(void* data, size_t bytes) {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> guard(p.lock);
+  if (p.free.size() == POOL_BUFFERS) {
+    std::free(p.free.front().second);
+    p.free.erase(p.free.begin());
+  }
+  p.free.emplace_back(bytes, data);
+}
+
+void* acquire_fresh(size_t bytes) {
+  void* data = nullptr;
+  const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+  TORCH_CHECK(posix_memalign(&data, HUGE_PAGE, rounded) == 0, "fused CPU kernel: out of memory for the gradient (",
+              bytes, " bytes)");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t huge = uintptr_t(1) << 21;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(huge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: errors ignored
+  madvise(data, rounded, MADV_HUGEPAGE);  // a hint: errors ignored
 #endif
+  return data;
+}
+
+void* acquire(size_t bytes) {
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> guard(p.lock);
+    for (auto it = p.free.rbegin(); it != p.free.rend(); ++it) {
+      if (it->first == bytes) {
+        void* data = it->second;
+        p.free.erase(std::next(it).base());
+        return data;
+      }
+    }
+  }
+  return acquire_fresh(bytes);
+}
+
+at::Tensor gradient_buffer(const at::Tensor& logits) {
+  const size_t bytes = static_cast<size_t>(logits.numel()) * logits.element_size();
+  if (bytes < POOL_MIN_BYTES) return at::empty(logits.sizes(), logits.options());  // glibc's heap reuses these
+  if (!pool_enabled()) return at::from_blob(acquire_fresh(bytes), logits.sizes(), [](void* ptr) { std::free(ptr); },
+                                            logits.options());
+  return at::from_blob(acquire(bytes), logits.sizes(), [bytes](void* ptr) { release_to_pool(ptr, bytes); },
+                       logits.options());
+}
+
+// Buffers the pool holds now (tests, measurements).
+int64_t pooled_buffers() {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> guard(p.lock);
+  return static_cast<int64_t>(p.free.size());
+}
+
+// DICE_FUSED_POISON=1 fills the gradient with NaN before the kernel writes it (tests: every
+// element must be overwritten).
+bool poison_outputs() {
+  const char* flag = std::getenv("DICE_FUSED_POISON");
+  return flag && flag[0] == '1';
+}
+
+at::Tensor run_gradient(const KernelArgs& P, const at::Tensor& logits, const double* a, const double* b,
+                        double pixel_scale) {
+  at::Tensor grad = gradient_buffer(logits);
+  if (poison_outputs()) grad.fill_(std::numeric_limits<double>::quiet_NaN());
+  const Kernels& k = kernels();
+  void* out = grad.data_ptr();
+  at::parallel_for(0, P.N * P.tasks_per_image, 1, [&](int64_t begin, int64_t end) {
+    k.gradient(P, begin, end, a, b, pixel_scale, out);
+  });
+  return grad;
+}
+
+// --- the scoring of the sums (dice_impls/score.py: loss_from_statistics), with its gradient ---
+
+// flags: batch, include_background, micro, log_loss, negate, absent_classes (0 include, 1 zero,
+// 2 exclude), mean (1) or sum (0). scalars: beta, smooth_nr, smooth_dr, min_denominator.
+struct Scoring {
+  bool batch, background, micro, log_loss, negate, mean;
+  int absent;
+  double beta2, smooth_nr, smooth_dr, min_denominator;
+  std::vector<double> weight;  // C
+};
+
+Scoring make_scoring(at::IntArrayRef flags, at::ArrayRef<double> scalars, std::optional<at::ArrayRef<double>> weight,
+                     int64_t C) {
+  TORCH_CHECK(flags.size() == 7 && scalars.size() >= 4, "fused loss: flags needs 7 entries, scalars at least 4");
+  Scoring S;
+  S.batch = flags[0], S.background = flags[1], S.micro = flags[2], S.log_loss = flags[3], S.negate = flags[4];
+  S.absent = static_cast<int>(flags[5]), S.mean = flags[6];
+  S.beta2 = scalars[0] * scalars[0], S.smooth_nr = scalars[1], S.smooth_dr = scalars[2];
+  S.min_denominator = scalars[3];
+  S.weight.assign(C, 1.0);
+  if (weight.has_value()) {
+    TORCH_CHECK(static_cast<int64_t>(weight->size()) == C, "fused loss: weight needs one entry per channel");
+    S.weight.assign(weight->begin(), weight->end());
+  }
+  return S;
+}
+
+// The loss of (3, N, C) sums; writes dL/dpred_sum into a and dL/dintersection into b (N x C).
+double score(const Scoring& S, const double* stats, int64_t N, int64_t C, double* a, double* b) {
+  const int64_t units = S.batch ? 1 : N, first = S.background ? 0 : 1;  // batch: one pooled unit, even of no images
+  const double tiny = std::numeric_limits<float>::min();
+  std::vector<double> tp(units * C, 0.0), ps(units * C, 0.0), gs(units * C, 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t u = S.batch ? 0 : n;
+      tp[u * C + c] += stats[n * C + c];
+      ps[u * C + c] += stats[(N + n) * C + c];
+      gs[u * C + c] += stats[(2 * N + n) * C + c];
+    }
+  std::fill(a, a + N * C, 0.0);
+  std::fill(b, b + N * C, 0.0);
+  const int64_t classes = S.micro ? 1 : C - first;
+  std::vector<double> da(units * C, 0.0), db(units * C, 0.0);  // per unit, per class
+  double total = 0;
+  for (int64_t u = 0; u < units; ++u) {
+    // The scored entries of this unit: one per kept class, or one pooled (micro) entry.
+    std::vector<double> t(classes), p(classes), g(classes), w(classes);
+    for (int64_t k = 0; k < classes; ++k) {
+      if (S.micro) {
+        t[k] = p[k] = g[k] = 0;
+        for (int64_t c = first; c < C; ++c) {
+          t[k] += S.weight[c] * tp[u * C + c];
+          p[k] += S.weight[c] * ps[u * C + c];
+          g[k] += S.weight[c] * gs[u * C + c];
+        }
+        w[k] = 1;
+      } else {
+        const int64_t c = first + k;
+        t[k] = tp[u * C + c], p[k] = ps[u * C + c], g[k] = gs[u * C + c], w[k] = S.weight[c];
+      }
+    }
+    std::vector<double> loss(classes), dl_dt(classes), dl_dp(classes), weights(classes);
+    for (int64_t k = 0; k < classes; ++k) {
+      const double numerator = (1 + S.beta2) * t[k] + S.smooth_nr;
+      const double raw = p[k] + S.beta2 * g[k] + S.smooth_dr;
+      const double denominator = std::max(raw, S.min_denominator);
+      const bool empty = denominator == 0;
+      const double value = empty ? 1.0 : numerator / denominator;
+      const double ds_dt = empty ? 0.0 : (1 + S.beta2) / denominator;
+      const double ds_dp = empty || raw < S.min_denominator ? 0.0 : -numerator / (denominator * denominator);
+      double l, dl_ds;
+      if (S.log_loss) {
+        l = -std::log(std::max(value, tiny));
+        dl_ds = value >= tiny ? -1.0 / std::max(value, tiny) : 0.0;
+      } else {
+        l = S.negate ? -value : 1 - value;
+        dl_ds = -1.0;
+      }
+      double weight = w[k];
+      if (S.absent == 1 && !(g[k] > 0)) l = 0, dl_ds = 0;
+      if (S.absent == 2 && !(g[k] > 0)) weight = 0;
+      loss[k] = l, weights[k] = weight, dl_dt[k] = dl_ds * ds_dt, dl_dp[k] = dl_ds * ds_dp;
+    }
+    // dL/dloss_k of the reduction.
+    double normalizer = 0, weighted = 0;
+    for (int64_t k = 0; k < classes; ++k) normalizer += weights[k], weighted += loss[k] * weights[k];
+    double scale = 1.0;
+    if (S.mean) {
+      const bool no_class = normalizer == 0;
+      total += no_class ? 1.0 : weighted / normalizer;
+      scale = no_class ? 0.0 : 1.0 / (normalizer * units);
+    } else {
+      total += weighted;
+    }
+    for (int64_t k = 0; k < classes; ++k) {
+      const double g_loss = scale * weights[k];
+      if (S.micro) {
+        for (int64_t c = first; c < C; ++c) {
+          db[u * C + c] = g_loss * dl_dt[k] * S.weight[c];
+          da[u * C + c] = g_loss * dl_dp[k] * S.weight[c];
+        }
+      } else {
+        db[u * C + first + k] = g_loss * dl_dt[k];
+        da[u * C + first + k] = g_loss * dl_dp[k];
+      }
+    }
+  }
+  if (S.mean) total = units ? total / units : std::numeric_limits<double>::quiet_NaN();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t u = S.batch ? 0 : n;
+      a[n * C + c] = da[u * C + c];
+      b[n * C + c] = db[u * C + c];
+    }
+  return total;
+}
+
+// The per-pixel term's configuration: scalars[4..8) = lambda_dice, lambda_pixel, gamma,
+// label_smoothing; the per-class weights of its numerator and normaliser (None: ones).
+struct PixelTerm {
+  double lambda_dice = 1, lambda_pixel = 0, gamma = 0, smoothing = 0, weight_sum = 0;
+  std::vector<double> weight, norm;
+};
+
+PixelTerm make_pixel_term(KernelArgs& P, at::ArrayRef<double> scalars, std::optional<at::ArrayRef<double>> pixel_weight,
+                          std::optional<at::ArrayRef<double>> norm_weight) {
+  TORCH_CHECK(scalars.size() == 8, "fused loss: scalars needs 8 entries");
+  PixelTerm T;
+  T.lambda_dice = scalars[4], T.lambda_pixel = scalars[5], T.gamma = scalars[6], T.smoothing = scalars[7];
+  T.weight.assign(P.C, 1.0);
+  T.norm.assign(P.C, 1.0);
+  if (pixel_weight.has_value()) {
+    TORCH_CHECK(static_cast<int64_t>(pixel_weight->size()) == P.C, "fused loss: pixel_weight needs one entry per channel");
+    T.weight.assign(pixel_weight->begin(), pixel_weight->end());
+  }
+  if (norm_weight.has_value()) {
+    TORCH_CHECK(static_cast<int64_t>(norm_weight->size()) == P.C, "fused loss: norm_weight needs one entry per channel");
+    T.norm.assign(norm_weight->begin(), norm_weight->end());
+  }
+  for (const double w : T.weight) T.weight_sum += w;
+  P.pixel = T.lambda_pixel != 0;
+  TORCH_CHECK(!P.pixel || (P.activation == 0 && P.C >= 2), "fused loss: the per-pixel term needs softmax logits");
+  TORCH_CHECK(T.smoothing == 0 || T.gamma == 0, "fused loss: label smoothing applies to cross-entropy only");
+  P.gamma = T.gamma, P.smoothing = T.smoothing, P.pixel_weight_sum = T.weight_sum;
+  P.pixel_weight = T.weight.data(), P.norm_weight = T.norm.data();
+  return T;
+}
+
+at::ScalarType loss_dtype(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 }  // namespace
 
-// Returns (stats (3, N, C) float64, probe float64 scalar).
-std::tuple<at::Tensor, at::Tensor> statistics(at::Tensor logits, at::Tensor labels, int64_t activation,
-                                      bool squared, bool has_ignore, int64_t ignore_index) {
-  check_inputs(logits, labels);
-  const Params P = make_params(logits, activation, squared, has_ignore, ignore_index);
+std::tuple<at::Tensor, at::Tensor> statistics(const at::Tensor& logits, const at::Tensor& labels, int64_t activation,
+                                              bool squared, std::optional<int64_t> ignore_index, bool check_finite,
+                                              bool check_labels) {
+  const KernelArgs P = make_args(logits, labels, activation, squared, ignore_index, check_finite || check_labels,
+                                 check_labels);
+  const Sums sums = run_statistics(P, logits, labels);
   auto out = at::empty({3, P.N, P.C}, logits.options().dtype(at::kDouble));
+  std::copy(sums.dice.begin(), sums.dice.end(), out.data_ptr<double>());
   auto probe = at::empty({}, logits.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "fused_dice_statistics", [&] {
-    statistics_kernel(P, logits.data_ptr<scalar_t>(), labels.data_ptr(), labels.scalar_type(), out.data_ptr<double>(),
-                      probe.data_ptr<double>());
-  });
+  *probe.data_ptr<double>() = sums.probe;
   return std::make_tuple(out, probe);
 }
 
-// a = dL/dpred_sum, b = dL/dintersection, both (N, C) float64; writes dL/dlogits into grad.
-void gradient(at::Tensor logits, at::Tensor labels, at::Tensor a, at::Tensor b, at::Tensor grad, int64_t activation,
-              bool squared, bool has_ignore, int64_t ignore_index) {
-  check_inputs(logits, labels);
-  const Params P = make_params(logits, activation, squared, has_ignore, ignore_index);
-  TORCH_CHECK(a.scalar_type() == at::kDouble && b.scalar_type() == at::kDouble && a.is_contiguous() &&
-                  b.is_contiguous() && a.numel() == P.N * P.C && b.numel() == P.N * P.C,
-              "fused CPU kernel: a and b must be contiguous float64 (N, C)");
-  TORCH_CHECK(grad.is_contiguous() && grad.sizes() == logits.sizes() && grad.scalar_type() == logits.scalar_type(),
-              "fused CPU kernel: grad must be contiguous, shaped and typed like the logits");
-  advise_huge_pages(grad.data_ptr(), grad.nbytes());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "fused_dice_gradient", [&] {
-    gradient_kernel(P, logits.data_ptr<scalar_t>(), labels.data_ptr(), labels.scalar_type(), a.data_ptr<double>(),
-                    b.data_ptr<double>(), grad.data_ptr<scalar_t>());
-  });
+at::Tensor gradient(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& a, const at::Tensor& b,
+                    int64_t activation, bool squared, std::optional<int64_t> ignore_index) {
+  const KernelArgs P = make_args(logits, labels, activation, squared, ignore_index, false, false);
+  TORCH_CHECK(a.scalar_type() == at::kDouble && b.scalar_type() == at::kDouble && a.numel() == P.N * P.C &&
+                  b.numel() == P.N * P.C,
+              "fused CPU kernel: a and b must be float64 (N, C)");
+  const at::Tensor a64 = a.contiguous(), b64 = b.contiguous();
+  return run_gradient(P, logits, a64.data_ptr<double>(), b64.data_ptr<double>(), 0.0);
 }
 
+// saved = [dL/dpred_sum (N C), dL/dintersection (N C), dL/dpixel_sum (1)] for unit upstream gradient.
+std::tuple<at::Tensor, at::Tensor> loss(const at::Tensor& logits, const at::Tensor& labels, int64_t activation,
+                                        bool squared, std::optional<int64_t> ignore_index, bool check_finite,
+                                        bool check_labels, at::IntArrayRef flags, at::ArrayRef<double> scalars,
+                                        std::optional<at::ArrayRef<double>> weight,
+                                        std::optional<at::ArrayRef<double>> pixel_weight,
+                                        std::optional<at::ArrayRef<double>> norm_weight) {
+  KernelArgs P = make_args(logits, labels, activation, squared, ignore_index, check_finite || check_labels,
+                           check_labels);
+  const Scoring S = make_scoring(flags, scalars, weight, P.C);
+  const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);
+  const Sums sums = run_statistics(P, logits, labels);
+  auto saved = at::empty({2 * P.N * P.C + 1}, logits.options().dtype(at::kDouble));
+  double* a = saved.data_ptr<double>();
+  double* b = a + P.N * P.C;
+  double value = T.lambda_dice * score(S, sums.dice.data(), P.N, P.C, a, b);
+  for (int64_t i = 0; i < 2 * P.N * P.C; ++i) a[i] *= T.lambda_dice;
+  double pixel_scale = 0;
+  if (P.pixel && sums.pixel[2] > 0) {
+    const double pixel = ((sums.pixel[0]) + T.smoothing / P.C * sums.pixel[1]) / sums.pixel[2];
+    value += T.lambda_pixel * pixel;
+    pixel_scale = T.lambda_pixel / sums.pixel[2];
+  }
+  b[P.N * P.C] = pixel_scale;
+  auto out = at::empty({}, logits.options().dtype(loss_dtype(logits)));
+  if (out.scalar_type() == at::kDouble) *out.data_ptr<double>() = value; else *out.data_ptr<float>() = static_cast<float>(value);
+  return std::make_tuple(out, saved);
+}
+
+at::Tensor loss_backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& labels,
+                         const at::Tensor& saved, int64_t activation, bool squared, std::optional<int64_t> ignore_index,
+                         at::IntArrayRef flags, at::ArrayRef<double> scalars, std::optional<at::ArrayRef<double>> weight,
+                         std::optional<at::ArrayRef<double>> pixel_weight,
+                         std::optional<at::ArrayRef<double>> norm_weight) {
+  KernelArgs P = make_args(logits, labels, activation, squared, ignore_index, false, false);
+  make_scoring(flags, scalars, weight, P.C);
+  const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);
+  TORCH_CHECK(grad.numel() == 1, "fused loss_backward: the loss is a scalar");
+  TORCH_CHECK(saved.scalar_type() == at::kDouble && saved.numel() == 2 * P.N * P.C + 1,
+              "fused loss_backward: saved must come from fused loss");
+  const double g = grad.to(at::kDouble).item<double>();
+  const at::Tensor s = saved.contiguous();
+  std::vector<double> ab(s.data_ptr<double>(), s.data_ptr<double>() + 2 * P.N * P.C);
+  for (double& value : ab) value *= g;
+  return run_gradient(P, logits, ab.data(), ab.data() + P.N * P.C, g * s.data_ptr<double>()[2 * P.N * P.C]);
+}
+
+std::string isa() { return kernels().name; }
+
+#if defined(FUSED_SOURCE_DIGEST)
+// Kept in the library's bytes for cpu.is_stale, which reads it without loading the library.
+#define FUSED_STRINGIFY_(token) #token
+#define FUSED_STRINGIFY(token) FUSED_STRINGIFY_(token)
+extern "C" __attribute__((used, visibility("default"))) const char dice_fused_source_digest[] =
+    FUSED_STRINGIFY(FUSED_SOURCE_DIGEST);
+#endif
+
 TORCH_LIBRARY(dice_fused, m) {
-  m.def("statistics(Tensor logits, Tensor labels, int activation, bool squared, bool has_ignore, int ignore_index)"
-        " -> (Tensor, Tensor)", &statistics);
-  m.def("gradient(Tensor logits, Tensor labels, Tensor a, Tensor b, Tensor(a!) grad, int activation, bool squared,"
-        " bool has_ignore, int ignore_index) -> ()", &gradient);
+  m.def("statistics(Tensor logits, Tensor labels, int activation, bool squared, int? ignore_index,"
+        " bool check_finite, bool check_labels) -> (Tensor, Tensor)");
+  m.def("gradient(Tensor logits, Tensor labels, Tensor a, Tensor b, int activation, bool squared,"
+        " int? ignore_index) -> Tensor");
+  m.def("loss(Tensor logits, Tensor labels, int activation, bool squared, int? ignore_index, bool check_finite,"
+        " bool check_labels, int[] flags, float[] scalars, float[]? weight, float[]? pixel_weight,"
+        " float[]? norm_weight) -> (Tensor, Tensor)");
+  m.def("loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor saved, int activation, bool squared,"
+        " int? ignore_index, int[] flags, float[] scalars, float[]? weight, float[]? pixel_weight,"
+        " float[]? norm_weight) -> Tensor");
+  m.def("isa() -> str", &isa);
+  m.def("pooled_buffers() -> int", &pooled_buffers);
+}
+
+TORCH_LIBRARY_IMPL(dice_fused, CPU, m) {
+  m.impl("statistics", &statistics);
+  m.impl("gradient", &gradient);
+  m.impl("loss", &loss);
+  m.impl("loss_backward", &loss_backward);
 }

@@ -1,169 +1,345 @@
 """GPU kernels of ``fused`` in Triton (they also run on CPU tensors under ``TRITON_INTERPRET=1``).
 
-Statistics: a grid of (image, program); each program walks ``tiles_per_program`` tiles of
-``BLOCK_C x BLOCK_V`` logits (all channels of ``BLOCK_V`` pixels), keeps per-lane float32
-accumulators and reduces them once at the end. With ``deterministic`` every program writes its
-partial sums to its own slot and the slots are summed in a fixed order; otherwise the partials are
-added with float atomics (faster, order-dependent rounding). Gradient: one program per tile
+Both kernels walk tiles of ``BLOCK_V`` pixels on a 1-D grid of ``N x programs`` programs; program
+``i`` takes image ``i // programs`` and ``tiles_per_program`` consecutive tiles of it. All index
+arithmetic past the program id is int64, so no product of V, C and tile counts can wrap (the
+compile check refuses any 32-bit multiply in the kernels' TTIR).
+
+Channels have two layouts, chosen from C by ``layout``:
+
+- resident (C <= ``RESIDENT_CHANNELS``): a tile holds all ``BLOCK_C = next_pow2(C)`` channels of
+  its pixels; softmax needs one exp per logit, and the statistics keep per-lane accumulators that
+  are reduced once at the end.
+- looped (larger C): channels are walked in ``channel_blocks`` blocks of ``BLOCK_C = 8``, so
+  registers do not grow with C and fewer than 8 lanes are padding. Softmax takes two passes over
+  the blocks of a tile: the first an online max and sum (``m``, ``s``, rescaled when the max
+  grows; the gradient also carries the softmax dot product there), the second the probabilities.
+  Per-tile channel sums are added into ``(ACC_ROWS, BLOCK_C)`` accumulators (rows padded to a
+  power of two).
+
+Statistics are accumulated in float32 (float64 for float64 logits, which are computed in float64
+throughout). With ``deterministic`` every program writes its partial sums to its own slot of a
+``(3, N, programs, C)`` buffer that is summed in a fixed order; otherwise partials are added with
+atomics into zeroed ``(3, N, C)`` sums (faster, order-dependent rounding). The gradient kernel
 recomputes p from the logits and writes ``dL/dlogits`` (see ``autograd``) in the logits' dtype.
+
+The launchers read no tensor values and create no tensor from host data, so they never wait for
+the device. Kernels are launched through ``torch.library.wrap_triton`` so that a ``triton_op`` can
+call these launchers under ``torch.compile``.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.library import wrap_triton
 
 from . import autograd
 from .autograd import Backend, KernelParams
 
-TILE_ELEMENTS = 2048  # BLOCK_C * BLOCK_V
-PROGRAMS_PER_GRID = 2048  # statistics programs in all, enough to fill a large GPU
+TILE_ELEMENTS = 2048  # BLOCK_C * BLOCK_V of the resident layout: 16 values per thread and tensor at 4 warps
+LOOPED_TILE_ELEMENTS = 1024  # of the looped layout, which also holds the (ACC_ROWS, 8) accumulators
+LOOPED_WARPS = 8  # at 4 warps ptxas spilled 16 bytes of the looped statistics on sm_80
+RESIDENT_CHANNELS = 32  # up to this C all channels of a tile stay in registers
+CHANNEL_BLOCK = 8  # channels per block of the looped layout: pads fewer than 8 lanes; larger blocks spilled
+STATISTICS_PROGRAMS = 2048  # statistics programs in all, enough to fill a large GPU
+GRID_X_MAX = 2**31 - 1  # CUDA's limit on grid dimension x (y and z: 65535; both kernels use x only)
 
 
 @triton.jit
-def _tile(x_ptr, y_ptr, n, v, V, C, ignore_index,
-          BLOCK_C: tl.constexpr, ACTIVATION: tl.constexpr, HAS_IGNORE: tl.constexpr, LABEL_LOW: tl.constexpr):
-    """(p, g, keep, probe) of one tile: probabilities, target mask, counted pixels, x - x."""
-    c = tl.arange(0, BLOCK_C)
-    c_ok = c < C
+def _tile_pixels(y_ptr, n, tile, V, ignore_index, BLOCK_V: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                 LABEL_LOW: tl.constexpr):
+    """(v, v_ok, keep, target class) of one tile: int64 pixel indices, in range, counted."""
+    v = tile * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
     v_ok = v < V
-    mask = c_ok[:, None] & v_ok[None, :]
-    row = n.to(tl.int64) * C
-    x = tl.load(x_ptr + (row + c[:, None]) * V + v[None, :], mask=mask, other=0.0).to(tl.float32)
-    probe = tl.sum(tl.sum(tl.where(mask, x - x, 0.0), 1), 0)
+    label = tl.load(y_ptr + n * V + v, mask=v_ok, other=0).to(tl.int64)
+    keep = v_ok
+    if HAS_IGNORE:
+        keep = keep & (label != ignore_index)
+    return v, v_ok, keep, label - LABEL_LOW
+
+
+@triton.jit
+def _load_logits(x_ptr, n, c, v, C, V, ACC: tl.constexpr):
+    """Logits of channels ``c`` at pixels ``v`` in ACC; -inf on channels past C, 0 on pixels past V."""
+    c_ok = c < C
+    x = tl.load(x_ptr + (n * C + c[:, None]) * V + v[None, :], mask=c_ok[:, None] & (v < V)[None, :],
+                other=0.0).to(ACC)
+    return tl.where(c_ok[:, None], x, float("-inf"))
+
+
+@triton.jit
+def _activate(x, m, r, ACTIVATION: tl.constexpr):
+    """Probabilities from logits: softmax with the pixel's max ``m`` and 1 / sum ``r``, sigmoid, or none."""
     if ACTIVATION == 0:
-        x = tl.where(c_ok[:, None], x, float("-inf"))
-        e = tl.exp(x - tl.max(x, 0)[None, :])
-        p = e / tl.sum(e, 0)[None, :]
+        p = tl.exp(x - m[None, :]) * r[None, :]
     elif ACTIVATION == 1:
         p = 1.0 / (1.0 + tl.exp(-x))
     else:
         p = x
-    label = tl.load(y_ptr + n.to(tl.int64) * V + v, mask=v_ok, other=0).to(tl.int64)
-    keep = v_ok
-    if HAS_IGNORE:
-        keep = keep & (label != ignore_index)
-    g = ((label - LABEL_LOW)[None, :] == c[:, None]) & keep[None, :] & c_ok[:, None]
-    p = tl.where(keep[None, :] & c_ok[:, None], p, 0.0)
-    return p, g, keep, probe
+    return p
 
 
 @triton.jit
-def _statistics_kernel(x_ptr, y_ptr, out_ptr, probe_ptr, V, C, ignore_index, tiles_per_program,
-                       BLOCK_C: tl.constexpr, BLOCK_V: tl.constexpr, ACTIVATION: tl.constexpr,
-                       SQUARED: tl.constexpr, HAS_IGNORE: tl.constexpr, LABEL_LOW: tl.constexpr,
-                       DETERMINISTIC: tl.constexpr):
-    n = tl.program_id(0)
-    program = tl.program_id(1)
-    programs = tl.num_programs(1)
-    tp = tl.zeros([BLOCK_C, BLOCK_V], dtype=tl.float32)
-    ps = tl.zeros([BLOCK_C, BLOCK_V], dtype=tl.float32)
-    gs = tl.zeros([BLOCK_C, BLOCK_V], dtype=tl.float32)
-    probe = 0.0
-    for t in range(tiles_per_program):
-        v = (program * tiles_per_program + t) * BLOCK_V + tl.arange(0, BLOCK_V)
-        p, g, keep, tile_probe = _tile(x_ptr, y_ptr, n, v, V, C, ignore_index,
-                                       BLOCK_C, ACTIVATION, HAS_IGNORE, LABEL_LOW)
-        tp += tl.where(g, p, 0.0)
-        if SQUARED:
-            ps += p * p
-        else:
-            ps += p
-        gs += g.to(tl.float32)
-        probe += tile_probe
-    c = tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    sums = (tl.sum(tp, 1), tl.sum(ps, 1), tl.sum(gs, 1))
+def _softmax_normaliser(x_ptr, n, v, C, V, channel_blocks, BLOCK_C: tl.constexpr, BLOCK_V: tl.constexpr,
+                        ACC: tl.constexpr):
+    """Per-pixel max and 1 / sum of exp over all channel blocks (online: one pass, rescaled)."""
+    m = tl.full([BLOCK_V], float("-inf"), ACC)
+    s = tl.zeros([BLOCK_V], ACC)
+    c = tl.arange(0, BLOCK_C).to(tl.int64)  # advanced by BLOCK_C per block: int64, no multiply
+    for _ in range(channel_blocks):
+        x = _load_logits(x_ptr, n, c, v, C, V, ACC)
+        m_new = tl.maximum(m, tl.max(x, 0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[None, :]), 0)
+        m = m_new
+        c += BLOCK_C
+    return m, 1.0 / s
+
+
+@triton.jit
+def _block_terms(x, c, c_ok, v_ok, keep, y, m, r, ACTIVATION: tl.constexpr, SQUARED: tl.constexpr,
+                 ACC: tl.constexpr):
+    """(m p g, m p**k + (x - x), g) of one block: the summands of the statistics, the probe folded in.
+
+    ``x - x`` is 0 for every finite logit and NaN otherwise, so pred_sum is finite exactly when
+    all logits are and serves as the probe of ``Backend``."""
+    counted = keep[None, :] & c_ok[:, None]
+    p = tl.where(counted, _activate(x, m, r, ACTIVATION), 0.0)
+    g = (y[None, :] == c[:, None]) & counted
+    probe = tl.where(c_ok[:, None] & v_ok[None, :], x - x, 0.0)
+    return tl.where(g, p, 0.0), (p * p if SQUARED else p) + probe, g.to(ACC)
+
+
+@triton.jit
+def _statistics_kernel(x_ptr, y_ptr, out_ptr, V, C, ignore_index, programs, tiles_per_program, channel_blocks,
+                       BLOCK_C: tl.constexpr, BLOCK_V: tl.constexpr, RESIDENT: tl.constexpr, ACC_ROWS: tl.constexpr,
+                       ACTIVATION: tl.constexpr, SQUARED: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                       LABEL_LOW: tl.constexpr, DETERMINISTIC: tl.constexpr, ACC: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // programs
+    program = pid % programs
+    c_in_block = tl.arange(0, BLOCK_C).to(tl.int64)
+    if RESIDENT:
+        # Per-lane accumulators, reduced once after the last tile.
+        c_ok = c_in_block < C
+        tp = tl.zeros([BLOCK_C, BLOCK_V], ACC)
+        ps = tl.zeros([BLOCK_C, BLOCK_V], ACC)
+        gs = tl.zeros([BLOCK_C, BLOCK_V], ACC)
+        for t in range(tiles_per_program):
+            v, v_ok, keep, y = _tile_pixels(y_ptr, n, program * tiles_per_program + t, V, ignore_index,
+                                            BLOCK_V, HAS_IGNORE, LABEL_LOW)
+            x = _load_logits(x_ptr, n, c_in_block, v, C, V, ACC)
+            m = tl.max(x, 0)
+            r = 1.0 / tl.sum(tl.exp(x - m[None, :]), 0) if ACTIVATION == 0 else m
+            tile_tp, tile_ps, tile_gs = _block_terms(x, c_in_block, c_ok, v_ok, keep, y, m, r, ACTIVATION,
+                                                     SQUARED, ACC)
+            tp += tile_tp
+            ps += tile_ps
+            gs += tile_gs
+        sums = (tl.sum(tp, 1), tl.sum(ps, 1), tl.sum(gs, 1))
+        c_all = c_in_block
+    else:
+        # Per-tile channel sums added into row ``block`` of (ACC_ROWS, BLOCK_C) accumulators.
+        blocks = tl.arange(0, ACC_ROWS)
+        tp = tl.zeros([ACC_ROWS, BLOCK_C], ACC)
+        ps = tl.zeros([ACC_ROWS, BLOCK_C], ACC)
+        gs = tl.zeros([ACC_ROWS, BLOCK_C], ACC)
+        for t in range(tiles_per_program):
+            v, v_ok, keep, y = _tile_pixels(y_ptr, n, program * tiles_per_program + t, V, ignore_index,
+                                            BLOCK_V, HAS_IGNORE, LABEL_LOW)
+            m = tl.zeros([BLOCK_V], ACC)
+            r = m
+            if ACTIVATION == 0:
+                m, r = _softmax_normaliser(x_ptr, n, v, C, V, channel_blocks, BLOCK_C, BLOCK_V, ACC)
+            c = c_in_block
+            for block in range(channel_blocks):
+                x = _load_logits(x_ptr, n, c, v, C, V, ACC)
+                tile_tp, tile_ps, tile_gs = _block_terms(x, c, c < C, v_ok, keep, y, m, r, ACTIVATION, SQUARED,
+                                                         ACC)
+                here = (blocks == block)[:, None]
+                tp += tl.where(here, tl.sum(tile_tp, 1)[None, :], 0.0)
+                ps += tl.where(here, tl.sum(tile_ps, 1)[None, :], 0.0)
+                gs += tl.where(here, tl.sum(tile_gs, 1)[None, :], 0.0)
+                c += BLOCK_C
+        sums = (tl.reshape(tp, [ACC_ROWS * BLOCK_C]), tl.reshape(ps, [ACC_ROWS * BLOCK_C]),
+                tl.reshape(gs, [ACC_ROWS * BLOCK_C]))
+        c_all = tl.arange(0, ACC_ROWS * BLOCK_C).to(tl.int64)
+    c_ok = c_all < C
     if DETERMINISTIC:
-        # Slot (n, program) of the (N, programs, 3, C) partials; summed in order on the host.
-        slot = (n.to(tl.int64) * programs + program) * 3 * C
-        tl.store(out_ptr + slot + c, sums[0], mask=c_ok)
-        tl.store(out_ptr + slot + C + c, sums[1], mask=c_ok)
-        tl.store(out_ptr + slot + 2 * C + c, sums[2], mask=c_ok)
-        tl.store(probe_ptr + n * programs + program, probe)
+        # Slot (k, n, program) of the (3, N, programs, C) partials; summed in order by the launcher.
+        total = tl.num_programs(0).to(tl.int64)
+        for k in tl.static_range(3):
+            tl.store(out_ptr + (k * total + pid) * C + c_all, sums[k], mask=c_ok)
     else:
         # Atomics into the zeroed (3, N, C) sums.
-        stride = tl.num_programs(0).to(tl.int64) * C
-        tl.atomic_add(out_ptr + n * C + c, sums[0], mask=c_ok)
-        tl.atomic_add(out_ptr + stride + n * C + c, sums[1], mask=c_ok)
-        tl.atomic_add(out_ptr + 2 * stride + n * C + c, sums[2], mask=c_ok)
-        tl.atomic_add(probe_ptr, probe)
+        stride = (tl.num_programs(0).to(tl.int64) // programs) * C
+        for k in tl.static_range(3):
+            tl.atomic_add(out_ptr + k * stride + n * C + c_all, sums[k], mask=c_ok)
 
 
 @triton.jit
-def _gradient_kernel(x_ptr, y_ptr, a_ptr, b_ptr, grad_ptr, V, C, ignore_index,
-                     BLOCK_C: tl.constexpr, BLOCK_V: tl.constexpr, ACTIVATION: tl.constexpr,
-                     SQUARED: tl.constexpr, HAS_IGNORE: tl.constexpr, LABEL_LOW: tl.constexpr):
-    n = tl.program_id(0)
-    v = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    p, g, keep, _ = _tile(x_ptr, y_ptr, n, v, V, C, ignore_index, BLOCK_C, ACTIVATION, HAS_IGNORE, LABEL_LOW)
-    c = tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    a = tl.load(a_ptr + n * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + n * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    if SQUARED:
-        q = 2.0 * a[:, None] * p
-    else:
-        q = a[:, None] + tl.zeros_like(p)
-    q += tl.where(g, b[:, None], 0.0)
-    if ACTIVATION == 0:
-        d = p * (q - tl.sum(p * q, 0)[None, :])
-    elif ACTIVATION == 1:
-        d = p * (1.0 - p) * q
-    else:
-        d = q
-    d = tl.where(keep[None, :], d, 0.0)
-    mask = c_ok[:, None] & (v < V)[None, :]
-    offsets = (n.to(tl.int64) * C + c[:, None]) * V + v[None, :]
-    tl.store(grad_ptr + offsets, d.to(grad_ptr.dtype.element_ty), mask=mask)
+def _p_and_q(x, c, c_ok, y, a_ptr, b_ptr, n, C, m, r, ACTIVATION: tl.constexpr, SQUARED: tl.constexpr,
+             ACC: tl.constexpr):
+    """p and q = dL/dp = a k p**(k-1) + b g of one block of channels."""
+    a = tl.load(a_ptr + n * C + c, mask=c_ok, other=0.0).to(ACC)
+    b = tl.load(b_ptr + n * C + c, mask=c_ok, other=0.0).to(ACC)
+    p = _activate(x, m, r, ACTIVATION)
+    q = 2.0 * a[:, None] * p if SQUARED else a[:, None] + tl.zeros_like(p)
+    return p, q + tl.where(y[None, :] == c[:, None], b[:, None], 0.0)
 
 
-def _blocks(channels: int):
-    block_c = triton.next_power_of_2(channels)
-    return block_c, max(16, TILE_ELEMENTS // block_c)
+@triton.jit
+def _gradient_kernel(x_ptr, y_ptr, a_ptr, b_ptr, grad_ptr, V, C, ignore_index, programs, tiles_per_program,
+                     channel_blocks, BLOCK_C: tl.constexpr, BLOCK_V: tl.constexpr, RESIDENT: tl.constexpr,
+                     ACTIVATION: tl.constexpr, SQUARED: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                     LABEL_LOW: tl.constexpr, ACC: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // programs
+    program = pid % programs
+    c_in_block = tl.arange(0, BLOCK_C).to(tl.int64)
+    for t in range(tiles_per_program):
+        v, v_ok, keep, y = _tile_pixels(y_ptr, n, program * tiles_per_program + t, V, ignore_index,
+                                        BLOCK_V, HAS_IGNORE, LABEL_LOW)
+        m = tl.zeros([BLOCK_V], ACC)
+        r = m
+        dot = m
+        if RESIDENT:
+            c_ok = c_in_block < C
+            x = _load_logits(x_ptr, n, c_in_block, v, C, V, ACC)
+            if ACTIVATION == 0:
+                m = tl.max(x, 0)
+                r = 1.0 / tl.sum(tl.exp(x - m[None, :]), 0)
+            p, q = _p_and_q(x, c_in_block, c_ok, y, a_ptr, b_ptr, n, C, m, r, ACTIVATION, SQUARED, ACC)
+            if ACTIVATION == 0:
+                dot = tl.sum(p * q, 0)
+        elif ACTIVATION == 0:
+            # First pass: max, sum and the softmax dot product sum_j p_j q_j = k sum_j a_j p_j**k + b_y p_y,
+            # each accumulated relative to the running max and rescaled when it grows.
+            m = tl.full([BLOCK_V], float("-inf"), ACC)
+            s = tl.zeros([BLOCK_V], ACC)
+            sa = tl.zeros([BLOCK_V], ACC)
+            sb = tl.zeros([BLOCK_V], ACC)
+            c = c_in_block
+            for _ in range(channel_blocks):
+                c_ok = c < C
+                x = _load_logits(x_ptr, n, c, v, C, V, ACC)
+                a = tl.load(a_ptr + n * C + c, mask=c_ok, other=0.0).to(ACC)
+                b = tl.load(b_ptr + n * C + c, mask=c_ok, other=0.0).to(ACC)
+                m_new = tl.maximum(m, tl.max(x, 0))
+                scale = tl.exp(m - m_new)
+                e = tl.exp(x - m_new[None, :])
+                s = s * scale + tl.sum(e, 0)
+                sa = sa * scale * scale + tl.sum(a[:, None] * e * e, 0) if SQUARED else \
+                    sa * scale + tl.sum(a[:, None] * e, 0)
+                sb = sb * scale + tl.sum(tl.where(y[None, :] == c[:, None], b[:, None] * e, 0.0), 0)
+                m = m_new
+                c += BLOCK_C
+            r = 1.0 / s
+            dot = (2.0 * sa * r * r if SQUARED else sa * r) + sb * r
+        c = c_in_block
+        for _ in range(channel_blocks):
+            c_ok = c < C
+            if not RESIDENT:
+                x = _load_logits(x_ptr, n, c, v, C, V, ACC)
+                p, q = _p_and_q(x, c, c_ok, y, a_ptr, b_ptr, n, C, m, r, ACTIVATION, SQUARED, ACC)
+            if ACTIVATION == 0:
+                d = p * (q - dot[None, :])
+            elif ACTIVATION == 1:
+                d = p * (1.0 - p) * q
+            else:
+                d = q
+            d = tl.where(keep[None, :] & c_ok[:, None], d, 0.0)
+            offsets = (n * C + c[:, None]) * V + v[None, :]
+            tl.store(grad_ptr + offsets, d.to(grad_ptr.dtype.element_ty), mask=c_ok[:, None] & v_ok[None, :])
+            c += BLOCK_C
 
 
-def _constants(logits: Tensor, params: KernelParams):
-    block_c, block_v = _blocks(logits.shape[1])
-    return dict(
-        BLOCK_C=block_c, BLOCK_V=block_v, ACTIVATION=params.activation, SQUARED=params.squared,
-        HAS_IGNORE=params.ignore_index is not None, LABEL_LOW=1 if logits.shape[1] == 1 else 0,
+class Layout(NamedTuple):
+    """How tiles cover the channels: ``channel_blocks`` blocks of ``block_c`` channels x ``block_v`` pixels."""
+
+    block_c: int
+    block_v: int
+    channel_blocks: int
+
+    @property
+    def resident(self) -> bool:
+        return self.channel_blocks == 1
+
+
+def layout(channels: int, float64: bool = False) -> Layout:
+    """The tiles for C channels; float64 values take two registers each, so their tiles are halved."""
+    shrink = 2 if float64 else 1
+    if channels <= RESIDENT_CHANNELS:
+        block_c = triton.next_power_of_2(channels)
+        return Layout(block_c, max(1, TILE_ELEMENTS // shrink // block_c), 1)
+    return Layout(CHANNEL_BLOCK, LOOPED_TILE_ELEMENTS // shrink // CHANNEL_BLOCK, triton.cdiv(channels, CHANNEL_BLOCK))
+
+
+def program_split(images: int, tiles: int, max_programs: int):
+    """(programs per image, tiles per program): each image's tiles over at most max_programs // images."""
+    programs = max(1, min(tiles, max_programs // max(images, 1)))
+    tiles_per_program = max(1, triton.cdiv(tiles, programs))
+    return max(1, triton.cdiv(tiles, tiles_per_program)), tiles_per_program
+
+
+def accumulator_dtype(logits: Tensor) -> torch.dtype:
+    """float64 logits are computed in float64 throughout; every other dtype in float32."""
+    if logits.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"the Triton kernels take float16/bfloat16/float32/float64 logits, got {logits.dtype}")
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _arguments(logits: Tensor, params: KernelParams):
+    """(layout, the scalars after V and C, the constexprs) common to both kernels."""
+    float64 = accumulator_dtype(logits) == torch.float64
+    shape = layout(logits.shape[1], float64)
+    ignore = 0 if params.ignore_index is None else params.ignore_index
+    constants = dict(
+        num_warps=4 if shape.resident else LOOPED_WARPS,
+        BLOCK_C=shape.block_c, BLOCK_V=shape.block_v, RESIDENT=shape.resident, ACTIVATION=params.activation,
+        SQUARED=params.squared, HAS_IGNORE=params.ignore_index is not None,
+        LABEL_LOW=1 if logits.shape[1] == 1 else 0,
+        ACC=tl.float64 if float64 else tl.float32,
     )
+    return shape, ignore, constants
 
 
 def triton_statistics(logits: Tensor, labels: Tensor, params: KernelParams, deterministic: bool,
                       tiles_per_program: int | None = None):
     n, c, v = logits.shape
-    constants = _constants(logits, params)
-    tiles = triton.cdiv(v, constants["BLOCK_V"])
-    if tiles_per_program is None:
-        tiles_per_program = max(1, triton.cdiv(tiles, max(1, PROGRAMS_PER_GRID // max(n, 1))))
-    programs = max(1, triton.cdiv(tiles, tiles_per_program))
-    ignore = 0 if params.ignore_index is None else params.ignore_index
+    shape, ignore, constants = _arguments(logits, params)
+    tiles = triton.cdiv(v, shape.block_v)
+    programs, split = program_split(n, tiles, STATISTICS_PROGRAMS)
+    if tiles_per_program is not None:  # tests choose the split to exercise the program loop
+        split = tiles_per_program
+        programs = max(1, triton.cdiv(tiles, split))
+    acc = accumulator_dtype(logits)
     if deterministic:
-        out = autograd.output_buffer((n, programs, 3, c), logits.device, torch.float32)
-        probe = autograd.output_buffer((n, programs), logits.device, torch.float32)
+        out = autograd.output_buffer((3, n, programs, c), logits.device, acc)
     else:
-        out = torch.zeros((3, n, c), device=logits.device, dtype=torch.float32)
-        probe = torch.zeros((), device=logits.device, dtype=torch.float32)
-    if n and v:
-        _statistics_kernel[(n, programs)](logits, labels, out, probe, v, c, ignore, tiles_per_program,
-                                          DETERMINISTIC=deterministic, **constants)
-    if deterministic:
-        return out.double().sum(1).permute(1, 0, 2), probe.double().sum()
-    return out.double(), probe.double()
+        out = torch.zeros((3, n, c), device=logits.device, dtype=acc)
+    if n:  # also with no voxels: every program writes its (zero) partials
+        wrap_triton(_statistics_kernel)[(n * programs,)](
+            logits, labels, out, v, c, ignore, programs, split, shape.channel_blocks,
+            ACC_ROWS=triton.next_power_of_2(shape.channel_blocks), DETERMINISTIC=deterministic, **constants,
+        )
+    stats = out.double().sum(2) if deterministic else out.double()
+    return stats, stats[1].sum()  # pred_sum carries the probe (see _block_terms)
 
 
 def triton_gradient(logits: Tensor, labels: Tensor, a: Tensor, b: Tensor, params: KernelParams) -> Tensor:
     n, c, v = logits.shape
+    shape, ignore, constants = _arguments(logits, params)
     grad = autograd.output_buffer(logits.shape, logits.device, logits.dtype)
-    constants = _constants(logits, params)
-    ignore = 0 if params.ignore_index is None else params.ignore_index
+    programs, split = program_split(n, triton.cdiv(v, shape.block_v), GRID_X_MAX)
     if n and v:
-        _gradient_kernel[(n, triton.cdiv(v, constants["BLOCK_V"]))](logits, labels, a, b, grad, v, c, ignore,
-                                                                    **constants)
+        wrap_triton(_gradient_kernel)[(n * programs,)](
+            logits, labels, a, b, grad, v, c, ignore, programs, split, shape.channel_blocks, **constants
+        )
     return grad
 
 

@@ -1,8 +1,8 @@
 """The seed document's ``Dice_loss``, verbatim.
 
-Source: shared/seed/000_e8ea867f536d704b.txt ("常用损失函数(二):Dice Loss", CV技术指南, 2022-07-30),
-section 4. The scraped text lost its indentation; it is restored here and nothing else is changed
-(the one-axis resize test ``h != ht and w != wt`` is the seed's, bug included).
+Source: the blog post "常用损失函数(二):Dice Loss" (CV技术指南, 2022-07-30), section 4. The scraped
+text lost its indentation; it is restored here and nothing else is changed (the one-axis resize
+test ``h != ht and w != wt`` is the seed's, bug included).
 
 ``seed_target`` builds the (N, H, W, C + 1) one-hot target the way the seed's training code does:
 ``np.eye(C + 1)[labels]`` with every label >= C mapped to C, the extra last channel that ``Dice_loss``

@@ -1,0 +1,575 @@
+// The hot loops of the fused CPU kernels, written once and compiled once per instruction set.
+//
+// fused_kernels_{baseline,avx2,avx512}.cpp each include this file inside their own namespace
+// (FUSED_ISA), the wider ones under `#pragma GCC target`; fused_dice.cpp picks one at run time
+// (cpuid). Nothing here includes ATen or the standard library's templates, and every helper has
+// internal linkage: an inline function compiled for AVX-512 must never be merged by the linker
+// with the baseline copy another file uses.
+//
+// The pixels of each image are cut into fixed tasks of whole blocks (independent of the thread
+// count, so results are bitwise reproducible); a block of pixels is activated into a small
+// C x block tile that stays in cache, summed in the compute type and added to double task
+// partials. Inner loops run over contiguous pixels and are written for the compiler's vectoriser
+// (`omp simd`, a polynomial exp and log it can inline, loop-invariant values in locals,
+// accumulators as plain locals of small functions so they stay in registers).
+//
+// Includers provide <cstdint>, <cstring>, <cmath> and, on x86-64, <immintrin.h> first.
+
+namespace FUSED_ISA {
+namespace {
+
+enum Activation { SOFTMAX = 0, SIGMOID = 1, IDENTITY = 2 };
+
+struct BF16 { uint16_t bits; };
+struct F16 { uint16_t bits; };
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// exp(x) for x <= 0, all the kernels need (softmax after subtracting the max, sigmoid through
+// exp(-|x|), the focal factor): exp(x) = 2^n * P(r), n = round(x / ln 2), r = x - n ln 2 (one
+// fused multiply-add), |r| <= ln(2)/2, P the degree-5 minimax polynomial of exp on that interval.
+// Max relative error 2.1e-7 for x > -10 and 4.3e-7 down to -87.3 (docs/performance.md); 0 below
+// -87.34, where 2^n would leave the normal floats. Branch-free so the loops around it vectorise.
+static inline __attribute__((always_inline)) float exp_approx(float x) {
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick: the low mantissa bits of `shifted` hold n.
+  const float shifted = x * 1.44269504088896341f + 12582912.0f;
+  const float n = shifted - 12582912.0f;
+  const float r = x - n * 0.693147182464599609375f;
+  float y = 8.297654800117016e-3f;
+  y = y * r + 4.191538318991661e-2f;
+  y = y * r + 1.6667574644088745e-1f;
+  y = y * r + 4.9998894333839417e-1f;
+  y = y * r + 9.999997019767761e-1f;
+  y = y * r + 1.0000001192092896f;
+  int32_t bits;
+  std::memcpy(&bits, &shifted, sizeof(bits));
+  bits = (bits << 23) + (127 << 23);  // 2^n: n sits in the low bits of `shifted`
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.33654f ? 0.0f : y * scale;
+}
+static inline double exp_approx(double x) { return std::exp(x); }
+
+// log(x) for normal x > 0 (Cephes' logf: x = 2^e m, m in [sqrt(1/2), sqrt(2)), a degree-9
+// polynomial in m - 1; max relative error ~1e-7). Branch-free; used per pixel, not per logit.
+static inline __attribute__((always_inline)) float log_approx(float x) {
+  int32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+  bits = (bits & 0x807fffff) | 0x3f000000;  // mantissa in [0.5, 1)
+  float m;
+  std::memcpy(&m, &bits, sizeof(m));
+  const bool low = m < 0.707106781186547524f;
+  e = low ? e - 1.0f : e;
+  const float t = low ? m + m - 1.0f : m - 1.0f;
+  const float z = t * t;
+  float y = 7.0376836292e-2f;
+  y = y * t - 1.1514610310e-1f;
+  y = y * t + 1.1676998740e-1f;
+  y = y * t - 1.2420140846e-1f;
+  y = y * t + 1.4249322787e-1f;
+  y = y * t - 1.6668057665e-1f;
+  y = y * t + 2.0000714765e-1f;
+  y = y * t - 2.4999993993e-1f;
+  y = y * t + 3.3333331174e-1f;
+  y = y * t * z - 2.12194440e-4f * e - 0.5f * z;
+  return t + y + 0.693359375f * e;
+}
+static inline double log_approx(double x) { return std::log(x); }
+
+// Float32 arithmetic for fp32/bf16/fp16 logits, float64 for float64 ones (gradcheck).
+template <typename T> struct Compute { using type = float; };
+template <> struct Compute<double> { using type = double; };
+
+// Half logits to float and float gradients back, a block at a time in loops that vectorise: a
+// bfloat16 is the top half of a float32 (rounded to nearest even on the way back); float16 uses
+// F16C where this file is compiled for it, else the branch-free conversions of the FP16 library.
+static inline void to_float(const BF16* x, float* out, int64_t len) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(x);
+#pragma omp simd
+  for (int64_t v = 0; v < len; ++v) {
+    const uint32_t wide = static_cast<uint32_t>(bits[v]) << 16;
+    std::memcpy(out + v, &wide, sizeof(float));
+  }
+}
+static inline void from_float(const float* x, BF16* out, int64_t len) {
+  uint16_t* bits = reinterpret_cast<uint16_t*>(out);
+#pragma omp simd
+  for (int64_t v = 0; v < len; ++v) {
+    uint32_t wide;
+    std::memcpy(&wide, x + v, sizeof(wide));
+    const uint32_t rounded = (wide + 0x7FFFu + ((wide >> 16) & 1u)) >> 16;
+    bits[v] = x[v] != x[v] ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
+  }
+}
+static inline float half_to_float(uint16_t h) {
+  const uint32_t w = static_cast<uint32_t>(h) << 16;
+  const uint32_t sign = w & 0x80000000u, two_w = w + w;
+  const uint32_t exp_offset = 0xE0u << 23;
+  uint32_t bits = (two_w >> 4) + exp_offset;
+  float normalized, denormalized;
+  std::memcpy(&normalized, &bits, sizeof(bits));
+  normalized *= 0x1.0p-112f;
+  bits = (two_w >> 17) | (126u << 23);
+  std::memcpy(&denormalized, &bits, sizeof(bits));
+  denormalized -= 0.5f;
+  uint32_t n, d;
+  std::memcpy(&n, &normalized, sizeof(n));
+  std::memcpy(&d, &denormalized, sizeof(d));
+  const uint32_t result = sign | (two_w < (1u << 27) ? d : n);
+  float out;
+  std::memcpy(&out, &result, sizeof(out));
+  return out;
+}
+static inline uint16_t float_to_half(float f) {
+  float base = (__builtin_fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+  uint32_t w;
+  std::memcpy(&w, &f, sizeof(w));
+  const uint32_t shl1_w = w + w, sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  const uint32_t bias_bits = (bias >> 1) + 0x07800000u;
+  float bias_f;
+  std::memcpy(&bias_f, &bias_bits, sizeof(bias_f));
+  base = bias_f + base;
+  uint32_t bits;
+  std::memcpy(&bits, &base, sizeof(bits));
+  const uint32_t exp_bits = (bits >> 13) & 0x00007C00u, mantissa_bits = bits & 0x00000FFFu;
+  const uint32_t nonsign = exp_bits + mantissa_bits;
+  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+static inline void to_float(const F16* x, float* out, int64_t len) {
+  int64_t v = 0;
+#if defined(FUSED_F16C)
+  for (; v + 8 <= len; v += 8)
+    _mm256_storeu_ps(out + v, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + v))));
+#endif
+  for (; v < len; ++v) out[v] = half_to_float(x[v].bits);
+}
+static inline void from_float(const float* x, F16* out, int64_t len) {
+  int64_t v = 0;
+#if defined(FUSED_F16C)
+  for (; v + 8 <= len; v += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + v), _mm256_cvtps_ph(_mm256_loadu_ps(x + v), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; v < len; ++v) out[v].bits = float_to_half(x[v]);
+}
+
+// Asks for the cache lines of the next block of every channel while this one is computed: C
+// strided streams are more than the hardware prefetcher follows.
+template <bool WRITE, typename T>
+inline void prefetch_block(const T* x, int64_t C, int64_t V, int64_t len) {
+  for (int64_t c = 0; c < C; ++c) {
+    const char* row = reinterpret_cast<const char*>(x + c * V);
+    for (int64_t byte = 0; byte < len * int64_t(sizeof(T)); byte += 64) __builtin_prefetch(row + byte, WRITE, 3);
+  }
+}
+
+// Scratch memory of one worker, freed on every exit path.
+template <typename T>
+struct Scratch {
+  T* data;
+  explicit Scratch(int64_t n) : data(new T[n > 0 ? n : 1]()) {}
+  ~Scratch() { delete[] data; }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// Labels of one block -> class (-1: none, or an ignored or out-of-range pixel) and keep mask (0 on
+// ignored pixels); returns the count of labels that are neither valid nor ignored when asked.
+template <typename label_t, typename acc_t>
+int64_t read_labels(const KernelArgs& P, int64_t offset, int64_t len, int32_t* cls, acc_t* keep, bool count_bad) {
+  const label_t* y = static_cast<const label_t*>(P.labels) + offset;
+  prefetch_block<false>(y + len, 1, 0, len);
+  // Locals and non-short-circuit tests keep this loop branch-free (vectorised).
+  const int64_t low = P.label_low, classes = P.label_high - P.label_low, ignore = P.ignore_index;
+  const int64_t valid = P.valid_high;
+  const bool has_ignore = P.has_ignore;
+  int64_t bad = 0;
+#pragma omp simd reduction(+ : bad)
+  for (int64_t v = 0; v < len; ++v) {
+    const int64_t label = static_cast<int64_t>(y[v]);
+    const bool ignored = has_ignore & (label == ignore);
+    const bool in_range = static_cast<uint64_t>(label - low) < static_cast<uint64_t>(classes);
+    cls[v] = in_range & !ignored ? static_cast<int32_t>(label - low) : -1;
+    keep[v] = ignored ? acc_t(0) : acc_t(1);
+    bad += (!ignored & (static_cast<uint64_t>(label) >= static_cast<uint64_t>(valid))) ? 1 : 0;
+  }
+  return count_bad ? bad : 0;
+}
+
+template <typename acc_t>
+int64_t read_any_labels(const KernelArgs& P, int64_t offset, int64_t len, int32_t* cls, acc_t* keep, bool count_bad) {
+  switch (P.label_type) {
+    case LABEL_U8: return read_labels<uint8_t, acc_t>(P, offset, len, cls, keep, count_bad);
+    case LABEL_I8: return read_labels<int8_t, acc_t>(P, offset, len, cls, keep, count_bad);
+    case LABEL_I16: return read_labels<int16_t, acc_t>(P, offset, len, cls, keep, count_bad);
+    case LABEL_I32: return read_labels<int32_t, acc_t>(P, offset, len, cls, keep, count_bad);
+    default: return read_labels<int64_t, acc_t>(P, offset, len, cls, keep, count_bad);
+  }
+}
+
+// One block of pixels, activated: p_c = u_c * r with u = exp(x - max_c x) and r = 1 / sum_c u for
+// softmax (the normalisation is folded into the passes that read u), u = p and r = 1 otherwise.
+// With the pixel term (softmax only) it also keeps max, sum, x_y and sum_c w_c x_c per pixel.
+template <typename scalar_t, typename acc_t>
+struct Tile {
+  const KernelArgs& P;
+  const int64_t B;
+  Scratch<acc_t> memory;
+  acc_t *u, *r, *keep, *mx, *s, *xy, *wx, *tmp;
+  Scratch<int32_t> cls_memory;
+  int32_t* cls;
+  acc_t probe = 0;  // sum of x - x: NaN iff some logit is NaN/inf
+  int64_t bad = 0;  // labels neither valid nor ignored
+
+  explicit Tile(const KernelArgs& args)
+      : P(args), B(args.block), memory((args.C + 8) * args.block), cls_memory(args.block) {
+    u = memory.data;
+    r = u + P.C * B, keep = r + B, mx = keep + B, s = mx + B, xy = s + B, wx = xy + B, tmp = wx + B;
+    cls = cls_memory.data;
+  }
+
+  // Loads pixels [v0, v0 + len) of image n.
+  template <bool VALIDATE, bool PIXEL>
+  void load(int64_t n, int64_t v0, int64_t len) {
+    const int64_t C = P.C, V = P.V;
+    bad += read_any_labels<acc_t>(P, n * V + v0, len, cls, keep, VALIDATE && P.check_labels);
+    const scalar_t* x = static_cast<const scalar_t*>(P.logits) + n * C * V + v0;
+    prefetch_block<false>(x + B, C, V, len);
+    // The logits in the compute type: read in place, or converted into u first (half types).
+    const acc_t* src;
+    int64_t stride;
+    if constexpr (sizeof(scalar_t) == sizeof(acc_t)) {
+      src = reinterpret_cast<const acc_t*>(x), stride = V;
+    } else {
+      for (int64_t c = 0; c < C; ++c) to_float(x + c * V, u + c * B, len);
+      src = u, stride = B;
+    }
+    acc_t pr = 0;
+    if (P.activation == SOFTMAX) {
+      for (int64_t v = 0; v < len; ++v) mx[v] = src[v];
+      if (PIXEL) {
+        for (int64_t v = 0; v < len; ++v) xy[v] = 0, wx[v] = 0;
+      }
+      const bool smoothing = PIXEL && P.smoothing != 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t* xc = src + c * stride;
+        const int32_t cc = static_cast<int32_t>(c);
+        const acc_t wc = PIXEL ? static_cast<acc_t>(P.pixel_weight[c]) : acc_t(0);
+#pragma omp simd reduction(+ : pr)
+        for (int64_t v = 0; v < len; ++v) {
+          if (VALIDATE) pr += xc[v] - xc[v];
+          mx[v] = xc[v] > mx[v] ? xc[v] : mx[v];
+          if (PIXEL) xy[v] = cls[v] == cc ? xc[v] : xy[v];
+        }
+        if (smoothing) {
+#pragma omp simd
+          for (int64_t v = 0; v < len; ++v) wx[v] += wc * xc[v];
+        }
+      }
+      for (int64_t v = 0; v < len; ++v) s[v] = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t* xc = src + c * stride;
+        acc_t* uc = u + c * B;
+#pragma omp simd  // uc may be xc (half types, in place): elementwise, so no loop-carried dependence
+        for (int64_t v = 0; v < len; ++v) {
+          const acc_t e = exp_approx(xc[v] - mx[v]);
+          uc[v] = e;
+          s[v] += e;
+        }
+      }
+#pragma omp simd
+      for (int64_t v = 0; v < len; ++v) r[v] = acc_t(1) / s[v];
+    } else {
+      const bool sigmoid = P.activation == SIGMOID;
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t* xc = src + c * stride;
+        acc_t* uc = u + c * B;
+        if (sigmoid) {
+#pragma omp simd reduction(+ : pr)
+          for (int64_t v = 0; v < len; ++v) {
+            if (VALIDATE) pr += xc[v] - xc[v];
+            const acc_t e = exp_approx(xc[v] < acc_t(0) ? xc[v] : -xc[v]);  // sigmoid(x) = 1 / (1 + e) or e / (1 + e)
+            uc[v] = (xc[v] >= acc_t(0) ? acc_t(1) : e) / (acc_t(1) + e);
+          }
+        } else {
+#pragma omp simd reduction(+ : pr)
+          for (int64_t v = 0; v < len; ++v) {
+            if (VALIDATE) pr += xc[v] - xc[v];
+            uc[v] = xc[v];
+          }
+        }
+      }
+      for (int64_t v = 0; v < len; ++v) r[v] = acc_t(1);
+    }
+    probe += pr;
+  }
+};
+
+// Adds one block's sums to acc = (tp[C], ps[C], gs[C]): tp_c = sum [cls = c] r u_c,
+// ps_c = sum keep r^k u_c^k, gs_c = sum [cls = c]. Accumulators are locals (kept in registers).
+template <bool SQUARED, typename acc_t>
+void block_sums(const acc_t* u, const acc_t* r, const acc_t* keep, const int32_t* cls, int64_t C, int64_t B,
+                int64_t len, acc_t* weight, double* acc) {
+#pragma omp simd
+  for (int64_t v = 0; v < len; ++v) weight[v] = SQUARED ? keep[v] * r[v] * r[v] : keep[v] * r[v];
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t* uc = u + c * B;
+    const int32_t cc = static_cast<int32_t>(c);
+    acc_t tp = 0, ps = 0, gs = 0;
+#pragma omp simd reduction(+ : tp, ps, gs)
+    for (int64_t v = 0; v < len; ++v) {
+      const acc_t g = cls[v] == cc ? acc_t(1) : acc_t(0);
+      tp += g * r[v] * uc[v];
+      ps += SQUARED ? weight[v] * uc[v] * uc[v] : weight[v] * uc[v];
+      gs += g;
+    }
+    acc[c] += tp;
+    acc[C + c] += ps;
+    acc[2 * C + c] += gs;
+  }
+}
+
+// The per-pixel term of a block (softmax): with nll = lse - x_y, p_y = exp(-nll) and the
+// focal factor f = (1 - p_y)^gamma, adds sum u_y f nll, sum_c w_c (lse - x_c) and sum d_y over the
+// counted pixels (class >= 0) to acc[0..3). u, d: numerator and normaliser weights per class,
+// indexed by class + 1 (entry 0 = 0 for pixels that are not counted).
+template <bool FOCAL, bool SMOOTHING, typename acc_t>
+void pixel_sums_t(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const acc_t* wx,
+                  const int32_t* cls, int64_t len, const acc_t* uw, const acc_t* dw, double* acc) {
+  const acc_t gamma = static_cast<acc_t>(P.gamma), weight_sum = static_cast<acc_t>(P.pixel_weight_sum);
+  acc_t main = 0, smooth = 0, norm = 0;
+#pragma omp simd reduction(+ : main, smooth, norm)
+  for (int64_t v = 0; v < len; ++v) {
+    const acc_t lse = mx[v] + log_approx(s[v]);
+    const acc_t nll = lse - xy[v];
+    const int32_t k = cls[v] + 1;
+    acc_t factor = uw[k];
+    if (FOCAL) {
+      const acc_t rest = acc_t(1) - exp_approx(-nll);
+      factor *= rest > acc_t(0) ? exp_approx(gamma * log_approx(rest)) : acc_t(0);
+    }
+    main += factor * nll;
+    if (SMOOTHING) smooth += k > 0 ? weight_sum * lse - wx[v] : acc_t(0);
+    norm += dw[k];
+  }
+  acc[0] += main;
+  acc[1] += smooth;
+  acc[2] += norm;
+}
+
+// The loop-invariant choices as template arguments: branches inside the loop kept it scalar.
+template <typename acc_t>
+void pixel_sums(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const acc_t* wx,
+                const int32_t* cls, int64_t len, const acc_t* uw, const acc_t* dw, double* acc) {
+  const bool focal = P.gamma != 0, smoothing = P.smoothing != 0;
+  if (focal) return pixel_sums_t<true, false>(P, mx, s, xy, wx, cls, len, uw, dw, acc);
+  if (smoothing) return pixel_sums_t<false, true>(P, mx, s, xy, wx, cls, len, uw, dw, acc);
+  return pixel_sums_t<false, false>(P, mx, s, xy, wx, cls, len, uw, dw, acc);
+}
+
+// Per-image, per-task sums of tasks [begin, end): partial[t] holds 3C Dice sums then 3 pixel
+// sums; probe[t] and bad[t] the finite probe and the invalid-label count.
+template <typename scalar_t>
+void statistics_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, double* partial, double* probe,
+                        int64_t* bad) {
+  using acc_t = typename Compute<scalar_t>::type;
+  const int64_t C = P.C, B = P.block, width = 3 * C + 3;
+  Tile<scalar_t, acc_t> tile(P);
+  Scratch<acc_t> weights(B + 2 * (C + 1));
+  acc_t* uw = weights.data + B;
+  acc_t* dw = uw + C + 1;
+  for (int64_t c = 0; c < C && P.pixel; ++c) {
+    uw[c + 1] = static_cast<acc_t>(P.pixel_weight[c] * (1 - P.smoothing));
+    dw[c + 1] = static_cast<acc_t>(P.norm_weight[c]);
+  }
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t n = t / P.tasks_per_image;
+    const int64_t v_begin = (t % P.tasks_per_image) * P.task_len;
+    const int64_t v_end = min64(P.V, v_begin + P.task_len);
+    double* acc = partial + t * width;
+    for (int64_t i = 0; i < width; ++i) acc[i] = 0;
+    tile.probe = 0;
+    tile.bad = 0;
+    for (int64_t v0 = v_begin; v0 < v_end; v0 += B) {
+      const int64_t len = min64(B, v_end - v0);
+      if (P.pixel) {
+        if (P.validate) tile.template load<true, true>(n, v0, len); else tile.template load<false, true>(n, v0, len);
+        pixel_sums(P, tile.mx, tile.s, tile.xy, tile.wx, tile.cls, len, uw, dw, acc + 3 * C);
+      } else {
+        if (P.validate) tile.template load<true, false>(n, v0, len); else tile.template load<false, false>(n, v0, len);
+      }
+      if (P.squared)
+        block_sums<true>(tile.u, tile.r, tile.keep, tile.cls, C, B, len, weights.data, acc);
+      else
+        block_sums<false>(tile.u, tile.r, tile.keep, tile.cls, C, B, len, weights.data, acc);
+    }
+    probe[t] = tile.probe;
+    bad[t] = tile.bad;
+  }
+}
+
+// One channel of dL/dlogits for a block: keep * dp/dlogit * (q - dot), q = ak p^(k-1) + [cls = c] bc
+// (ak = k a_c), dp/dlogit = p (softmax), p (1 - p) (sigmoid) or 1 (identity), p = r u; with the
+// pixel term (softmax) plus p A - [cls = c] H - bias_c cnt (see gradient_tasks_t).
+template <int ACTIVATION, bool SQUARED, bool PIXEL, typename acc_t>
+void channel_gradient(const acc_t* uc, const acc_t* r, const acc_t* keep, const int32_t* cls, const acc_t* dot,
+                      const acc_t* A, const acc_t* H, const acc_t* cnt, acc_t ak, acc_t bc, acc_t bias, int32_t c,
+                      int64_t len, acc_t* out) {
+#pragma omp simd
+  for (int64_t v = 0; v < len; ++v) {
+    const acc_t p = r[v] * uc[v];
+    const bool mine = cls[v] == c;
+    const acc_t q = (SQUARED ? ak * p : ak) + (mine ? bc : acc_t(0));
+    acc_t d;
+    if (ACTIVATION == SOFTMAX) {
+      d = keep[v] * p * (q - dot[v]);
+      if (PIXEL) d += p * A[v] - (mine ? H[v] : acc_t(0)) - bias * cnt[v];
+    } else if (ACTIVATION == SIGMOID) {
+      d = keep[v] * p * (acc_t(1) - p) * q;
+    } else {
+      d = keep[v] * q;
+    }
+    out[v] = d;
+  }
+}
+
+template <typename acc_t>
+using ChannelGradient = void (*)(const acc_t*, const acc_t*, const acc_t*, const int32_t*, const acc_t*, const acc_t*,
+                                 const acc_t*, const acc_t*, acc_t, acc_t, acc_t, int32_t, int64_t, acc_t*);
+
+template <typename acc_t>
+ChannelGradient<acc_t> channel_gradient_for(int activation, bool squared, bool pixel) {
+  if (activation == SOFTMAX) {
+    if (pixel) return squared ? channel_gradient<SOFTMAX, true, true, acc_t> : channel_gradient<SOFTMAX, false, true, acc_t>;
+    return squared ? channel_gradient<SOFTMAX, true, false, acc_t> : channel_gradient<SOFTMAX, false, false, acc_t>;
+  }
+  if (activation == SIGMOID)
+    return squared ? channel_gradient<SIGMOID, true, false, acc_t> : channel_gradient<SIGMOID, false, false, acc_t>;
+  return squared ? channel_gradient<IDENTITY, true, false, acc_t> : channel_gradient<IDENTITY, false, false, acc_t>;
+}
+
+// Softmax: dot = sum_c p_c q_c = r sum_c u_c q_c, q_c = ak_c (r u_c)^(k-1) + [cls = c] b_c.
+template <bool SQUARED, typename acc_t>
+void softmax_dot(const acc_t* u, const acc_t* r, const int32_t* cls, const acc_t* ak, const acc_t* b, int64_t C,
+                 int64_t B, int64_t len, acc_t* dot) {
+  for (int64_t v = 0; v < len; ++v) dot[v] = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t* uc = u + c * B;
+    const acc_t akc = ak[c], bc = b[c];
+    const int32_t cc = static_cast<int32_t>(c);
+#pragma omp simd
+    for (int64_t v = 0; v < len; ++v)
+      dot[v] += uc[v] * ((SQUARED ? akc * r[v] * uc[v] : akc) + (cls[v] == cc ? bc : acc_t(0)));
+  }
+#pragma omp simd
+  for (int64_t v = 0; v < len; ++v) dot[v] *= r[v];
+}
+
+// The pixel term's per-pixel coefficients of a block: dL/dx_c = k [(p_c - [y = c]) h u_y
+// + eps/C (p_c sum_j w_j - w_c)] on counted pixels, h = 1 for cross-entropy and, for focal,
+// h = (1 - p_y)^(gamma - 1) (1 - p_y + gamma p_y nll). A = k (h u_y + eps/C sum_j w_j),
+// H = k h u_y, cnt = counted; the last term is bias_c = k eps w_c / C times cnt.
+template <bool FOCAL, typename acc_t>
+void pixel_coefficients_t(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const int32_t* cls,
+                          int64_t len, const acc_t* uw, acc_t k, acc_t* A, acc_t* H, acc_t* cnt) {
+  const acc_t gamma = static_cast<acc_t>(P.gamma);
+  const acc_t smooth = k * static_cast<acc_t>(P.smoothing * P.pixel_weight_sum / P.C);
+#pragma omp simd
+  for (int64_t v = 0; v < len; ++v) {
+    const int32_t j = cls[v] + 1;
+    acc_t h = uw[j];
+    if (FOCAL) {
+      const acc_t nll = mx[v] + log_approx(s[v]) - xy[v];
+      const acc_t py = exp_approx(-nll);
+      const acc_t rest = acc_t(1) - py;
+      h *= rest > acc_t(0) ? exp_approx((gamma - acc_t(1)) * log_approx(rest)) * (rest + gamma * py * nll) : acc_t(0);
+    }
+    const acc_t counted = j > 0 ? acc_t(1) : acc_t(0);
+    H[v] = k * h;
+    A[v] = k * h + smooth * counted;
+    cnt[v] = counted;
+  }
+}
+
+template <typename acc_t>
+void pixel_coefficients(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const int32_t* cls,
+                        int64_t len, const acc_t* uw, acc_t k, acc_t* A, acc_t* H, acc_t* cnt) {
+  if (P.gamma != 0) return pixel_coefficients_t<true>(P, mx, s, xy, cls, len, uw, k, A, H, cnt);
+  return pixel_coefficients_t<false>(P, mx, s, xy, cls, len, uw, k, A, H, cnt);
+}
+
+// dL/dlogits of tasks [begin, end) into grad; a, b (N x C, already scaled by the upstream
+// gradient), pixel_scale = k above.
+template <typename scalar_t>
+void gradient_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, const double* a, const double* b,
+                      double pixel_scale, void* grad_data) {
+  using acc_t = typename Compute<scalar_t>::type;
+  const int64_t C = P.C, V = P.V, B = P.block;
+  const bool softmax = P.activation == SOFTMAX, pixel = P.pixel && softmax;
+  const ChannelGradient<acc_t> channel = channel_gradient_for<acc_t>(P.activation, P.squared, pixel);
+  scalar_t* grad = static_cast<scalar_t*>(grad_data);
+  Tile<scalar_t, acc_t> tile(P);
+  Scratch<acc_t> work(5 * B + 4 * C + 1);
+  acc_t *dot = work.data, *A = dot + B, *H = A + B, *cnt = H + B, *row = cnt + B;
+  acc_t *ak = row + B, *bc = ak + C, *bias = bc + C, *uw = bias + C;  // uw: C + 1 entries
+  const acc_t k = static_cast<acc_t>(pixel_scale);
+  for (int64_t c = 0; c < C && pixel; ++c) {
+    uw[c + 1] = static_cast<acc_t>(P.pixel_weight[c] * (1 - P.smoothing));
+    bias[c] = static_cast<acc_t>(pixel_scale * P.smoothing * P.pixel_weight[c] / C);
+  }
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t n = t / P.tasks_per_image;
+    const int64_t v_begin = (t % P.tasks_per_image) * P.task_len;
+    const int64_t v_end = min64(V, v_begin + P.task_len);
+    for (int64_t c = 0; c < C; ++c) {  // dL/dp_c = q_c = a_c k p_c^(k-1) + b_c g_c
+      ak[c] = static_cast<acc_t>(a[n * C + c] * (P.squared ? 2 : 1));
+      bc[c] = static_cast<acc_t>(b[n * C + c]);
+    }
+    for (int64_t v0 = v_begin; v0 < v_end; v0 += B) {
+      const int64_t len = min64(B, v_end - v0);
+      if (pixel) {
+        tile.template load<false, true>(n, v0, len);
+        pixel_coefficients(P, tile.mx, tile.s, tile.xy, tile.cls, len, uw, k, A, H, cnt);
+      } else {
+        tile.template load<false, false>(n, v0, len);
+      }
+      prefetch_block<true>(grad + n * C * V + v0 + B, C, V, len);
+      if (softmax)
+        (P.squared ? softmax_dot<true, acc_t> : softmax_dot<false, acc_t>)(tile.u, tile.r, tile.cls, ak, bc, C, B, len,
+                                                                         dot);
+      for (int64_t c = 0; c < C; ++c) {
+        scalar_t* out = grad + (n * C + c) * V + v0;
+        acc_t* dst;
+        if constexpr (sizeof(scalar_t) == sizeof(acc_t)) dst = reinterpret_cast<acc_t*>(out); else dst = row;
+        channel(tile.u + c * B, tile.r, tile.keep, tile.cls, dot, A, H, cnt, ak[c], bc[c], pixel ? bias[c] : acc_t(0),
+                static_cast<int32_t>(c), len, dst);
+        if constexpr (sizeof(scalar_t) != sizeof(acc_t)) from_float(row, out, len);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void statistics_tasks(const KernelArgs& P, int64_t begin, int64_t end, double* partial, double* probe, int64_t* bad) {
+  switch (P.logits_type) {
+    case LOGITS_F64: return statistics_tasks_t<double>(P, begin, end, partial, probe, bad);
+    case LOGITS_BF16: return statistics_tasks_t<BF16>(P, begin, end, partial, probe, bad);
+    case LOGITS_F16: return statistics_tasks_t<F16>(P, begin, end, partial, probe, bad);
+    default: return statistics_tasks_t<float>(P, begin, end, partial, probe, bad);
+  }
+}
+
+void gradient_tasks(const KernelArgs& P, int64_t begin, int64_t end, const double* a, const double* b,
+                    double pixel_scale, void* grad) {
+  switch (P.logits_type) {
+    case LOGITS_F64: return gradient_tasks_t<double>(P, begin, end, a, b, pixel_scale, grad);
+    case LOGITS_BF16: return gradient_tasks_t<BF16>(P, begin, end, a, b, pixel_scale, grad);
+    case LOGITS_F16: return gradient_tasks_t<F16>(P, begin, end, a, b, pixel_scale, grad);
+    default: return gradient_tasks_t<float>(P, begin, end, a, b, pixel_scale, grad);
+  }
+}
+
+}  // namespace FUSED_ISA

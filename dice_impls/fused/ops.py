@@ -1,0 +1,154 @@
+"""The operators of ``fused``, registered with ``torch.library`` so autograd, fake tensors and
+``torch.compile`` see them as PyTorch's own.
+
+Three families of the same two operators, ``statistics`` and ``gradient`` (and, for the C++
+one, the folded ``loss`` and ``loss_backward``):
+
+- ``torch.ops.dice_fused``: the C++ CPU kernels (schemas and CPU kernels in ``fused_dice.cpp``);
+  they validate their inputs in their own pass (``check_finite``, ``check_labels``).
+- ``torch.ops.dice_fused_chunked``: the chunked torch formulation (``cpu.CHUNKED``) as
+  ``custom_op``\\ s, opaque to the compiler; used when the C++ extension is not available.
+- ``torch.ops.dice_fused_triton``: the Triton kernels (``triton_kernels.TRITON``, launched through
+  ``wrap_triton``) as ``triton_op``\\ s, which ``torch.compile`` traces into; they do not validate
+  (the caller checks the probe: one host sync per call).
+
+Every family gets a fake kernel (``register_fake``) and its backward (``register_autograd``);
+the gradient operators refuse double backward with an error that says so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import autograd, cpu
+from .autograd import KernelParams
+
+
+class Family(NamedTuple):
+    """One kernel family's operators; ``loss``/``loss_backward`` only for the C++ one."""
+
+    statistics: object
+    gradient: object
+    validates: bool  # statistics takes (check_finite, check_labels) and raises itself
+    loss: object = None
+
+
+# Each family is registered once; a plain dict (not functools.lru_cache) so torch.compile reads
+# the cached entry as a constant instead of tracing the loader.
+_LOADED: Dict[str, Optional["Family"]] = {}
+
+
+def _once(load: Callable[[], Optional["Family"]]) -> Callable[[], Optional["Family"]]:
+    def cached():
+        if load.__name__ not in _LOADED:
+            _LOADED[load.__name__] = load()
+        return _LOADED[load.__name__]
+
+    cached.__name__, cached.__doc__ = load.__name__, load.__doc__
+    return cached
+
+
+def _register(statistics: str, gradient: str) -> None:
+    torch.library.register_fake(statistics, autograd.statistics_fake)
+    torch.library.register_fake(gradient, autograd.gradient_fake)
+    setup, backward = autograd.statistics_autograd(getattr(torch.ops, gradient.split("::")[0]).gradient)
+    torch.library.register_autograd(statistics, backward, setup_context=setup)
+    torch.library.register_autograd(gradient, autograd.refuse_double_backward, setup_context=autograd.no_context)
+
+
+@_once
+def cpp() -> Optional[Family]:
+    """The C++ operators, or None when the extension is not available."""
+    if not cpu.extension_available():
+        return None
+    _register("dice_fused::statistics", "dice_fused::gradient")
+    torch.library.register_fake("dice_fused::loss", autograd.loss_fake)
+    torch.library.register_fake("dice_fused::loss_backward", autograd.loss_backward_fake)
+    torch.library.register_autograd("dice_fused::loss", autograd.loss_backward, setup_context=autograd.loss_setup_context)
+    torch.library.register_autograd("dice_fused::loss_backward", autograd.refuse_double_backward,
+                                    setup_context=autograd.no_context)
+    ops = torch.ops.dice_fused
+    return Family(ops.statistics, ops.gradient, True, ops.loss)
+
+
+def isa() -> str:
+    """The instruction set the C++ kernels run with here ("baseline", "avx2", "avx512")."""
+    return torch.ops.dice_fused.isa() if cpp() is not None else "none"
+
+
+def _flat(logits: Tensor, labels: Tensor):
+    n, c = logits.shape[:2]
+    voxels = math.prod(logits.shape[2:])  # explicit, not -1: an empty batch has no size to infer
+    return logits.reshape(n, c, voxels), labels.reshape(n, voxels)
+
+
+@_once
+def chunked() -> Family:
+    @torch.library.custom_op("dice_fused_chunked::statistics", mutates_args=())
+    def statistics(logits: Tensor, labels: Tensor, activation: int, squared: bool, ignore_index: Optional[int],
+                   check_finite: bool, check_labels: bool) -> Tuple[Tensor, Tensor]:
+        from ..checks import check_finite_logits, check_label_range
+        from ..spec import DiceSpec
+
+        params = KernelParams(activation, squared, ignore_index)
+        stats, probe = cpu.chunked_statistics(*_flat(logits, labels), params, True)
+        if check_finite and not torch.isfinite(probe):
+            check_finite_logits(logits)
+        if check_labels:
+            check_label_range(labels, logits.shape[1], DiceSpec(ignore_index=ignore_index))
+        return stats, probe
+
+    @torch.library.custom_op("dice_fused_chunked::gradient", mutates_args=())
+    def gradient(logits: Tensor, labels: Tensor, a: Tensor, b: Tensor, activation: int, squared: bool,
+                 ignore_index: Optional[int]) -> Tensor:
+        x, y = _flat(logits, labels)
+        return cpu.chunked_gradient(x, y, a, b, KernelParams(activation, squared, ignore_index)).view(logits.shape)
+
+    _register("dice_fused_chunked::statistics", "dice_fused_chunked::gradient")
+    ops = torch.ops.dice_fused_chunked
+    return Family(ops.statistics, ops.gradient, True)
+
+
+@_once
+def triton() -> Family:
+    from torch.library import triton_op
+
+    from . import triton_kernels  # imported on demand: Triton reads TRITON_INTERPRET at import
+
+    @triton_op("dice_fused_triton::statistics", mutates_args=())
+    def statistics(logits: Tensor, labels: Tensor, activation: int, squared: bool, ignore_index: Optional[int],
+                   deterministic: bool) -> Tuple[Tensor, Tensor]:
+        return triton_kernels.TRITON.statistics(*_flat(logits, labels), KernelParams(activation, squared, ignore_index),
+                                                deterministic)
+
+    @triton_op("dice_fused_triton::gradient", mutates_args=())
+    def gradient(logits: Tensor, labels: Tensor, a: Tensor, b: Tensor, activation: int, squared: bool,
+                 ignore_index: Optional[int]) -> Tensor:
+        x, y = _flat(logits, labels)
+        grad = triton_kernels.TRITON.gradient(x, y, a, b, KernelParams(activation, squared, ignore_index))
+        return grad.view(logits.shape)
+
+    _register("dice_fused_triton::statistics", "dice_fused_triton::gradient")
+    ops = torch.ops.dice_fused_triton
+    return Family(ops.statistics, ops.gradient, False)
+
+
+FAMILIES = {"cpp": cpp, "chunked": chunked, "triton": triton}
+
+
+def family(name: Optional[str], device: torch.device) -> Family:
+    """The operators by backend name (None: Triton on CUDA, C++ on CPU, else chunked)."""
+    if name is None:
+        if device.type == "cuda":
+            return triton()
+        return cpp() or chunked()
+    if name not in FAMILIES:
+        raise ValueError(f"unknown fused backend {name!r}; choose one of {tuple(FAMILIES)}")
+    found = FAMILIES[name]()
+    if found is None:
+        raise RuntimeError(f"fused backend {name!r} is not available here (the C++ extension did not load)")
+    return found

@@ -1,0 +1,7 @@
+"""``python -m dicebench``: the ``dicebench`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,389 @@
+"""``fused`` as a PyTorch operator: torch.compile, opcheck, double backward, the folded loss and
+the fused compound losses against their dense formulations, the instruction-set variants.
+
+Tolerances: float64 logits 1e-9 (loss) and 1e-8 (gradient, relative norm); float32 1e-5; half
+dtypes 1e-3 on the loss and their own epsilon on the gradient (the reference sees the same
+rounded logits in float64).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dice_impls
+from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec
+from dice_impls.fused import autograd as fused_autograd
+from dice_impls.fused import compound_loss, foldable, ops
+from helpers import error, random_inputs
+
+pytestmark = pytest.mark.skipif(ops.cpp() is None, reason="the C++ extension did not build")
+
+DTYPE_TOLERANCES = {torch.float64: (1e-9, 1e-8), torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-3, 8e-3),
+                    torch.float16: (1e-3, 1e-3)}
+
+
+def grad_error(grad, expected):
+    return float((grad.double() - expected).norm() / expected.norm().clamp_min(1e-300))
+
+
+def loss_and_grad(fn, logits):
+    x = logits.detach().clone().requires_grad_()
+    loss = fn(x)
+    (grad,) = torch.autograd.grad(loss, x)
+    return loss.detach(), grad
+
+
+# --- the folded Dice loss ------------------------------------------------------------------------
+
+FOLDED_SPECS = [
+    DiceSpec(), DiceSpec(batch=True, squared=True), DiceSpec(include_background=False, ignore_index=255),
+    DiceSpec(weight=(0.5, 2.0, 1.0, 3.0), reduction="sum"), DiceSpec(average="micro", weight=(1.0, 0.0, 2.0, 1.0)),
+    DiceSpec(log_loss=True, absent_classes="exclude"), DiceSpec(absent_classes="zero", negate=True),
+    DiceSpec(beta=2.0, smooth_nr=0.0, smooth_dr=0.0, min_denominator=1e-3), DiceSpec.preset("nnunet"),
+    DiceSpec.preset("kornia"), DiceSpec(activation="sigmoid", squared=True), DiceSpec(activation="none", batch=True),
+]
+
+
+@pytest.mark.parametrize("spec", FOLDED_SPECS, ids=str)
+def test_folded_loss_matches_reference(spec, monkeypatch):
+    monkeypatch.setenv("DICE_FUSED_POISON", "1")  # every gradient element must be written
+    assert foldable(spec)
+    logits, labels = random_inputs((3, 13, 17), 4, dtype=torch.float64, seed=1, ignore_index=spec.ignore_index,
+                                   empty_classes=(2,), probabilities=spec.activation == "none")
+    loss, grad = loss_and_grad(lambda x: dice_impls.dice_loss(x, labels, spec, impl="fused"), logits)
+    expected, expected_grad = loss_and_grad(lambda x: dice_impls.dice_loss(x, labels, spec, impl="reference"), logits)
+    assert error(loss, expected, 1.0) <= 1e-9
+    assert grad_error(grad, expected_grad) <= 1e-8
+
+
+def test_fold_covers_only_known_fields():
+    assert not foldable(DiceSpec(reduction="none"))
+    assert foldable(DiceSpec.preset("monai"))
+
+
+def test_validation_inside_the_kernel():
+    logits, labels = random_inputs((2, 5, 6), 3)
+    bad = labels.clone()
+    bad[1, 2, 3] = 7
+    with pytest.raises(ValueError, match=r"labels out of range: found \[7\] but labels must lie in \[0, 2\]"):
+        dice_impls.dice_loss(logits, bad, impl="fused")
+    with pytest.raises(ValueError, match="other than ignore_index=255"):
+        dice_impls.dice_loss(logits, bad, DiceSpec(ignore_index=255), impl="fused")
+    # out_of_range="zero_target" accepts them, as every implementation does.
+    spec = DiceSpec(out_of_range="zero_target")
+    assert torch.allclose(dice_impls.dice_loss(logits, bad, spec, impl="fused"),
+                          dice_impls.dice_loss(logits, bad, spec, impl="reference").float(), atol=1e-6)
+    nan = logits.clone()
+    nan[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf \(1 values; first at index \(0, 1, 2, 3\)\)"):
+        dice_impls.dice_loss(nan, labels, impl="fused")
+    # validate=False: no value checks (the caller vouches for the data).
+    assert torch.isnan(ops.cpp().loss(nan, labels, 0, False, None, False, False, [0, 1, 0, 0, 0, 0, 1],
+                                      [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None, None)[0])
+
+
+# --- torch.library: opcheck, compile, double backward --------------------------------------------
+
+def _op_cases():
+    logits, labels = random_inputs((2, 5, 7), 3, seed=2, ignore_index=9)
+    a, b = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    x = logits.requires_grad_()
+    config = ([0, 1, 0, 0, 0, 0, 1], [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.5, 0.0, 0.1], [1.0, 2.0, 0.5], [1.0, 2.0, 1.0], None)
+    saved = ops.cpp().loss(logits.detach(), labels, 0, False, 9, True, True, *config)[1]
+    return [
+        (torch.ops.dice_fused.statistics.default, (x, labels, 0, True, 9, True, True)),
+        (torch.ops.dice_fused.gradient.default, (logits.detach(), labels, a, b, 1, False, None)),
+        (torch.ops.dice_fused.loss.default, (x, labels, 0, False, 9, True, True, *config)),
+        (torch.ops.dice_fused.loss_backward.default,
+         (torch.tensor(1.5), logits.detach(), labels, saved, 0, False, 9, *config)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["statistics", "gradient", "loss", "loss_backward"])
+def test_opcheck(case):
+    op, args = _op_cases()[case]
+    torch.library.opcheck(op, args)
+
+
+def test_opcheck_chunked_family():
+    family = ops.chunked()
+    logits, labels = random_inputs((2, 5, 7), 3, seed=2)
+    torch.library.opcheck(family.statistics.default, (logits.requires_grad_(), labels, 0, False, None, True, True))
+
+
+class SmallNet(torch.nn.Module):
+    def __init__(self, channels=4):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(x)))
+
+
+def _training_step(loss_fn, compile_kwargs=None):
+    """Loss and parameter gradients of a model + loss step; the forward compiled when asked
+    (AOT autograd then compiles its backward)."""
+    forward = lambda net, images, labels: loss_fn(net(images), labels)  # noqa: E731
+    if compile_kwargs is not None:
+        forward = torch.compile(forward, fullgraph=True, **compile_kwargs)
+
+    def step(net, images, labels):
+        loss = forward(net, images, labels)
+        return loss, torch.autograd.grad(loss, list(net.parameters()))
+    return step
+
+
+@pytest.mark.parametrize("which", ["dice", "dice_ce", "statistics"])
+def test_compile_fullgraph_matches_eager(which):
+    torch.manual_seed(0)
+    net = SmallNet().double()
+    images = torch.randn(2, 1, 12, 10, dtype=torch.float64)
+    labels = torch.randint(0, 4, (2, 12, 10))
+    spec = DiceSpec.preset("monai")
+    loss_fn = {
+        "dice": lambda logits, y: dice_impls.dice_loss(logits, y, spec, impl="fused"),
+        "dice_ce": DiceCELoss(impl="fused", spec=spec),
+        "statistics": lambda logits, y: dice_impls.loss_from_statistics(
+            dice_impls.dice_statistics(logits, y, spec.replace(reduction="none"), impl="fused"), spec).sum(),
+    }[which]
+    step = _training_step(loss_fn)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    compiled = _training_step(loss_fn, dict(backend="aot_eager"))
+    for _ in range(2):  # the second call must reuse the first graph
+        loss, grads = compiled(net, images, labels)
+    expected, expected_grads = step(net, images, labels)
+    assert abs(float(loss - expected)) <= 1e-6
+    for g, e in zip(grads, expected_grads):
+        assert float((g - e).abs().max()) <= 1e-6
+    assert counters["stats"]["unique_graphs"] == 1
+    # New labels and logits of the same shape: no recompilation.
+    compiled(net, torch.randn_like(images), torch.randint(0, 4, (2, 12, 10)))
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_compile_inductor_float32():
+    torch.manual_seed(0)
+    net = SmallNet()
+    images, labels = torch.randn(2, 1, 16, 16), torch.randint(0, 4, (2, 16, 16))
+    loss_fn = lambda logits, y: dice_impls.dice_loss(logits, y, DiceSpec.preset("monai"), impl="fused")  # noqa: E731
+    step = _training_step(loss_fn)
+    torch._dynamo.reset()
+    loss, grads = _training_step(loss_fn, {})(net, images, labels)
+    expected, expected_grads = step(net, images, labels)
+    assert abs(float(loss - expected)) <= 1e-6
+    for g, e in zip(grads, expected_grads):
+        assert float((g - e).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("folded", [True, False])
+def test_double_backward_refused(folded):
+    logits, labels = random_inputs((2, 5, 6), 3, dtype=torch.float64)
+    x = logits.requires_grad_()
+    spec = DiceSpec() if folded else DiceSpec(reduction="none")
+    loss = dice_impls.dice_loss(x, labels, spec, impl="fused").sum()
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        grad.pow(2).sum().backward()
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.gradgradcheck(lambda t: dice_impls.dice_loss(t, labels, spec, impl="fused").sum(), (x,))
+
+
+def test_gradcheck_of_the_folded_loss():
+    logits, labels = random_inputs((2, 4, 5), 3, dtype=torch.float64, ignore_index=2, seed=3)
+    assert torch.autograd.gradcheck(
+        lambda t: compound_loss(t, labels, DiceSpec(ignore_index=2), lambda_dice=0.7, lambda_pixel=1.3, gamma=2.0,
+                                alpha=0.25), (logits.requires_grad_(),))
+
+
+# --- fused compound losses against their dense formulations ---------------------------------------
+
+def dense_compound(logits, labels, spec, lambda_dice, lambda_pixel, gamma=0.0, alpha=None, class_weight=None,
+                   label_smoothing=0.0):
+    """The same loss in float64 torch: reference Dice + the per-pixel term written out."""
+    x = logits.double()
+    c = x.shape[1]
+    dice = dice_impls.dice_loss(x, labels, spec, impl="reference")
+    counted = (labels >= 0) & (labels < c)
+    if spec.ignore_index is not None:
+        counted &= labels != spec.ignore_index
+    y = torch.where(counted, labels, 0).long()
+    log_p = F.log_softmax(x, 1)
+    log_py = log_p.gather(1, y.unsqueeze(1)).squeeze(1)
+    w = torch.ones(c, dtype=torch.float64) if class_weight is None else torch.tensor(class_weight, dtype=torch.float64)
+    u = w.clone()
+    if alpha is not None:
+        u = u * torch.tensor([1 - alpha] + [alpha] * (c - 1), dtype=torch.float64)
+    per_pixel = -(1 - label_smoothing) * u[y] * (1 - log_py.exp()) ** gamma * log_py
+    per_pixel = per_pixel - label_smoothing / c * (log_p * w.view(1, c, *([1] * (x.ndim - 2)))).sum(1)
+    total = (per_pixel * counted).sum()
+    norm = (w[y] * counted).sum() if class_weight is not None else counted.sum().double()
+    pixel = torch.where(norm > 0, total / norm.clamp_min(1e-300), 0.0)
+    return lambda_dice * dice + lambda_pixel * pixel
+
+
+COMPOUND_CASES = [
+    dict(lambda_dice=1.0, lambda_pixel=1.0),
+    dict(lambda_dice=0.5, lambda_pixel=2.0, class_weight=(0.2, 1.0, 3.0, 0.7)),
+    dict(lambda_dice=1.0, lambda_pixel=1.0, label_smoothing=0.1),
+    dict(lambda_dice=1.0, lambda_pixel=1.0, label_smoothing=0.2, class_weight=(1.0, 2.0, 0.5, 1.0)),
+    dict(lambda_dice=1.0, lambda_pixel=1.0, gamma=2.0),
+    dict(lambda_dice=1.0, lambda_pixel=0.5, gamma=0.5, alpha=0.25),
+    dict(lambda_dice=0.0, lambda_pixel=1.0, gamma=1.0),
+]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_TOLERANCES), ids=str)
+@pytest.mark.parametrize("case", range(len(COMPOUND_CASES)))
+@pytest.mark.parametrize("spec", [DiceSpec(), DiceSpec(ignore_index=255, batch=True, squared=True)], ids=str)
+def test_compound_matches_dense(spec, case, dtype, monkeypatch):
+    monkeypatch.setenv("DICE_FUSED_POISON", "1")
+    kwargs = COMPOUND_CASES[case]
+    logits, labels = random_inputs((2, 11, 13), 4, dtype=dtype, seed=case, ignore_index=spec.ignore_index,
+                                   empty_classes=(1,))
+    loss, grad = loss_and_grad(lambda x: compound_loss(x, labels, spec, **kwargs), logits)
+    expected, expected_grad = loss_and_grad(lambda x: dense_compound(x, labels, spec, **kwargs), logits.double())
+    loss_tol, grad_tol = DTYPE_TOLERANCES[dtype]
+    assert grad.dtype == dtype
+    assert error(loss, expected, 1.0) <= loss_tol, (float(loss), float(expected))
+    assert grad_error(grad, expected_grad) <= grad_tol
+
+
+def test_cross_entropy_term_is_torch_cross_entropy():
+    logits, labels = random_inputs((2, 9, 8), 5, dtype=torch.float64, seed=4, ignore_index=-100)
+    weight = (0.5, 1.0, 2.0, 1.5, 0.25)
+    got = compound_loss(logits, labels, DiceSpec(ignore_index=-100), lambda_dice=0.0, lambda_pixel=1.0,
+                        class_weight=weight, label_smoothing=0.1)
+    expected = F.cross_entropy(logits, labels, weight=torch.tensor(weight, dtype=torch.float64), ignore_index=-100,
+                               label_smoothing=0.1)
+    assert abs(float(got - expected)) <= 1e-10
+
+
+def test_large_logit_gaps_keep_the_exact_nll():
+    # x_y far below the max: -log p_y = lse - x_y must not go through exp(x_y - max) (it underflows).
+    logits = torch.zeros(1, 2, 1, 4)
+    logits[0, 0] = 120.0
+    labels = torch.ones(1, 1, 4, dtype=torch.long)
+    got = compound_loss(logits, labels, DiceSpec(), lambda_dice=0.0, lambda_pixel=1.0)
+    assert abs(float(got) - 120.0) <= 1e-4
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("module", ["ce", "focal"])
+def test_compound_modules_use_the_fused_op(module, weighted, monkeypatch):
+    calls = []
+    original = torch.ops.dice_fused.loss
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(args)
+            return original(*args)
+
+    monkeypatch.setattr(torch.ops.dice_fused, "loss", Spy())
+    logits, labels = random_inputs((2, 9, 8), 3, seed=5, ignore_index=255)
+    spec = DiceSpec(ignore_index=255, weight=(0.5, 2.0, 1.0) if weighted else None)
+
+    def make(impl):
+        if module == "ce":
+            return DiceCELoss(impl=impl, spec=spec, weighted_ce=weighted)
+        return DiceFocalLoss(impl=impl, spec=spec, alpha=0.3, weighted_focal=weighted)
+
+    loss, reference = make("fused"), make("reference")
+    x = logits.clone().requires_grad_()
+    got = loss(x, labels)
+    got.backward()
+    assert calls, "the fused compound path was not taken"
+    y = logits.double().requires_grad_()
+    expected = reference(y, labels)
+    expected.backward()
+    assert error(got, expected, 1.0) <= 1e-5
+    assert grad_error(x.grad, y.grad) <= 1e-5
+
+
+def test_sigmoid_compound_falls_back_correctly():
+    logits, labels = random_inputs((2, 6, 5), 1, seed=6)
+    spec = DiceSpec(activation="sigmoid")
+    assert compound_loss(logits, labels, spec, lambda_dice=1.0, lambda_pixel=1.0) is None
+    got = DiceCELoss(impl="fused", spec=spec)(logits, labels)
+    expected = DiceCELoss(impl="reference", spec=spec)(logits.double(), labels)
+    assert error(got, expected, 1.0) <= 1e-5
+
+
+# --- instruction sets ----------------------------------------------------------------------------
+
+def test_every_instruction_set_gives_the_same_result(tmp_path):
+    """Each variant the CPU can run, in a subprocess (the choice is made once at load)."""
+    script = (
+        "import torch, dice_impls\n"
+        "from dice_impls.fused import ops\n"
+        "from helpers import random_inputs\n"
+        "x, y = random_inputs((2, 37, 29), 5, dtype=torch.{dtype}, seed=8, ignore_index=255)\n"
+        "x.requires_grad_()\n"
+        "loss = dice_impls.DiceCELoss(impl='fused', ignore_index=255)(x, y)\n"
+        "loss.backward()\n"
+        "torch.save((ops.isa(), loss.detach(), x.grad), r'{out}')\n"
+    )
+    results = {}
+    for isa in ("baseline", "avx2", "avx512"):
+        for dtype in ("float32", "float16"):
+            out = tmp_path / f"{isa}-{dtype}.pt"
+            env = dict(os.environ, DICE_FUSED_ISA=isa, PYTHONPATH=os.pathsep.join(sys.path))
+            subprocess.run([sys.executable, "-c", script.format(dtype=dtype, out=out)], env=env, check=True,
+                           cwd=os.path.dirname(__file__))
+            results[isa, dtype] = torch.load(out)
+    for (isa, dtype), (chosen, loss, grad) in results.items():
+        assert chosen in ("baseline", "avx2", "avx512") and (chosen == isa or isa != "baseline")
+        base_loss, base_grad = results["baseline", dtype][1:]
+        tol = 1e-6 if dtype == "float32" else 1e-3
+        assert abs(float(loss - base_loss)) <= tol
+        assert grad_error(grad, base_grad.double()) <= tol
+
+
+def test_gradient_memory_pool_reuses_a_freed_gradient(monkeypatch):
+    monkeypatch.setenv("DICE_FUSED_POOL", "1")
+    logits, labels = random_inputs((1, 512, 520), 4, seed=9)  # 4.2 MB of float32: pooled
+    a, b = torch.randn(1, 4, dtype=torch.float64), torch.randn(1, 4, dtype=torch.float64)
+    first = torch.ops.dice_fused.gradient(logits, labels, a, b, 0, False, None)
+    address, expected = first.data_ptr(), first.clone()
+    del first  # back to the pool
+    assert torch.ops.dice_fused.pooled_buffers() >= 1
+    monkeypatch.setenv("DICE_FUSED_POISON", "1")
+    again = torch.ops.dice_fused.gradient(logits, labels, a, b, 0, False, None)
+    assert again.data_ptr() == address and torch.equal(again, expected)
+    monkeypatch.setenv("DICE_FUSED_POOL", "0")
+    assert torch.ops.dice_fused.gradient(logits, labels, a, b, 0, False, None).data_ptr() != address
+
+
+def test_a_library_older_than_its_sources_is_not_loaded(tmp_path):
+    from dice_impls.fused import cpu
+    from dice_impls.fused.build_config import DIGEST_MARKER, source_digest
+
+    library = tmp_path / "_C.so"
+    library.write_bytes(b"\x7fELF..." + DIGEST_MARKER.encode() + b"0123456789abcdef" + b"...")
+    assert cpu.is_stale(str(library))
+    library.write_bytes(b"\x7fELF..." + DIGEST_MARKER.encode() + source_digest(cpu.HERE).encode() + b"...")
+    assert not cpu.is_stale(str(library))
+    assert cpu.jit_name().endswith(source_digest(cpu.HERE))  # the fallback build's name follows the sources
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_no_host_reads_in_forward_and_backward(monkeypatch, validate):
+    reads = []
+    for name in ("__bool__", "item", "__int__", "__float__", "__index__", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(self, *a, **k))
+    logits, labels = random_inputs((2, 7, 6), 4, seed=10, ignore_index=255)
+    x = logits.clone().requires_grad_()
+    spec = DiceSpec(ignore_index=255)
+    dice_impls.dice_loss(x, labels, spec, impl="fused", validate=validate).backward()
+    compound_loss(x, labels, spec, lambda_dice=1.0, lambda_pixel=1.0, validate=validate).backward()
+    assert reads == []
