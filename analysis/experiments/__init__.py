@@ -31,8 +31,8 @@ from types import ModuleType
 from typing import Dict, Optional, Tuple
 
 NAMES = (
-    "e2_gradients", "p1_precision", "d1_distributed", "s1_imbalance", "s3_empty", "s5_multiclass", "s6_balls3d",
-    "s2_tiny", "s4_compound_lr", "s7_sgd",
+    "e2_gradients", "p1_precision", "d1_distributed", "s1_imbalance", "s2_tiny", "s3_empty", "s4_compound_lr",
+    "s5_multiclass", "s6_balls3d", "s7_sgd",
 )
 SCALE_NAMES = ("small", "paper")
 KINDS = ("verification", "hypothesis")
