@@ -28,6 +28,10 @@ struct KernelArgs {
   int64_t block, task_len, tasks_per_image;
 };
 
+// Doubles per task in the statistics kernel's partial sums: tp, ps, gs and the pixel term's sums
+// by class of the label (C each), then the label-smoothing sum.
+static constexpr int64_t statistics_width(int64_t C) { return 4 * C + 1; }
+
 #define FUSED_DECLARE_KERNELS(ISA)                                                                               \
   namespace ISA {                                                                                                \
   void statistics_tasks(const KernelArgs& P, int64_t begin, int64_t end, double* partial, double* probe,        \

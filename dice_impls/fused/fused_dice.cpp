@@ -192,7 +192,9 @@ std::string index_text(int64_t flat, at::IntArrayRef sizes) {
                     "]", hint.str(), " for ", P.C, " channel(s)");
 }
 
-// The statistics pass: (3, N, C) Dice sums and the 3 pixel sums, reduced in task order.
+// The statistics pass: (3, N, C) Dice sums and the 3 pixel sums (sum w_y (1 - eps) f nll, the
+// label-smoothing sum, sum d_y), reduced in task order; the kernels sum the pixel term by class,
+// and the class weights are applied here.
 struct Sums {
   std::vector<double> dice;  // (3, N, C)
   double pixel[3] = {0, 0, 0};
@@ -200,7 +202,7 @@ struct Sums {
 };
 
 Sums run_statistics(const KernelArgs& P, const at::Tensor& logits, const at::Tensor& labels) {
-  const int64_t C = P.C, width = 3 * C + 3, tasks = P.N * P.tasks_per_image;
+  const int64_t C = P.C, width = statistics_width(C), tasks = P.N * P.tasks_per_image;
   std::vector<double> partial(tasks * width, 0.0), probes(tasks, 0.0);
   std::vector<int64_t> bad(tasks, 0);
   const Kernels& k = kernels();
@@ -215,7 +217,11 @@ Sums run_statistics(const KernelArgs& P, const at::Tensor& logits, const at::Ten
     const double* acc = partial.data() + t * width;
     for (int64_t s = 0; s < 3; ++s)
       for (int64_t c = 0; c < C; ++c) sums.dice[(s * P.N + n) * C + c] += acc[s * C + c];
-    for (int64_t s = 0; s < 3; ++s) sums.pixel[s] += acc[3 * C + s];
+    for (int64_t c = 0; c < C && P.pixel; ++c) {
+      sums.pixel[0] += P.pixel_weight[c] * (1 - P.smoothing) * acc[3 * C + c];
+      sums.pixel[2] += P.norm_weight[c] * acc[2 * C + c];
+    }
+    sums.pixel[1] += acc[4 * C];
     sums.probe += probes[t];
     bad_labels += bad[t];
   }

@@ -210,14 +210,15 @@ int64_t read_any_labels(const KernelArgs& P, int64_t offset, int64_t len, int32_
 }
 
 // One block of pixels, activated: p_c = u_c * r with u = exp(x - max_c x) and r = 1 / sum_c u for
-// softmax (the normalisation is folded into the passes that read u), u = p and r = 1 otherwise.
-// With the pixel term (softmax only) it also keeps max, sum, x_y and sum_c w_c x_c per pixel.
+// softmax (the normalisation is folded into the passes that read u), u = p and r = 1 otherwise;
+// max and sum are kept per pixel. With LOGIT_OF_LABEL (softmax, for the pixel term) it also keeps
+// x_y and, with label smoothing, sum_c w_c x_c.
 template <typename scalar_t, typename acc_t>
 struct Tile {
   const KernelArgs& P;
   const int64_t B;
   Scratch<acc_t> memory;
-  acc_t *u, *r, *keep, *mx, *s, *xy, *wx, *tmp;
+  acc_t *u, *r, *keep, *mx, *s, *xy, *wx, *term;  // term: per-pixel values of the pixel term
   Scratch<int32_t> cls_memory;
   int32_t* cls;
   acc_t probe = 0;  // sum of x - x: NaN iff some logit is NaN/inf
@@ -226,12 +227,12 @@ struct Tile {
   explicit Tile(const KernelArgs& args)
       : P(args), B(args.block), memory((args.C + 8) * args.block), cls_memory(args.block) {
     u = memory.data;
-    r = u + P.C * B, keep = r + B, mx = keep + B, s = mx + B, xy = s + B, wx = xy + B, tmp = wx + B;
+    r = u + P.C * B, keep = r + B, mx = keep + B, s = mx + B, xy = s + B, wx = xy + B, term = wx + B;
     cls = cls_memory.data;
   }
 
   // Loads pixels [v0, v0 + len) of image n.
-  template <bool VALIDATE, bool PIXEL>
+  template <bool VALIDATE, bool LOGIT_OF_LABEL>
   void load(int64_t n, int64_t v0, int64_t len) {
     const int64_t C = P.C, V = P.V;
     bad += read_any_labels<acc_t>(P, n * V + v0, len, cls, keep, VALIDATE && P.check_labels);
@@ -249,21 +250,21 @@ struct Tile {
     acc_t pr = 0;
     if (P.activation == SOFTMAX) {
       for (int64_t v = 0; v < len; ++v) mx[v] = src[v];
-      if (PIXEL) {
+      if (LOGIT_OF_LABEL) {
         for (int64_t v = 0; v < len; ++v) xy[v] = 0, wx[v] = 0;
       }
-      const bool smoothing = PIXEL && P.smoothing != 0;
+      const bool smoothing = LOGIT_OF_LABEL && P.smoothing != 0;
       for (int64_t c = 0; c < C; ++c) {
         const acc_t* xc = src + c * stride;
         const int32_t cc = static_cast<int32_t>(c);
-        const acc_t wc = PIXEL ? static_cast<acc_t>(P.pixel_weight[c]) : acc_t(0);
 #pragma omp simd reduction(+ : pr)
         for (int64_t v = 0; v < len; ++v) {
           if (VALIDATE) pr += xc[v] - xc[v];
           mx[v] = xc[v] > mx[v] ? xc[v] : mx[v];
-          if (PIXEL) xy[v] = cls[v] == cc ? xc[v] : xy[v];
+          if (LOGIT_OF_LABEL) xy[v] = cls[v] == cc ? xc[v] : xy[v];
         }
         if (smoothing) {
+          const acc_t wc = static_cast<acc_t>(P.pixel_weight[c]);
 #pragma omp simd
           for (int64_t v = 0; v < len; ++v) wx[v] += wc * xc[v];
         }
@@ -307,83 +308,78 @@ struct Tile {
   }
 };
 
-// Adds one block's sums to acc = (tp[C], ps[C], gs[C]): tp_c = sum [cls = c] r u_c,
-// ps_c = sum keep r^k u_c^k, gs_c = sum [cls = c]. Accumulators are locals (kept in registers).
-template <bool SQUARED, typename acc_t>
-void block_sums(const acc_t* u, const acc_t* r, const acc_t* keep, const int32_t* cls, int64_t C, int64_t B,
-                int64_t len, acc_t* weight, double* acc) {
+// Adds one block's sums to acc = (tp[C], ps[C], gs[C], pt[C]): tp_c = sum [cls = c] r u_c,
+// ps_c = sum keep r^k u_c^k, gs_c = sum [cls = c] and, with the pixel term, pt_c = sum [cls = c]
+// term: its per-pixel values summed by class, so that the class weights are applied to C sums
+// on the host rather than looked up per pixel. Accumulators are locals (kept in registers).
+template <bool SQUARED, bool PIXEL, typename acc_t>
+void block_sums(const acc_t* u, const acc_t* r, const acc_t* keep, const int32_t* cls, const acc_t* term, int64_t C,
+                int64_t B, int64_t len, acc_t* weight, double* acc) {
 #pragma omp simd
   for (int64_t v = 0; v < len; ++v) weight[v] = SQUARED ? keep[v] * r[v] * r[v] : keep[v] * r[v];
   for (int64_t c = 0; c < C; ++c) {
     const acc_t* uc = u + c * B;
     const int32_t cc = static_cast<int32_t>(c);
-    acc_t tp = 0, ps = 0, gs = 0;
-#pragma omp simd reduction(+ : tp, ps, gs)
+    acc_t tp = 0, ps = 0, gs = 0, pt = 0;
+#pragma omp simd reduction(+ : tp, ps, gs, pt)
     for (int64_t v = 0; v < len; ++v) {
       const acc_t g = cls[v] == cc ? acc_t(1) : acc_t(0);
       tp += g * r[v] * uc[v];
       ps += SQUARED ? weight[v] * uc[v] * uc[v] : weight[v] * uc[v];
       gs += g;
+      if (PIXEL) pt += g * term[v];
     }
     acc[c] += tp;
     acc[C + c] += ps;
     acc[2 * C + c] += gs;
+    if (PIXEL) acc[3 * C + c] += pt;
   }
 }
 
-// The per-pixel term of a block (softmax): with nll = lse - x_y, p_y = exp(-nll) and the
-// focal factor f = (1 - p_y)^gamma, adds sum u_y f nll, sum_c w_c (lse - x_c) and sum d_y over the
-// counted pixels (class >= 0) to acc[0..3). u, d: numerator and normaliser weights per class,
-// indexed by class + 1 (entry 0 = 0 for pixels that are not counted).
-template <bool FOCAL, bool SMOOTHING, typename acc_t>
-void pixel_sums_t(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const acc_t* wx,
-                  const int32_t* cls, int64_t len, const acc_t* uw, const acc_t* dw, double* acc) {
+// The per-pixel term of a block (softmax): term = f nll with nll = lse - x_y, p_y = exp(-nll) and
+// the focal factor f = (1 - p_y)^gamma (1 for cross-entropy); returns sum_c w_c (lse - x_c) over
+// the counted pixels (class >= 0) for label smoothing.
+template <bool FOCAL, bool SMOOTHING, typename scalar_t, typename acc_t>
+acc_t pixel_terms_t(Tile<scalar_t, acc_t>& tile, int64_t len) {
+  const KernelArgs& P = tile.P;
   const acc_t gamma = static_cast<acc_t>(P.gamma), weight_sum = static_cast<acc_t>(P.pixel_weight_sum);
-  acc_t main = 0, smooth = 0, norm = 0;
-#pragma omp simd reduction(+ : main, smooth, norm)
+  const acc_t *mx = tile.mx, *s = tile.s, *xy = tile.xy, *wx = tile.wx;
+  const int32_t* cls = tile.cls;
+  acc_t* term = tile.term;
+  acc_t smooth = 0;
+#pragma omp simd reduction(+ : smooth)
   for (int64_t v = 0; v < len; ++v) {
     const acc_t lse = mx[v] + log_approx(s[v]);
     const acc_t nll = lse - xy[v];
-    const int32_t k = cls[v] + 1;
-    acc_t factor = uw[k];
+    acc_t factor = 1;
     if (FOCAL) {
       const acc_t rest = acc_t(1) - exp_approx(-nll);
-      factor *= rest > acc_t(0) ? exp_approx(gamma * log_approx(rest)) : acc_t(0);
+      factor = rest > acc_t(0) ? exp_approx(gamma * log_approx(rest)) : acc_t(0);
     }
-    main += factor * nll;
-    if (SMOOTHING) smooth += k > 0 ? weight_sum * lse - wx[v] : acc_t(0);
-    norm += dw[k];
+    term[v] = factor * nll;
+    if (SMOOTHING) smooth += cls[v] >= 0 ? weight_sum * lse - wx[v] : acc_t(0);
   }
-  acc[0] += main;
-  acc[1] += smooth;
-  acc[2] += norm;
+  return smooth;
 }
 
 // The loop-invariant choices as template arguments: branches inside the loop kept it scalar.
-template <typename acc_t>
-void pixel_sums(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const acc_t* wx,
-                const int32_t* cls, int64_t len, const acc_t* uw, const acc_t* dw, double* acc) {
-  const bool focal = P.gamma != 0, smoothing = P.smoothing != 0;
-  if (focal) return pixel_sums_t<true, false>(P, mx, s, xy, wx, cls, len, uw, dw, acc);
-  if (smoothing) return pixel_sums_t<false, true>(P, mx, s, xy, wx, cls, len, uw, dw, acc);
-  return pixel_sums_t<false, false>(P, mx, s, xy, wx, cls, len, uw, dw, acc);
+template <typename scalar_t, typename acc_t>
+acc_t pixel_terms(Tile<scalar_t, acc_t>& tile, int64_t len) {
+  if (tile.P.gamma != 0) return pixel_terms_t<true, false>(tile, len);
+  if (tile.P.smoothing != 0) return pixel_terms_t<false, true>(tile, len);
+  return pixel_terms_t<false, false>(tile, len);
 }
 
-// Per-image, per-task sums of tasks [begin, end): partial[t] holds 3C Dice sums then 3 pixel
-// sums; probe[t] and bad[t] the finite probe and the invalid-label count.
+// Per-image, per-task sums of tasks [begin, end): partial[t] holds the 4C sums of block_sums then
+// the smoothing sum (statistics_width); probe[t] and bad[t] the finite probe and the invalid-label
+// count.
 template <typename scalar_t>
 void statistics_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, double* partial, double* probe,
                         int64_t* bad) {
   using acc_t = typename Compute<scalar_t>::type;
-  const int64_t C = P.C, B = P.block, width = 3 * C + 3;
+  const int64_t C = P.C, B = P.block, width = statistics_width(C);
   Tile<scalar_t, acc_t> tile(P);
-  Scratch<acc_t> weights(B + 2 * (C + 1));
-  acc_t* uw = weights.data + B;
-  acc_t* dw = uw + C + 1;
-  for (int64_t c = 0; c < C && P.pixel; ++c) {
-    uw[c + 1] = static_cast<acc_t>(P.pixel_weight[c] * (1 - P.smoothing));
-    dw[c + 1] = static_cast<acc_t>(P.norm_weight[c]);
-  }
+  Scratch<acc_t> weights(B);
   for (int64_t t = begin; t < end; ++t) {
     const int64_t n = t / P.tasks_per_image;
     const int64_t v_begin = (t % P.tasks_per_image) * P.task_len;
@@ -396,36 +392,45 @@ void statistics_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, double*
       const int64_t len = min64(B, v_end - v0);
       if (P.pixel) {
         if (P.validate) tile.template load<true, true>(n, v0, len); else tile.template load<false, true>(n, v0, len);
-        pixel_sums(P, tile.mx, tile.s, tile.xy, tile.wx, tile.cls, len, uw, dw, acc + 3 * C);
+        acc[4 * C] += pixel_terms(tile, len);
+        (P.squared ? block_sums<true, true, acc_t> : block_sums<false, true, acc_t>)(
+            tile.u, tile.r, tile.keep, tile.cls, tile.term, C, B, len, weights.data, acc);
       } else {
         if (P.validate) tile.template load<true, false>(n, v0, len); else tile.template load<false, false>(n, v0, len);
+        (P.squared ? block_sums<true, false, acc_t> : block_sums<false, false, acc_t>)(
+            tile.u, tile.r, tile.keep, tile.cls, tile.term, C, B, len, weights.data, acc);
       }
-      if (P.squared)
-        block_sums<true>(tile.u, tile.r, tile.keep, tile.cls, C, B, len, weights.data, acc);
-      else
-        block_sums<false>(tile.u, tile.r, tile.keep, tile.cls, C, B, len, weights.data, acc);
     }
     probe[t] = tile.probe;
     bad[t] = tile.bad;
   }
 }
 
+// The gradient's per-pixel term (softmax): dL/dx_c = k [(p_c - [y = c]) h w_y + eps/C (p_c W - w_c)]
+// on counted pixels (class >= 0), W = sum_j w_j, w the class weights times (1 - eps); h = 1 for
+// cross-entropy and, for focal, h = (1 - p_y)^(gamma - 1) (1 - p_y + gamma p_y nll). That is
+// p_c A - [y = c] k w_c h - bias_c [counted], A = k h w_y + smooth [counted], smooth = k eps W / C,
+// bias_c = k eps w_c / C. softmax_dot folds A into the dot product, so no per-pixel weight is
+// looked up: the class weight of y enters only where [y = c] is already tested.
+enum PixelGradient { NO_PIXEL = 0, CROSS_ENTROPY = 1, FOCAL = 2 };
+
 // One channel of dL/dlogits for a block: keep * dp/dlogit * (q - dot), q = ak p^(k-1) + [cls = c] bc
-// (ak = k a_c), dp/dlogit = p (softmax), p (1 - p) (sigmoid) or 1 (identity), p = r u; with the
-// pixel term (softmax) plus p A - [cls = c] H - bias_c cnt (see gradient_tasks_t).
-template <int ACTIVATION, bool SQUARED, bool PIXEL, typename acc_t>
+// (ak = k a_c), dp/dlogit = p (softmax), p (1 - p) (sigmoid) or 1 (identity), p = r u. With the
+// pixel term (dot = keep dot - A from softmax_dot): p (keep q - dot) - [cls = c] kw h - bias [counted].
+template <int ACTIVATION, bool SQUARED, int PIXEL, typename acc_t>
 void channel_gradient(const acc_t* uc, const acc_t* r, const acc_t* keep, const int32_t* cls, const acc_t* dot,
-                      const acc_t* A, const acc_t* H, const acc_t* cnt, acc_t ak, acc_t bc, acc_t bias, int32_t c,
-                      int64_t len, acc_t* out) {
+                      const acc_t* h, acc_t ak, acc_t bc, acc_t kw, acc_t bias, int32_t c, int64_t len, acc_t* out) {
 #pragma omp simd
   for (int64_t v = 0; v < len; ++v) {
     const acc_t p = r[v] * uc[v];
     const bool mine = cls[v] == c;
     const acc_t q = (SQUARED ? ak * p : ak) + (mine ? bc : acc_t(0));
     acc_t d;
-    if (ACTIVATION == SOFTMAX) {
+    if (ACTIVATION == SOFTMAX && PIXEL) {
+      const acc_t label_term = PIXEL == FOCAL ? kw * h[v] : kw;
+      d = p * (keep[v] * q - dot[v]) - (mine ? label_term : acc_t(0)) - (cls[v] >= 0 ? bias : acc_t(0));
+    } else if (ACTIVATION == SOFTMAX) {
       d = keep[v] * p * (q - dot[v]);
-      if (PIXEL) d += p * A[v] - (mine ? H[v] : acc_t(0)) - bias * cnt[v];
     } else if (ACTIVATION == SIGMOID) {
       d = keep[v] * p * (acc_t(1) - p) * q;
     } else {
@@ -437,67 +442,74 @@ void channel_gradient(const acc_t* uc, const acc_t* r, const acc_t* keep, const 
 
 template <typename acc_t>
 using ChannelGradient = void (*)(const acc_t*, const acc_t*, const acc_t*, const int32_t*, const acc_t*, const acc_t*,
-                                 const acc_t*, const acc_t*, acc_t, acc_t, acc_t, int32_t, int64_t, acc_t*);
+                                 acc_t, acc_t, acc_t, acc_t, int32_t, int64_t, acc_t*);
 
-template <typename acc_t>
-ChannelGradient<acc_t> channel_gradient_for(int activation, bool squared, bool pixel) {
-  if (activation == SOFTMAX) {
-    if (pixel) return squared ? channel_gradient<SOFTMAX, true, true, acc_t> : channel_gradient<SOFTMAX, false, true, acc_t>;
-    return squared ? channel_gradient<SOFTMAX, true, false, acc_t> : channel_gradient<SOFTMAX, false, false, acc_t>;
-  }
-  if (activation == SIGMOID)
-    return squared ? channel_gradient<SIGMOID, true, false, acc_t> : channel_gradient<SIGMOID, false, false, acc_t>;
-  return squared ? channel_gradient<IDENTITY, true, false, acc_t> : channel_gradient<IDENTITY, false, false, acc_t>;
+template <int ACTIVATION, int PIXEL, typename acc_t>
+ChannelGradient<acc_t> channel_gradient_squared(bool squared) {
+  return squared ? channel_gradient<ACTIVATION, true, PIXEL, acc_t> : channel_gradient<ACTIVATION, false, PIXEL, acc_t>;
 }
 
-// Softmax: dot = sum_c p_c q_c = r sum_c u_c q_c, q_c = ak_c (r u_c)^(k-1) + [cls = c] b_c.
-template <bool SQUARED, typename acc_t>
-void softmax_dot(const acc_t* u, const acc_t* r, const int32_t* cls, const acc_t* ak, const acc_t* b, int64_t C,
+template <typename acc_t>
+ChannelGradient<acc_t> channel_gradient_for(int activation, bool squared, int pixel) {
+  if (activation == SOFTMAX) {
+    if (pixel == FOCAL) return channel_gradient_squared<SOFTMAX, FOCAL, acc_t>(squared);
+    if (pixel == CROSS_ENTROPY) return channel_gradient_squared<SOFTMAX, CROSS_ENTROPY, acc_t>(squared);
+    return channel_gradient_squared<SOFTMAX, NO_PIXEL, acc_t>(squared);
+  }
+  if (activation == SIGMOID) return channel_gradient_squared<SIGMOID, NO_PIXEL, acc_t>(squared);
+  return channel_gradient_squared<IDENTITY, NO_PIXEL, acc_t>(squared);
+}
+
+// Softmax: dot = sum_c p_c q_c = r sum_c u_c q_c, q_c = ak_c (r u_c)^(k-1) + [cls = c] b_c; with the
+// pixel term, keep dot - A = keep r sum_c (u_c q_c - [cls = c] kw_c h / r) - smooth [counted]
+// (1 / r = s, the softmax sum; hs = h s for focal).
+template <bool SQUARED, int PIXEL, typename acc_t>
+void softmax_dot(const acc_t* u, const acc_t* r, const acc_t* keep, const acc_t* s, const acc_t* hs,
+                 const int32_t* cls, const acc_t* ak, const acc_t* b, const acc_t* kw, acc_t smooth, int64_t C,
                  int64_t B, int64_t len, acc_t* dot) {
   for (int64_t v = 0; v < len; ++v) dot[v] = 0;
   for (int64_t c = 0; c < C; ++c) {
     const acc_t* uc = u + c * B;
-    const acc_t akc = ak[c], bc = b[c];
+    const acc_t akc = ak[c], bc = b[c], kwc = PIXEL ? kw[c] : acc_t(0);
     const int32_t cc = static_cast<int32_t>(c);
 #pragma omp simd
-    for (int64_t v = 0; v < len; ++v)
-      dot[v] += uc[v] * ((SQUARED ? akc * r[v] * uc[v] : akc) + (cls[v] == cc ? bc : acc_t(0)));
-  }
-#pragma omp simd
-  for (int64_t v = 0; v < len; ++v) dot[v] *= r[v];
-}
-
-// The pixel term's per-pixel coefficients of a block: dL/dx_c = k [(p_c - [y = c]) h u_y
-// + eps/C (p_c sum_j w_j - w_c)] on counted pixels, h = 1 for cross-entropy and, for focal,
-// h = (1 - p_y)^(gamma - 1) (1 - p_y + gamma p_y nll). A = k (h u_y + eps/C sum_j w_j),
-// H = k h u_y, cnt = counted; the last term is bias_c = k eps w_c / C times cnt.
-template <bool FOCAL, typename acc_t>
-void pixel_coefficients_t(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const int32_t* cls,
-                          int64_t len, const acc_t* uw, acc_t k, acc_t* A, acc_t* H, acc_t* cnt) {
-  const acc_t gamma = static_cast<acc_t>(P.gamma);
-  const acc_t smooth = k * static_cast<acc_t>(P.smoothing * P.pixel_weight_sum / P.C);
-#pragma omp simd
-  for (int64_t v = 0; v < len; ++v) {
-    const int32_t j = cls[v] + 1;
-    acc_t h = uw[j];
-    if (FOCAL) {
-      const acc_t nll = mx[v] + log_approx(s[v]) - xy[v];
-      const acc_t py = exp_approx(-nll);
-      const acc_t rest = acc_t(1) - py;
-      h *= rest > acc_t(0) ? exp_approx((gamma - acc_t(1)) * log_approx(rest)) * (rest + gamma * py * nll) : acc_t(0);
+    for (int64_t v = 0; v < len; ++v) {
+      const bool mine = cls[v] == cc;
+      dot[v] += uc[v] * ((SQUARED ? akc * r[v] * uc[v] : akc) + (mine ? bc : acc_t(0)));
+      if (PIXEL) dot[v] -= mine ? kwc * (PIXEL == FOCAL ? hs[v] : s[v]) : acc_t(0);
     }
-    const acc_t counted = j > 0 ? acc_t(1) : acc_t(0);
-    H[v] = k * h;
-    A[v] = k * h + smooth * counted;
-    cnt[v] = counted;
+  }
+  if (PIXEL) {
+#pragma omp simd
+    for (int64_t v = 0; v < len; ++v) dot[v] = keep[v] * r[v] * dot[v] - (cls[v] >= 0 ? smooth : acc_t(0));
+  } else {
+#pragma omp simd
+    for (int64_t v = 0; v < len; ++v) dot[v] *= r[v];
   }
 }
 
 template <typename acc_t>
-void pixel_coefficients(const KernelArgs& P, const acc_t* mx, const acc_t* s, const acc_t* xy, const int32_t* cls,
-                        int64_t len, const acc_t* uw, acc_t k, acc_t* A, acc_t* H, acc_t* cnt) {
-  if (P.gamma != 0) return pixel_coefficients_t<true>(P, mx, s, xy, cls, len, uw, k, A, H, cnt);
-  return pixel_coefficients_t<false>(P, mx, s, xy, cls, len, uw, k, A, H, cnt);
+using SoftmaxDot = void (*)(const acc_t*, const acc_t*, const acc_t*, const acc_t*, const acc_t*, const int32_t*,
+                            const acc_t*, const acc_t*, const acc_t*, acc_t, int64_t, int64_t, int64_t, acc_t*);
+
+template <int PIXEL, typename acc_t>
+SoftmaxDot<acc_t> softmax_dot_for(bool squared) {
+  return squared ? softmax_dot<true, PIXEL, acc_t> : softmax_dot<false, PIXEL, acc_t>;
+}
+
+// Focal: h (above) and hs = h s per pixel of a block.
+template <typename scalar_t, typename acc_t>
+void focal_factors(const Tile<scalar_t, acc_t>& tile, int64_t len, acc_t* h, acc_t* hs) {
+  const acc_t gamma = static_cast<acc_t>(tile.P.gamma);
+  const acc_t *mx = tile.mx, *s = tile.s, *xy = tile.xy;
+#pragma omp simd
+  for (int64_t v = 0; v < len; ++v) {
+    const acc_t nll = mx[v] + log_approx(s[v]) - xy[v];
+    const acc_t py = exp_approx(-nll);
+    const acc_t rest = acc_t(1) - py;
+    h[v] = rest > acc_t(0) ? exp_approx((gamma - acc_t(1)) * log_approx(rest)) * (rest + gamma * py * nll) : acc_t(0);
+    hs[v] = h[v] * s[v];
+  }
 }
 
 // dL/dlogits of tasks [begin, end) into grad; a, b (N x C, already scaled by the upstream
@@ -507,17 +519,21 @@ void gradient_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, const dou
                       double pixel_scale, void* grad_data) {
   using acc_t = typename Compute<scalar_t>::type;
   const int64_t C = P.C, V = P.V, B = P.block;
-  const bool softmax = P.activation == SOFTMAX, pixel = P.pixel && softmax;
-  const ChannelGradient<acc_t> channel = channel_gradient_for<acc_t>(P.activation, P.squared, pixel);
+  const bool softmax = P.activation == SOFTMAX, pixel = P.pixel && softmax, focal = pixel && P.gamma != 0;
+  const int pixel_kind = focal ? FOCAL : pixel ? CROSS_ENTROPY : NO_PIXEL;
+  const ChannelGradient<acc_t> channel = channel_gradient_for<acc_t>(P.activation, P.squared, pixel_kind);
+  const SoftmaxDot<acc_t> dot_product = focal   ? softmax_dot_for<FOCAL, acc_t>(P.squared)
+                                        : pixel ? softmax_dot_for<CROSS_ENTROPY, acc_t>(P.squared)
+                                                : softmax_dot_for<NO_PIXEL, acc_t>(P.squared);
   scalar_t* grad = static_cast<scalar_t*>(grad_data);
   Tile<scalar_t, acc_t> tile(P);
-  Scratch<acc_t> work(5 * B + 4 * C + 1);
-  acc_t *dot = work.data, *A = dot + B, *H = A + B, *cnt = H + B, *row = cnt + B;
-  acc_t *ak = row + B, *bc = ak + C, *bias = bc + C, *uw = bias + C;  // uw: C + 1 entries
-  const acc_t k = static_cast<acc_t>(pixel_scale);
-  for (int64_t c = 0; c < C && pixel; ++c) {
-    uw[c + 1] = static_cast<acc_t>(P.pixel_weight[c] * (1 - P.smoothing));
-    bias[c] = static_cast<acc_t>(pixel_scale * P.smoothing * P.pixel_weight[c] / C);
+  Scratch<acc_t> work(4 * B + 5 * C);
+  acc_t *dot = work.data, *h = dot + B, *hs = h + B, *row = hs + B;
+  acc_t *ak = row + B, *bc = ak + C, *kw = bc + C, *bias = kw + C;
+  const acc_t smooth = static_cast<acc_t>(pixel ? pixel_scale * P.smoothing * P.pixel_weight_sum / C : 0.0);
+  for (int64_t c = 0; c < C; ++c) {
+    kw[c] = pixel ? static_cast<acc_t>(pixel_scale * P.pixel_weight[c] * (1 - P.smoothing)) : acc_t(0);
+    bias[c] = pixel ? static_cast<acc_t>(pixel_scale * P.smoothing * P.pixel_weight[c] / C) : acc_t(0);
   }
   for (int64_t t = begin; t < end; ++t) {
     const int64_t n = t / P.tasks_per_image;
@@ -529,21 +545,19 @@ void gradient_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, const dou
     }
     for (int64_t v0 = v_begin; v0 < v_end; v0 += B) {
       const int64_t len = min64(B, v_end - v0);
-      if (pixel) {
+      if (focal) {  // only focal needs x_y here
         tile.template load<false, true>(n, v0, len);
-        pixel_coefficients(P, tile.mx, tile.s, tile.xy, tile.cls, len, uw, k, A, H, cnt);
+        focal_factors(tile, len, h, hs);
       } else {
         tile.template load<false, false>(n, v0, len);
       }
       prefetch_block<true>(grad + n * C * V + v0 + B, C, V, len);
-      if (softmax)
-        (P.squared ? softmax_dot<true, acc_t> : softmax_dot<false, acc_t>)(tile.u, tile.r, tile.cls, ak, bc, C, B, len,
-                                                                         dot);
+      if (softmax) dot_product(tile.u, tile.r, tile.keep, tile.s, hs, tile.cls, ak, bc, kw, smooth, C, B, len, dot);
       for (int64_t c = 0; c < C; ++c) {
         scalar_t* out = grad + (n * C + c) * V + v0;
         acc_t* dst;
         if constexpr (sizeof(scalar_t) == sizeof(acc_t)) dst = reinterpret_cast<acc_t*>(out); else dst = row;
-        channel(tile.u + c * B, tile.r, tile.keep, tile.cls, dot, A, H, cnt, ak[c], bc[c], pixel ? bias[c] : acc_t(0),
+        channel(tile.u + c * B, tile.r, tile.keep, tile.cls, dot, h, ak[c], bc[c], kw[c], bias[c],
                 static_cast<int32_t>(c), len, dst);
         if constexpr (sizeof(scalar_t) != sizeof(acc_t)) from_float(row, out, len);
       }
