@@ -308,31 +308,59 @@ struct Tile {
   }
 };
 
-// Adds one block's sums to acc = (tp[C], ps[C], gs[C], pt[C]): tp_c = sum [cls = c] r u_c,
+// Lanes of the block sums: each sum is kept as SUM_LANES partial sums (one vector register on
+// AVX-512, two on AVX2) and added lane by lane into double accumulators, so the horizontal
+// reduction happens once per task, not once per block and channel (where it cost as much as
+// the block's loop).
+constexpr int64_t SUM_LANES = 16;
+
+// Adds one block's sums to lanes = (tp[C], ps[C], gs[C], pt[C]) x SUM_LANES: tp_c = sum [cls = c] r u_c,
 // ps_c = sum keep r^k u_c^k, gs_c = sum [cls = c] and, with the pixel term, pt_c = sum [cls = c]
 // term: its per-pixel values summed by class, so that the class weights are applied to C sums
-// on the host rather than looked up per pixel. Accumulators are locals (kept in registers).
+// on the host rather than looked up per pixel.
 template <bool SQUARED, bool PIXEL, typename acc_t>
 void block_sums(const acc_t* u, const acc_t* r, const acc_t* keep, const int32_t* cls, const acc_t* term, int64_t C,
-                int64_t B, int64_t len, acc_t* weight, double* acc) {
+                int64_t B, int64_t len, acc_t* weight, double* lanes) {
 #pragma omp simd
   for (int64_t v = 0; v < len; ++v) weight[v] = SQUARED ? keep[v] * r[v] * r[v] : keep[v] * r[v];
+  const int64_t whole = len - len % SUM_LANES;
   for (int64_t c = 0; c < C; ++c) {
     const acc_t* uc = u + c * B;
     const int32_t cc = static_cast<int32_t>(c);
-    acc_t tp = 0, ps = 0, gs = 0, pt = 0;
-#pragma omp simd reduction(+ : tp, ps, gs, pt)
-    for (int64_t v = 0; v < len; ++v) {
-      const acc_t g = cls[v] == cc ? acc_t(1) : acc_t(0);
-      tp += g * r[v] * uc[v];
-      ps += SQUARED ? weight[v] * uc[v] * uc[v] : weight[v] * uc[v];
-      gs += g;
-      if (PIXEL) pt += g * term[v];
+    acc_t tp[SUM_LANES] = {}, ps[SUM_LANES] = {}, gs[SUM_LANES] = {}, pt[SUM_LANES] = {};
+    for (int64_t v0 = 0; v0 < len; v0 += SUM_LANES) {
+      if (v0 < whole) {
+#pragma omp simd
+        for (int64_t l = 0; l < SUM_LANES; ++l) {
+          const int64_t v = v0 + l;
+          const acc_t g = cls[v] == cc ? acc_t(1) : acc_t(0);
+          tp[l] += g * r[v] * uc[v];
+          ps[l] += SQUARED ? weight[v] * uc[v] * uc[v] : weight[v] * uc[v];
+          gs[l] += g;
+          if (PIXEL) pt[l] += g * term[v];
+        }
+      } else {
+        for (int64_t l = 0; v0 + l < len; ++l) {
+          const int64_t v = v0 + l;
+          const acc_t g = cls[v] == cc ? acc_t(1) : acc_t(0);
+          tp[l] += g * r[v] * uc[v];
+          ps[l] += SQUARED ? weight[v] * uc[v] * uc[v] : weight[v] * uc[v];
+          gs[l] += g;
+          if (PIXEL) pt[l] += g * term[v];
+        }
+      }
     }
-    acc[c] += tp;
-    acc[C + c] += ps;
-    acc[2 * C + c] += gs;
-    if (PIXEL) acc[3 * C + c] += pt;
+    double* tp_lanes = lanes + c * SUM_LANES;
+    double* ps_lanes = lanes + (C + c) * SUM_LANES;
+    double* gs_lanes = lanes + (2 * C + c) * SUM_LANES;
+    double* pt_lanes = lanes + (3 * C + c) * SUM_LANES;
+#pragma omp simd
+    for (int64_t l = 0; l < SUM_LANES; ++l) {
+      tp_lanes[l] += tp[l];
+      ps_lanes[l] += ps[l];
+      gs_lanes[l] += gs[l];
+      if (PIXEL) pt_lanes[l] += pt[l];
+    }
   }
 }
 
@@ -380,12 +408,14 @@ void statistics_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, double*
   const int64_t C = P.C, B = P.block, width = statistics_width(C);
   Tile<scalar_t, acc_t> tile(P);
   Scratch<acc_t> weights(B);
+  Scratch<double> lanes(4 * C * SUM_LANES);
   for (int64_t t = begin; t < end; ++t) {
     const int64_t n = t / P.tasks_per_image;
     const int64_t v_begin = (t % P.tasks_per_image) * P.task_len;
     const int64_t v_end = min64(P.V, v_begin + P.task_len);
     double* acc = partial + t * width;
     for (int64_t i = 0; i < width; ++i) acc[i] = 0;
+    for (int64_t i = 0; i < 4 * C * SUM_LANES; ++i) lanes.data[i] = 0;
     tile.probe = 0;
     tile.bad = 0;
     for (int64_t v0 = v_begin; v0 < v_end; v0 += B) {
@@ -394,12 +424,17 @@ void statistics_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, double*
         if (P.validate) tile.template load<true, true>(n, v0, len); else tile.template load<false, true>(n, v0, len);
         acc[4 * C] += pixel_terms(tile, len);
         (P.squared ? block_sums<true, true, acc_t> : block_sums<false, true, acc_t>)(
-            tile.u, tile.r, tile.keep, tile.cls, tile.term, C, B, len, weights.data, acc);
+            tile.u, tile.r, tile.keep, tile.cls, tile.term, C, B, len, weights.data, lanes.data);
       } else {
         if (P.validate) tile.template load<true, false>(n, v0, len); else tile.template load<false, false>(n, v0, len);
         (P.squared ? block_sums<true, false, acc_t> : block_sums<false, false, acc_t>)(
-            tile.u, tile.r, tile.keep, tile.cls, tile.term, C, B, len, weights.data, acc);
+            tile.u, tile.r, tile.keep, tile.cls, tile.term, C, B, len, weights.data, lanes.data);
       }
+    }
+    for (int64_t i = 0; i < 4 * C; ++i) {
+      double sum = 0;
+      for (int64_t l = 0; l < SUM_LANES; ++l) sum += lanes.data[i * SUM_LANES + l];
+      acc[i] = sum;
     }
     probe[t] = tile.probe;
     bad[t] = tile.bad;
