@@ -209,6 +209,66 @@ int64_t read_any_labels(const KernelArgs& P, int64_t offset, int64_t len, int32_
   }
 }
 
+// Channels are walked in groups of up to four per loop over the pixels: the per-pixel running
+// max and sum are loaded and stored once per group instead of once per channel (those stores
+// bounded the loops), and a group's size is a template argument so its loop unrolls and vectorises.
+template <int N> struct ChannelGroup { static constexpr int size = N; };
+
+template <typename F>
+inline void for_channel_groups(int64_t C, F&& f) {
+  int64_t c0 = 0;
+  for (; c0 + 4 <= C; c0 += 4) f(ChannelGroup<4>{}, c0);
+  switch (C - c0) {
+    case 3: f(ChannelGroup<3>{}, c0); break;
+    case 2: f(ChannelGroup<2>{}, c0); break;
+    case 1: f(ChannelGroup<1>{}, c0); break;
+    default: break;
+  }
+}
+
+// mx = max(mx, x_c) over the group's channels (and x_y when the label is one of them); returns
+// the finite probe's part.
+template <int G, bool VALIDATE, bool LOGIT_OF_LABEL, typename acc_t>
+inline acc_t group_max(const acc_t* src, int64_t stride, int64_t c0, const int32_t* cls, int64_t len, acc_t* mx,
+                       acc_t* xy) {
+  const acc_t* x[G];
+  for (int g = 0; g < G; ++g) x[g] = src + (c0 + g) * stride;
+  acc_t pr = 0;
+#pragma omp simd reduction(+ : pr)
+  for (int64_t v = 0; v < len; ++v) {
+    acc_t m = mx[v], y = LOGIT_OF_LABEL ? xy[v] : acc_t(0);
+    for (int g = 0; g < G; ++g) {
+      const acc_t xv = x[g][v];
+      if (VALIDATE) pr += xv - xv;
+      m = xv > m ? xv : m;
+      if (LOGIT_OF_LABEL) y = cls[v] == static_cast<int32_t>(c0 + g) ? xv : y;
+    }
+    mx[v] = m;
+    if (LOGIT_OF_LABEL) xy[v] = y;
+  }
+  return pr;
+}
+
+// u_c = exp(x_c - mx) for the group's channels, s += their sum. u_c may be x_c (half types,
+// converted in place): each element is read before it is written, in the same iteration.
+template <int G, typename acc_t>
+inline void group_exp(const acc_t* src, int64_t stride, int64_t c0, const acc_t* mx, int64_t len, acc_t* u, int64_t B,
+                      acc_t* s) {
+  const acc_t* x[G];
+  acc_t* out[G];
+  for (int g = 0; g < G; ++g) x[g] = src + (c0 + g) * stride, out[g] = u + (c0 + g) * B;
+#pragma omp simd
+  for (int64_t v = 0; v < len; ++v) {
+    acc_t sum = s[v];
+    for (int g = 0; g < G; ++g) {
+      const acc_t e = exp_approx(x[g][v] - mx[v]);
+      out[g][v] = e;
+      sum += e;
+    }
+    s[v] = sum;
+  }
+}
+
 // One block of pixels, activated: p_c = u_c * r with u = exp(x - max_c x) and r = 1 / sum_c u for
 // softmax (the normalisation is folded into the passes that read u), u = p and r = 1 otherwise;
 // max and sum are kept per pixel. With LOGIT_OF_LABEL (softmax, for the pixel term) it also keeps
@@ -249,37 +309,25 @@ struct Tile {
     }
     acc_t pr = 0;
     if (P.activation == SOFTMAX) {
-      for (int64_t v = 0; v < len; ++v) mx[v] = src[v];
+      for (int64_t v = 0; v < len; ++v) mx[v] = src[v], s[v] = 0;
       if (LOGIT_OF_LABEL) {
-        for (int64_t v = 0; v < len; ++v) xy[v] = 0, wx[v] = 0;
+        for (int64_t v = 0; v < len; ++v) xy[v] = 0;
       }
-      const bool smoothing = LOGIT_OF_LABEL && P.smoothing != 0;
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t* xc = src + c * stride;
-        const int32_t cc = static_cast<int32_t>(c);
-#pragma omp simd reduction(+ : pr)
-        for (int64_t v = 0; v < len; ++v) {
-          if (VALIDATE) pr += xc[v] - xc[v];
-          mx[v] = xc[v] > mx[v] ? xc[v] : mx[v];
-          if (LOGIT_OF_LABEL) xy[v] = cls[v] == cc ? xc[v] : xy[v];
-        }
-        if (smoothing) {
+      for_channel_groups(C, [&](auto group, int64_t c0) {
+        pr += group_max<decltype(group)::size, VALIDATE, LOGIT_OF_LABEL>(src, stride, c0, cls, len, mx, xy);
+      });
+      if (LOGIT_OF_LABEL && P.smoothing != 0) {  // before group_exp: half logits are overwritten by u
+        for (int64_t v = 0; v < len; ++v) wx[v] = 0;
+        for (int64_t c = 0; c < C; ++c) {
           const acc_t wc = static_cast<acc_t>(P.pixel_weight[c]);
+          const acc_t* xc = src + c * stride;
 #pragma omp simd
           for (int64_t v = 0; v < len; ++v) wx[v] += wc * xc[v];
         }
       }
-      for (int64_t v = 0; v < len; ++v) s[v] = 0;
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t* xc = src + c * stride;
-        acc_t* uc = u + c * B;
-#pragma omp simd  // uc may be xc (half types, in place): elementwise, so no loop-carried dependence
-        for (int64_t v = 0; v < len; ++v) {
-          const acc_t e = exp_approx(xc[v] - mx[v]);
-          uc[v] = e;
-          s[v] += e;
-        }
-      }
+      for_channel_groups(C, [&](auto group, int64_t c0) {
+        group_exp<decltype(group)::size>(src, stride, c0, mx, len, u, B, s);
+      });
 #pragma omp simd
       for (int64_t v = 0; v < len; ++v) r[v] = acc_t(1) / s[v];
     } else {
