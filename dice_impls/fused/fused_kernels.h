@@ -497,50 +497,76 @@ void statistics_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, double*
 // looked up: the class weight of y enters only where [y = c] is already tested.
 enum PixelGradient { NO_PIXEL = 0, CROSS_ENTROPY = 1, FOCAL = 2 };
 
-// One channel of dL/dlogits for a block: keep * dp/dlogit * (q - dot), q = ak p^(k-1) + [cls = c] bc
-// (ak = k a_c), dp/dlogit = p (softmax), p (1 - p) (sigmoid) or 1 (identity), p = r u. With the
-// pixel term (dot = keep dot - A from softmax_dot): p (keep q - dot) - [cls = c] kw h - bias [counted].
-template <int ACTIVATION, bool SQUARED, int PIXEL, typename acc_t>
-void channel_gradient(const acc_t* uc, const acc_t* r, const acc_t* keep, const int32_t* cls, const acc_t* dot,
-                      const acc_t* h, acc_t ak, acc_t bc, acc_t kw, acc_t bias, int32_t c, int64_t len, acc_t* out) {
+// A group of G channels of dL/dlogits for a block (the per-pixel values are loaded once for the
+// group): keep * dp/dlogit * (q - dot), q = ak p^(k-1) + [cls = c] bc (ak = k a_c), dp/dlogit = p
+// (softmax), p (1 - p) (sigmoid) or 1 (identity), p = r u. With the pixel term (dot = keep dot - A
+// from softmax_dot): p (keep q - dot) - [cls = c] kw h - bias [counted].
+template <int ACTIVATION, bool SQUARED, int PIXEL, int G, typename acc_t>
+void group_gradient(const acc_t* u, int64_t B, const acc_t* r, const acc_t* keep, const int32_t* cls, const acc_t* dot,
+                    const acc_t* h, const acc_t* ak, const acc_t* bc, const acc_t* kw, const acc_t* bias, int64_t c0,
+                    int64_t len, acc_t* const* out) {
+  const acc_t* uc[G];
+  acc_t* dst[G];
+  acc_t akg[G], bcg[G], kwg[G], biasg[G];
+  for (int g = 0; g < G; ++g) {
+    uc[g] = u + (c0 + g) * B, dst[g] = out[g];
+    akg[g] = ak[c0 + g], bcg[g] = bc[c0 + g], kwg[g] = kw[c0 + g], biasg[g] = bias[c0 + g];
+  }
 #pragma omp simd
   for (int64_t v = 0; v < len; ++v) {
-    const acc_t p = r[v] * uc[v];
-    const bool mine = cls[v] == c;
-    const acc_t q = (SQUARED ? ak * p : ak) + (mine ? bc : acc_t(0));
-    acc_t d;
-    if (ACTIVATION == SOFTMAX && PIXEL) {
-      const acc_t label_term = PIXEL == FOCAL ? kw * h[v] : kw;
-      d = p * (keep[v] * q - dot[v]) - (mine ? label_term : acc_t(0)) - (cls[v] >= 0 ? bias : acc_t(0));
-    } else if (ACTIVATION == SOFTMAX) {
-      d = keep[v] * p * (q - dot[v]);
-    } else if (ACTIVATION == SIGMOID) {
-      d = keep[v] * p * (acc_t(1) - p) * q;
-    } else {
-      d = keep[v] * q;
+    const acc_t rv = r[v], kv = keep[v], dv = ACTIVATION == SOFTMAX ? dot[v] : acc_t(0);
+    const int32_t y = cls[v];
+    const acc_t hv = PIXEL == FOCAL ? h[v] : acc_t(1);
+    for (int g = 0; g < G; ++g) {
+      const acc_t p = rv * uc[g][v];
+      const bool mine = y == static_cast<int32_t>(c0 + g);
+      const acc_t q = (SQUARED ? akg[g] * p : akg[g]) + (mine ? bcg[g] : acc_t(0));
+      acc_t d;
+      if (ACTIVATION == SOFTMAX && PIXEL) {
+        d = p * (kv * q - dv) - (mine ? kwg[g] * hv : acc_t(0)) - (y >= 0 ? biasg[g] : acc_t(0));
+      } else if (ACTIVATION == SOFTMAX) {
+        d = kv * p * (q - dv);
+      } else if (ACTIVATION == SIGMOID) {
+        d = kv * p * (acc_t(1) - p) * q;
+      } else {
+        d = kv * q;
+      }
+      dst[g][v] = d;
     }
-    out[v] = d;
   }
 }
 
 template <typename acc_t>
-using ChannelGradient = void (*)(const acc_t*, const acc_t*, const acc_t*, const int32_t*, const acc_t*, const acc_t*,
-                                 acc_t, acc_t, acc_t, acc_t, int32_t, int64_t, acc_t*);
+using GroupGradient = void (*)(const acc_t*, int64_t, const acc_t*, const acc_t*, const int32_t*, const acc_t*,
+                               const acc_t*, const acc_t*, const acc_t*, const acc_t*, const acc_t*, int64_t, int64_t,
+                               acc_t* const*);
+
+// group_gradient for groups of 1 to 4 channels (index = group size).
+template <typename acc_t>
+struct GroupGradients {
+  GroupGradient<acc_t> of_size[5];
+};
+
+template <int ACTIVATION, bool SQUARED, int PIXEL, typename acc_t>
+GroupGradients<acc_t> group_gradients() {
+  return {{nullptr, group_gradient<ACTIVATION, SQUARED, PIXEL, 1, acc_t>, group_gradient<ACTIVATION, SQUARED, PIXEL, 2, acc_t>,
+           group_gradient<ACTIVATION, SQUARED, PIXEL, 3, acc_t>, group_gradient<ACTIVATION, SQUARED, PIXEL, 4, acc_t>}};
+}
 
 template <int ACTIVATION, int PIXEL, typename acc_t>
-ChannelGradient<acc_t> channel_gradient_squared(bool squared) {
-  return squared ? channel_gradient<ACTIVATION, true, PIXEL, acc_t> : channel_gradient<ACTIVATION, false, PIXEL, acc_t>;
+GroupGradients<acc_t> group_gradients_squared(bool squared) {
+  return squared ? group_gradients<ACTIVATION, true, PIXEL, acc_t>() : group_gradients<ACTIVATION, false, PIXEL, acc_t>();
 }
 
 template <typename acc_t>
-ChannelGradient<acc_t> channel_gradient_for(int activation, bool squared, int pixel) {
+GroupGradients<acc_t> group_gradients_for(int activation, bool squared, int pixel) {
   if (activation == SOFTMAX) {
-    if (pixel == FOCAL) return channel_gradient_squared<SOFTMAX, FOCAL, acc_t>(squared);
-    if (pixel == CROSS_ENTROPY) return channel_gradient_squared<SOFTMAX, CROSS_ENTROPY, acc_t>(squared);
-    return channel_gradient_squared<SOFTMAX, NO_PIXEL, acc_t>(squared);
+    if (pixel == FOCAL) return group_gradients_squared<SOFTMAX, FOCAL, acc_t>(squared);
+    if (pixel == CROSS_ENTROPY) return group_gradients_squared<SOFTMAX, CROSS_ENTROPY, acc_t>(squared);
+    return group_gradients_squared<SOFTMAX, NO_PIXEL, acc_t>(squared);
   }
-  if (activation == SIGMOID) return channel_gradient_squared<SIGMOID, NO_PIXEL, acc_t>(squared);
-  return channel_gradient_squared<IDENTITY, NO_PIXEL, acc_t>(squared);
+  if (activation == SIGMOID) return group_gradients_squared<SIGMOID, NO_PIXEL, acc_t>(squared);
+  return group_gradients_squared<IDENTITY, NO_PIXEL, acc_t>(squared);
 }
 
 // Softmax: dot = sum_c p_c q_c = r sum_c u_c q_c, q_c = ak_c (r u_c)^(k-1) + [cls = c] b_c; with the
@@ -604,15 +630,15 @@ void gradient_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, const dou
   const int64_t C = P.C, V = P.V, B = P.block;
   const bool softmax = P.activation == SOFTMAX, pixel = P.pixel && softmax, focal = pixel && P.gamma != 0;
   const int pixel_kind = focal ? FOCAL : pixel ? CROSS_ENTROPY : NO_PIXEL;
-  const ChannelGradient<acc_t> channel = channel_gradient_for<acc_t>(P.activation, P.squared, pixel_kind);
+  const GroupGradients<acc_t> gradients = group_gradients_for<acc_t>(P.activation, P.squared, pixel_kind);
   const SoftmaxDot<acc_t> dot_product = focal   ? softmax_dot_for<FOCAL, acc_t>(P.squared)
                                         : pixel ? softmax_dot_for<CROSS_ENTROPY, acc_t>(P.squared)
                                                 : softmax_dot_for<NO_PIXEL, acc_t>(P.squared);
   scalar_t* grad = static_cast<scalar_t*>(grad_data);
   Tile<scalar_t, acc_t> tile(P);
-  Scratch<acc_t> work(4 * B + 5 * C);
-  acc_t *dot = work.data, *h = dot + B, *hs = h + B, *row = hs + B;
-  acc_t *ak = row + B, *bc = ak + C, *kw = bc + C, *bias = kw + C;
+  Scratch<acc_t> work(7 * B + 4 * C);
+  acc_t *dot = work.data, *h = dot + B, *hs = h + B, *rows = hs + B;  // rows: 4 x B (half types)
+  acc_t *ak = rows + 4 * B, *bc = ak + C, *kw = bc + C, *bias = kw + C;
   const acc_t smooth = static_cast<acc_t>(pixel ? pixel_scale * P.smoothing * P.pixel_weight_sum / C : 0.0);
   for (int64_t c = 0; c < C; ++c) {
     kw[c] = pixel ? static_cast<acc_t>(pixel_scale * P.pixel_weight[c] * (1 - P.smoothing)) : acc_t(0);
@@ -636,14 +662,19 @@ void gradient_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, const dou
       }
       prefetch_block<true>(grad + n * C * V + v0 + B, C, V, len);
       if (softmax) dot_product(tile.u, tile.r, tile.keep, tile.s, hs, tile.cls, ak, bc, kw, smooth, C, B, len, dot);
-      for (int64_t c = 0; c < C; ++c) {
-        scalar_t* out = grad + (n * C + c) * V + v0;
-        acc_t* dst;
-        if constexpr (sizeof(scalar_t) == sizeof(acc_t)) dst = reinterpret_cast<acc_t*>(out); else dst = row;
-        channel(tile.u + c * B, tile.r, tile.keep, tile.cls, dot, h, ak[c], bc[c], kw[c], bias[c],
-                static_cast<int32_t>(c), len, dst);
-        if constexpr (sizeof(scalar_t) != sizeof(acc_t)) from_float(row, out, len);
-      }
+      for_channel_groups(C, [&](auto group, int64_t c0) {
+        constexpr int G = decltype(group)::size;
+        scalar_t* out[G];
+        acc_t* dst[G];
+        for (int g = 0; g < G; ++g) {
+          out[g] = grad + (n * C + c0 + g) * V + v0;
+          if constexpr (sizeof(scalar_t) == sizeof(acc_t)) dst[g] = reinterpret_cast<acc_t*>(out[g]); else dst[g] = rows + g * B;
+        }
+        gradients.of_size[G](tile.u, B, tile.r, tile.keep, tile.cls, dot, h, ak, bc, kw, bias, c0, len, dst);
+        if constexpr (sizeof(scalar_t) != sizeof(acc_t)) {
+          for (int g = 0; g < G; ++g) from_float(rows + g * B, out[g], len);
+        }
+      });
     }
   }
 }
