@@ -231,14 +231,15 @@ Sums run_statistics(const KernelArgs& P, const at::Tensor& logits, const at::Ten
 }
 
 // Gradient memory. A fresh buffer is faulted in page by page as the kernel first writes it
-// (~100 ms per 64 MiB on a 2-core VM), and glibc serves every allocation above its mmap threshold
-// (at most 32 MiB) with fresh pages. So large gradients come from a small pool instead: a freed
-// gradient (its tensor's deleter) is kept and handed to the next call of the same size, as a
-// training loop's next step asks for exactly that. At most POOL_BUFFERS buffers of at least
-// POOL_MIN_BYTES are kept; DICE_FUSED_POOL=0 turns it off (each gradient is then fresh memory).
-// Fresh buffers of that size are 2 MiB aligned and advised to use transparent huge pages (512x
-// fewer faults where the kernel grants them).
-constexpr size_t POOL_MIN_BYTES = size_t(4) << 20;
+// (~100 ms per 64 MiB on a 2-core VM), and glibc serves allocations above its mmap threshold (at
+// most 32 MiB), and often those above 128 KiB after the heap was trimmed, with fresh pages (a
+// 1 MiB gradient: ~50 us of faults, a sixth of a 4x4x128x128 call). So gradients come from a
+// small pool instead: a freed gradient (its tensor's deleter) is kept and handed to the next call
+// of the same size, as a training loop's next step asks for exactly that. At most POOL_BUFFERS
+// buffers of at least POOL_MIN_BYTES are kept; DICE_FUSED_POOL=0 turns it off (each gradient is
+// then fresh memory). Fresh buffers of at least HUGE_PAGE are 2 MiB aligned and advised to use
+// transparent huge pages (512x fewer faults where the kernel grants them).
+constexpr size_t POOL_MIN_BYTES = size_t(256) << 10;
 constexpr size_t POOL_BUFFERS = 2;
 constexpr size_t HUGE_PAGE = size_t(2) << 20;
 
@@ -269,11 +270,12 @@ void release_to_pool(void* data, size_t bytes) {
 
 void* acquire_fresh(size_t bytes) {
   void* data = nullptr;
-  const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-  TORCH_CHECK(posix_memalign(&data, HUGE_PAGE, rounded) == 0, "fused CPU kernel: out of memory for the gradient (",
+  const bool huge = bytes >= HUGE_PAGE;
+  const size_t alignment = huge ? HUGE_PAGE : 64, rounded = (bytes + alignment - 1) / alignment * alignment;
+  TORCH_CHECK(posix_memalign(&data, alignment, rounded) == 0, "fused CPU kernel: out of memory for the gradient (",
               bytes, " bytes)");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  madvise(data, rounded, MADV_HUGEPAGE);  // a hint: errors ignored
+  if (huge) madvise(data, rounded, MADV_HUGEPAGE);  // a hint: errors ignored
 #endif
   return data;
 }
