@@ -28,7 +28,7 @@ from ..registry import Implementation, register
 from ..score import DiceStatistics, loss_from_statistics
 from ..spec import DiceSpec
 from . import cpu, ops
-from .autograd import Backend, FoldedLoss, KernelParams
+from .autograd import Backend, KernelParams
 
 # Read without a copy; other integer dtypes (uint16/32/64) are converted to int64 once
 # (``checks.comparable_labels``; validation has usually done it already).
@@ -138,9 +138,9 @@ def folded_loss(logits: Tensor, labels: Tensor, spec: DiceSpec, *, validate: boo
     x = logits.contiguous()
     codes = label_codes(labels).contiguous()
     config = _folded_config(spec, bool(validate), float(lambda_dice), pixel)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # the operator whose autograd formula the compiler traces
         return torch.ops.dice_fused.loss(x, codes, *config)[0]
-    return FoldedLoss.apply(x, codes, *config)
+    return torch.ops.dice_fused.eager_loss(x, codes, *config)
 
 
 def can_fold(logits: Tensor, spec: DiceSpec, pixel: Optional[PixelTerm] = None) -> bool:

@@ -13,8 +13,10 @@ without a one-hot::
 
 The folded ``loss`` op (C++) also scores the sums itself and keeps ``a``, ``b`` for a unit
 upstream gradient; its per-pixel term (cross-entropy, focal) adds
-``k (p_c - [y = c]) h u_y`` per logit (``fused_kernels.h``). The gradient ops are not
-differentiable again: double backward raises (``refuse_double_backward``).
+``k (p_c - [y = c]) h u_y`` per logit (``fused_kernels.h``). Its formula is registered here for
+``torch.compile``; eager mode calls ``eager_loss``, the same two operators joined by a C++
+autograd node (``fused_dice.cpp``). The gradient ops are not differentiable again: double
+backward raises (``refuse_double_backward``).
 
 Reference: F. Milletari et al., "V-Net", 3DV 2016 (the soft Dice and its gradient).
 """
@@ -119,34 +121,11 @@ def loss_setup_context(ctx, inputs, output):
 
 
 def loss_backward(ctx, grad_loss: Tensor, _grad_saved):
-    return (_loss_gradient(ctx, grad_loss),) + (None,) * (1 + len(ctx.config))
-
-
-def _loss_gradient(ctx, grad_loss: Tensor) -> Tensor:
     logits, labels, saved = ctx.saved_tensors
     activation, squared, ignore_index, _check_finite, _check_labels, *scoring = ctx.config
-    return torch.ops.dice_fused.loss_backward(grad_loss, logits, labels, saved, activation, squared, ignore_index,
+    grad = torch.ops.dice_fused.loss_backward(grad_loss, logits, labels, saved, activation, squared, ignore_index,
                                               *scoring)
-
-
-class FoldedLoss(torch.autograd.Function):
-    """The folded ``loss`` operator in eager mode, with the formula registered on it
-    (``loss_setup_context``, ``loss_backward``) but without the generic wrapper of
-    ``register_autograd``: that wrapper crosses between C++ and Python twice per call and costs
-    about as much again as this whole Function (docs/performance.md, per-call overhead).
-    torch.compile calls the registered operator itself."""
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, *config):
-        with torch._C._AutoDispatchBelowAutograd():
-            loss, saved = torch.ops.dice_fused.loss(logits, labels, *config)
-        ctx.save_for_backward(logits, labels, saved)
-        ctx.config = config
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss: Tensor):
-        return (_loss_gradient(ctx, grad_loss),) + (None,) * (1 + len(ctx.config))
+    return (grad,) + (None,) * (1 + len(ctx.config))
 
 
 def refuse_double_backward(ctx, *grads):

@@ -12,13 +12,17 @@
 //   loss(logits, labels, ...) -> (loss, saved)    Dice (+ cross-entropy/focal) loss in one pass, with the
 //                                                  coefficients of its gradient for unit upstream gradient
 //   loss_backward(grad, logits, labels, saved, ...) -> dL/dlogits
-// Registered with the light ATen headers (no pybind, no torch/extension.h): the extension is a
-// plain shared library that torch.ops.load_library loads.
+//   eager_loss(logits, labels, ...) -> loss         `loss` with its backward in C++ (autograd::Function),
+//                                                  what eager mode calls; compiled code calls `loss`
+// Registered without pybind or torch/extension.h: the extension is a plain shared library that
+// torch.ops.load_library loads.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/fill.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -554,6 +558,86 @@ at::Tensor loss_backward(const at::Tensor& grad, const at::Tensor& logits, const
   return run_gradient(P, logits, ab.data(), ab.data() + P.N * P.C, g * s.data_ptr<double>()[2 * P.N * P.C]);
 }
 
+// Eager mode: `loss` and `loss_backward` joined by a C++ autograd node. Python's autograd.Function
+// (or register_autograd's wrapper) costs a Python frame, an operator call from Python and its
+// argument conversion per backward: ~40 us of a ~400 us 4x4x128x128 forward+backward
+// (docs/performance.md). With create_graph=True the backward goes through the `loss_backward`
+// operator, whose registered autograd (Python) refuses double backward with an error.
+std::optional<std::vector<double>> optional_vector(const c10::IValue& value) {
+  if (value.isNone()) return std::nullopt;
+  return value.toDoubleVector();
+}
+
+std::optional<at::ArrayRef<double>> optional_ref(const std::optional<std::vector<double>>& values) {
+  if (!values.has_value()) return std::nullopt;
+  return at::ArrayRef<double>(*values);
+}
+
+class FoldedLossFunction : public torch::autograd::Function<FoldedLossFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& labels,
+                            int64_t activation, bool squared, std::optional<int64_t> ignore_index, bool check_finite,
+                            bool check_labels, at::IntArrayRef flags, at::ArrayRef<double> scalars,
+                            std::optional<at::ArrayRef<double>> weight, std::optional<at::ArrayRef<double>> pixel_weight,
+                            std::optional<at::ArrayRef<double>> norm_weight) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [value, saved] = loss(logits, labels, activation, squared, ignore_index, check_finite, check_labels, flags,
+                               scalars, weight, pixel_weight, norm_weight);
+    ctx->save_for_backward({logits, labels, saved});
+    auto& data = ctx->saved_data;
+    data["activation"] = activation;
+    data["squared"] = squared;
+    data["ignore_index"] = ignore_index;
+    data["flags"] = flags.vec();
+    data["scalars"] = scalars.vec();
+    data["weight"] = weight.has_value() ? c10::IValue(weight->vec()) : c10::IValue();
+    data["pixel_weight"] = pixel_weight.has_value() ? c10::IValue(pixel_weight->vec()) : c10::IValue();
+    data["norm_weight"] = norm_weight.has_value() ? c10::IValue(norm_weight->vec()) : c10::IValue();
+    return value;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto& data = ctx->saved_data;
+    const int64_t activation = data["activation"].toInt();
+    const bool squared = data["squared"].toBool();
+    const std::optional<int64_t> ignore_index = data["ignore_index"].toOptional<int64_t>();
+    const std::vector<int64_t> flags = data["flags"].toIntVector();
+    const std::vector<double> scalars = data["scalars"].toDoubleVector();
+    const auto weight = optional_vector(data["weight"]), pixel_weight = optional_vector(data["pixel_weight"]),
+               norm_weight = optional_vector(data["norm_weight"]);
+    at::Tensor grad;
+    if (at::GradMode::is_enabled()) {  // create_graph=True: through the operator (double backward is refused)
+      static const auto op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("dice_fused::loss_backward", "")
+                                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&, int64_t, bool, std::optional<int64_t>,
+                                                   at::IntArrayRef, at::ArrayRef<double>,
+                                                   std::optional<at::ArrayRef<double>>,
+                                                   std::optional<at::ArrayRef<double>>,
+                                                   std::optional<at::ArrayRef<double>>)>();
+      grad = op.call(grads[0], saved[0], saved[1], saved[2], activation, squared, ignore_index, flags, scalars,
+                     optional_ref(weight), optional_ref(pixel_weight), optional_ref(norm_weight));
+    } else {
+      grad = loss_backward(grads[0], saved[0], saved[1], saved[2], activation, squared, ignore_index, flags, scalars,
+                           optional_ref(weight), optional_ref(pixel_weight), optional_ref(norm_weight));
+    }
+    torch::autograd::variable_list out(12);  // one per forward argument; only the logits get one
+    out[0] = grad;
+    return out;
+  }
+};
+
+at::Tensor eager_loss(const at::Tensor& logits, const at::Tensor& labels, int64_t activation, bool squared,
+                      std::optional<int64_t> ignore_index, bool check_finite, bool check_labels, at::IntArrayRef flags,
+                      at::ArrayRef<double> scalars, std::optional<at::ArrayRef<double>> weight,
+                      std::optional<at::ArrayRef<double>> pixel_weight,
+                      std::optional<at::ArrayRef<double>> norm_weight) {
+  return FoldedLossFunction::apply(logits, labels, activation, squared, ignore_index, check_finite, check_labels, flags,
+                                   scalars, weight, pixel_weight, norm_weight);
+}
+
 std::string isa() { return kernels().name; }
 
 #if defined(FUSED_SOURCE_DIGEST)
@@ -575,6 +659,9 @@ TORCH_LIBRARY(dice_fused, m) {
   m.def("loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor saved, int activation, bool squared,"
         " int? ignore_index, int[] flags, float[] scalars, float[]? weight, float[]? pixel_weight,"
         " float[]? norm_weight) -> Tensor");
+  m.def("eager_loss(Tensor logits, Tensor labels, int activation, bool squared, int? ignore_index,"
+        " bool check_finite, bool check_labels, int[] flags, float[] scalars, float[]? weight,"
+        " float[]? pixel_weight, float[]? norm_weight) -> Tensor");
   m.def("isa() -> str", &isa);
   m.def("pooled_buffers() -> int", &pooled_buffers);
 }
@@ -585,3 +672,5 @@ TORCH_LIBRARY_IMPL(dice_fused, CPU, m) {
   m.impl("loss", &loss);
   m.impl("loss_backward", &loss_backward);
 }
+
+TORCH_LIBRARY_IMPL(dice_fused, CompositeImplicitAutograd, m) { m.impl("eager_loss", &eager_loss); }
