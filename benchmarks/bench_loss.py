@@ -2,14 +2,16 @@
 
 ``Grid``: every implementation x dtype on small 2-D and 3-D shapes. ``Headline``: large shapes,
 float32 and bfloat16, where the ratios against MONAI are read (docs/benchmarks.md).
-``HeadlineCompiled``: ``torch.compile`` of the vectorized loss at the 2-D headline shape (its
-compilation, 30-70 s a combination here, keeps it to one shape; its process peak, ``peakmem_``,
-would measure the compiler, so only the call's own peak is tracked).
+``Compound``: Dice + cross-entropy, ours fused (both terms in one two-pass operator) against
+MONAI's ``DiceCELoss``, at the headline shapes in float32. ``HeadlineCompiled``: ``torch.compile``
+of the vectorized loss at the 2-D headline shape (its compilation, 30-70 s a combination here,
+keeps it to one shape; its process peak, ``peakmem_``, would measure the compiler, so only the
+call's own peak is tracked).
 """
 
 from __future__ import annotations
 
-from .common import GRID_SHAPES, HEADLINE_SHAPES, LOSSES, DTYPES, LossCase, _PeakBytes
+from .common import COMPOUND_LOSSES, GRID_SHAPES, HEADLINE_SHAPES, LOSSES, DTYPES, LossCase, _PeakBytes
 
 
 class Grid(LossCase):
@@ -26,6 +28,19 @@ class Headline(_PeakBytes, LossCase):
     params = ([name for name in LOSSES if name not in ("naive", "vectorized_compiled")], ["float32", "bfloat16"],
               HEADLINE_SHAPES)
     repeat = (3, 5, 10.0)
+    number = 1
+
+    def time_forward_backward(self, *params):
+        self.forward_backward()
+
+    def peakmem_forward_backward(self, *params):
+        self.forward_backward()
+
+
+class Compound(_PeakBytes, LossCase):
+    losses = COMPOUND_LOSSES
+    params = (list(COMPOUND_LOSSES), ["float32"], HEADLINE_SHAPES)
+    repeat = Headline.repeat
     number = 1
 
     def time_forward_backward(self, *params):

@@ -28,7 +28,7 @@ from typing import Callable, Dict, Tuple
 import torch
 from torch import Tensor
 
-from dice_impls import IMPLEMENTATIONS, DiceSpec
+from dice_impls import IMPLEMENTATIONS, DiceCELoss, DiceSpec
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -139,6 +139,17 @@ def monai_dice(logits: Tensor, labels: Tensor) -> Tensor:
     return _monai_module()(logits, labels.unsqueeze(1))  # MONAI wants (N, 1, *spatial)
 
 
+@functools.lru_cache(maxsize=None)
+def _monai_dice_ce_module():
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(softmax=True, to_onehot_y=True)  # Dice as above + cross-entropy, weights 1 and 1
+
+
+def monai_dice_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    return _monai_dice_ce_module()(logits, labels.unsqueeze(1))
+
+
 def kornia_dice(logits: Tensor, labels: Tensor) -> Tensor:
     from kornia.losses import dice_loss
 
@@ -161,11 +172,14 @@ def vectorized_compiled(logits: Tensor, labels: Tensor) -> Tensor:
 
 LOSSES: Dict[str, LossFn] = {name: _ours(name) for name in OURS if name in IMPLEMENTATIONS}
 LOSSES.update(monai=monai_dice, kornia=kornia_dice, vectorized_compiled=vectorized_compiled)
+# Dice + cross-entropy (the "monai" Dice plus the mean cross-entropy over pixels, weights 1 and 1):
+# ours with impl="fused" (both terms in the C++ operator's two passes) and MONAI's DiceCELoss.
+COMPOUND_LOSSES: Dict[str, LossFn] = {"fused": DiceCELoss(impl="fused", spec=SPEC), "monai": monai_dice_ce}
 
 
-def check_supported(name: str, shape: str, dtype: str, device: str = "cpu") -> None:
+def check_supported(name: str, shape: str, dtype: str, device: str = "cpu", losses: Dict[str, LossFn] = LOSSES) -> None:
     """NotImplementedError for combinations that cannot run (asv: n/a), never a fake number."""
-    require(name in LOSSES, f"{name!r} is not available (not registered in dice_impls)")
+    require(name in losses, f"{name!r} is not available (not registered in dice_impls)")
     require_device(device)
     require(name != "kornia" or len(parse_shape(shape)) == 4, "kornia's dice_loss takes (B, C, H, W) only")
     require(name != "naive" or voxels(shape) <= 2**22, "naive is only timed on small shapes (Python loops)")
@@ -221,6 +235,7 @@ class LossCase:
 
     param_names = ("implementation", "dtype", "shape")
     device = "cpu"
+    losses = LOSSES  # where ``implementation`` is looked up
     # Two rounds: asv runs every combination once, then all of them again, so a burst of load on a
     # shared machine hits one round of every implementation rather than all samples of one; the
     # quartiles of both rounds' samples give each number its spread (benchmarks.results).
@@ -229,9 +244,9 @@ class LossCase:
     warmup_time = 0.1
 
     def setup(self, implementation: str, dtype: str = "float32", shape: str = SHAPES_2D[0], *_):
-        check_supported(implementation, shape, dtype, self.device)
+        check_supported(implementation, shape, dtype, self.device, self.losses)
         pin_threads()
-        self.loss = LOSSES[implementation]
+        self.loss = self.losses[implementation]
         self.logits, self.labels = make_inputs(shape, dtype, self.device, requires_grad=True)
         # Imports, compilation and first-call caches stay out of the timings; compiled code
         # settles on its second call.

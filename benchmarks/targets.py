@@ -6,8 +6,10 @@
   Dice >= 3x at 4x4x128x128 and >= 8x at 16x4x512x512 and 2x4x128x128x128, within 1.5x of the
   bandwidth floor at the two large sizes; fused Dice+CE >= 5x MONAI's at the large sizes and
   <= 1.3x the time of fused Dice alone.
-- The floor: logits and labels read twice, the gradient written once, at the measured read
-  bandwidth (2 threads, 256 MiB).
+- The floor: logits and labels read twice, the gradient written once, at the read bandwidth
+  (2 threads, a sum over 256 MiB) measured in the same interleaved rounds as the losses, so that
+  the floor sees the machine's state that the losses see (its bandwidth varies by 2x over
+  minutes on a shared host).
 - Cold and steady state (fresh subprocess per loss and shape): the first forward+backward after
   the inputs exist, then the median of the next ones, with the gradient pool on and off.
 - Peak memory above the inputs for one forward+backward after a warm-up (pool off: the gradient
@@ -40,8 +42,9 @@ from typing import Callable, Dict, Optional
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import LOSSES, SPEC, cpu_model, make_inputs, parse_shape, peak_rss_increase, pin_threads
-from dice_impls import DiceCELoss, DiceStatistics, loss_from_statistics
+from benchmarks.common import (COMPOUND_LOSSES, LOSSES, SPEC, cpu_model, make_inputs, parse_shape, peak_rss_increase,
+                               pin_threads)
+from dice_impls import DiceStatistics, loss_from_statistics
 from dice_impls.fused import fused_statistics, ops
 from dice_impls.reference import reference_statistics
 
@@ -59,13 +62,6 @@ PARTS = ("speed", "states", "memory", "overhead", "isa", "compile", "accuracy")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _monai_dice_ce():
-    from monai.losses import DiceCELoss as MonaiDiceCE
-
-    module = MonaiDiceCE(softmax=True, to_onehot_y=True)
-    return lambda logits, labels: module(logits, labels.unsqueeze(1))
-
-
 def _fused_chunked(logits, labels):
     return loss_from_statistics(fused_statistics(logits, labels, SPEC, backend="chunked"), SPEC)
 
@@ -80,8 +76,8 @@ def candidates() -> Dict[str, Callable]:
         "monai": LOSSES["monai"],
         "fused": LOSSES["fused"],  # the registered implementation: the folded C++ operator on CPU
         "fused_chunked": _fused_chunked,
-        "monai_dice_ce": _monai_dice_ce(),
-        "fused_dice_ce": DiceCELoss(impl="fused", spec=SPEC),
+        "monai_dice_ce": COMPOUND_LOSSES["monai"],
+        "fused_dice_ce": COMPOUND_LOSSES["fused"],
     }
 
 
@@ -115,9 +111,12 @@ def spread(values: list) -> dict:
             "q1_s": ordered[len(ordered) // 4], "q3_s": ordered[(3 * len(ordered)) // 4]}
 
 
+READ_PROBE = 1 << 26  # float32 elements (256 MiB) the read bandwidth is measured on
+
+
 def machine_rates(repeats: int) -> Dict[str, float]:
     """Read and copy bandwidth (bytes/s) on 256 MiB with the pinned threads."""
-    big = torch.randn(1 << 26)
+    big = torch.randn(READ_PROBE)
     out = torch.empty_like(big)
     out.copy_(big)  # first touch outside the timing
     times = interleaved({"read": lambda: big.sum(), "copy": lambda: out.copy_(big)}, repeats)
@@ -126,11 +125,11 @@ def machine_rates(repeats: int) -> Dict[str, float]:
             "copy_bytes_per_s": 2 * nbytes / statistics.median(times["copy"])}
 
 
-def floor_seconds(shape: str, rates: Dict[str, float]) -> float:
+def floor_seconds(shape: str, read_bytes_per_s: float) -> float:
     n, c, *spatial = parse_shape(shape)
     pixels = n * int(torch.tensor(spatial).prod())
     logits_bytes, label_bytes = pixels * c * 4, pixels * 8  # float32 logits, int64 labels
-    return (2 * (logits_bytes + label_bytes) + logits_bytes) / rates["read_bytes_per_s"]
+    return (2 * (logits_bytes + label_bytes) + logits_bytes) / read_bytes_per_s
 
 
 def _subprocess(*args, env=None) -> dict:
@@ -175,8 +174,10 @@ def overhead(shape: str, repeats: int) -> dict:
         "gradient_kernel": lambda: torch.ops.dice_fused.gradient(x, y, a, a, 0, False, None),
         "fused_call": forward_backward(LOSSES["fused"], logits, labels),
         "fused_call_unvalidated": forward_backward(
-            lambda t, labels: ops.cpp().loss(t, labels, 0, False, None, False, False, [0, 1, 0, 0, 0, 0, 1],
-                                             [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None, None)[0],
+            lambda t, labels: torch.ops.dice_fused.eager_loss(t, labels, 0, False, None, False, False,
+                                                              [0, 1, 0, 0, 0, 0, 1],
+                                                              [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None,
+                                                              None),
             logits, labels),
         "monai": forward_backward(LOSSES["monai"], logits, labels),
         "fused_unfolded": forward_backward(_fused_cpp_unfolded, logits, labels),
@@ -301,19 +302,23 @@ def main(argv=None) -> int:
         results["machine"].update(machine_rates(repeats))
         if "speed" in parts:
             results["speed"] = []
+            probe = torch.randn(READ_PROBE)
             for shape in shapes:
                 logits, labels = make_inputs(shape, "float32")
                 runs = {name: forward_backward(fn, logits, labels) for name, fn in losses.items()}
+                runs["read_probe"] = probe.sum  # the bandwidth of the floor, in the same rounds
                 for run in runs.values():  # warm-up: first touch, libraries, the gradient pool
                     run()
                 cpu_times: Dict[str, list] = {}
                 times = interleaved(runs, repeats, cpu_times=cpu_times)
+                read_rate = probe.numel() * 4 / statistics.median(times.pop("read_probe"))
                 medians = {name: statistics.median(values) for name, values in times.items()}
-                floor = floor_seconds(shape, results["machine"])
+                floor = floor_seconds(shape, read_rate)
                 for name, values in times.items():
                     results["speed"].append({
                         "shape": shape, "impl": name, "seconds": medians[name], **spread(values),
                         "cpu_median_s": statistics.median(cpu_times[name]), "floor_s": floor,
+                        "read_bytes_per_s": read_rate,
                         "floor_ratio": medians[name] / floor,
                         "vs_monai": medians["monai"] / medians[name],
                         "vs_monai_dice_ce": medians["monai_dice_ce"] / medians[name],
