@@ -302,16 +302,16 @@ def main(argv=None) -> int:
         results["machine"].update(machine_rates(repeats))
         if "speed" in parts:
             results["speed"] = []
-            probe = torch.randn(READ_PROBE)
+            bandwidth_probe = torch.randn(READ_PROBE)
             for shape in shapes:
                 logits, labels = make_inputs(shape, "float32")
                 runs = {name: forward_backward(fn, logits, labels) for name, fn in losses.items()}
-                runs["read_probe"] = probe.sum  # the bandwidth of the floor, in the same rounds
+                runs["read_probe"] = bandwidth_probe.sum  # the bandwidth of the floor, in the same rounds
                 for run in runs.values():  # warm-up: first touch, libraries, the gradient pool
                     run()
                 cpu_times: Dict[str, list] = {}
                 times = interleaved(runs, repeats, cpu_times=cpu_times)
-                read_rate = probe.numel() * 4 / statistics.median(times.pop("read_probe"))
+                read_rate = bandwidth_probe.numel() * 4 / statistics.median(times.pop("read_probe"))
                 medians = {name: statistics.median(values) for name, values in times.items()}
                 floor = floor_seconds(shape, read_rate)
                 for name, values in times.items():
