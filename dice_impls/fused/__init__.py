@@ -16,9 +16,8 @@ the Triton kernels run on CPU tensors under ``TRITON_INTERPRET=1``) and ``determ
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -93,7 +92,6 @@ def fused_statistics(
     return DiceStatistics(*stats.to(dtype).unbind(0))
 
 
-@functools.lru_cache(maxsize=256)
 def foldable(spec: DiceSpec) -> bool:
     """Whether the C++ ``loss`` operator implements this spec's scoring (else: ``loss_from_statistics``)."""
     return spec.reduction != "none" and all(
@@ -110,26 +108,19 @@ class PixelTerm:
 
     weight: float = 1.0
     gamma: float = 0.0
-    numerator_weight: Optional[Tuple[float, ...]] = None
-    normalizer_weight: Optional[Tuple[float, ...]] = None
+    numerator_weight: Optional[Sequence[float]] = None
+    normalizer_weight: Optional[Sequence[float]] = None
     label_smoothing: float = 0.0
 
 
 def _loss_config(spec: DiceSpec, lambda_dice: float, pixel: Optional[PixelTerm]):
-    flags = (int(spec.batch), int(spec.include_background), int(spec.average == "micro"), int(spec.log_loss),
-             int(spec.negate), ABSENT_CLASSES.index(spec.absent_classes), int(spec.reduction == "mean"))
+    flags = [int(spec.batch), int(spec.include_background), int(spec.average == "micro"), int(spec.log_loss),
+             int(spec.negate), ABSENT_CLASSES.index(spec.absent_classes), int(spec.reduction == "mean")]
     pixel = pixel or PixelTerm(weight=0.0)
-    scalars = (float(spec.beta), float(spec.smooth_nr), float(spec.smooth_dr), float(spec.min_denominator),
-               float(lambda_dice), float(pixel.weight), float(pixel.gamma), float(pixel.label_smoothing))
-    as_tuple = lambda values: None if values is None else tuple(float(v) for v in values)  # noqa: E731
-    return flags, scalars, as_tuple(spec.weight), as_tuple(pixel.numerator_weight), as_tuple(pixel.normalizer_weight)
-
-
-@functools.lru_cache(maxsize=256)
-def _folded_config(spec: DiceSpec, validate: bool, lambda_dice: float, pixel: Optional[PixelTerm]) -> tuple:
-    """The ``loss`` operator's arguments after the tensors; computed once per spec (a training loop
-    asks for the same one every step, and building them cost a tenth of a small call)."""
-    return (*_kernel_args(spec, validate), *_loss_config(spec, lambda_dice, pixel))
+    scalars = [float(spec.beta), float(spec.smooth_nr), float(spec.smooth_dr), float(spec.min_denominator),
+               float(lambda_dice), float(pixel.weight), float(pixel.gamma), float(pixel.label_smoothing)]
+    as_list = lambda values: None if values is None else [float(v) for v in values]  # noqa: E731
+    return flags, scalars, as_list(spec.weight), as_list(pixel.numerator_weight), as_list(pixel.normalizer_weight)
 
 
 def folded_loss(logits: Tensor, labels: Tensor, spec: DiceSpec, *, validate: bool = True, lambda_dice: float = 1.0,
@@ -137,7 +128,7 @@ def folded_loss(logits: Tensor, labels: Tensor, spec: DiceSpec, *, validate: boo
     """``lambda_dice * Dice (+ the pixel term)`` by the C++ ``loss`` operator (CPU, foldable specs)."""
     x = logits.contiguous()
     codes = label_codes(labels).contiguous()
-    config = _folded_config(spec, bool(validate), float(lambda_dice), pixel)
+    config = (*_kernel_args(spec, validate), *_loss_config(spec, lambda_dice, pixel))
     if torch.compiler.is_compiling():  # the operator whose autograd formula the compiler traces
         return torch.ops.dice_fused.loss(x, codes, *config)[0]
     return torch.ops.dice_fused.eager_loss(x, codes, *config)
@@ -177,11 +168,10 @@ def compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, lambda_dice
     ``F.cross_entropy`` (cross-entropy only)."""
     logits, target = prepare(logits, target, spec, validate)
     channels = logits.shape[1]
-    weights = None if class_weight is None else tuple(float(w) for w in class_weight)
+    weights = None if class_weight is None else [float(w) for w in class_weight]
     numerator = weights
     if alpha is not None:
-        numerator = tuple((1 - alpha if c == 0 else alpha) * (1.0 if weights is None else weights[c])
-                          for c in range(channels))
+        numerator = [(1 - alpha if c == 0 else alpha) * (1.0 if weights is None else weights[c]) for c in range(channels)]
     if spec.reduction != "mean":
         return None
     pixel = PixelTerm(lambda_pixel, gamma, numerator, weights if normalize_by_weight else None, label_smoothing)
