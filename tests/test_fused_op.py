@@ -347,9 +347,11 @@ def test_every_instruction_set_gives_the_same_result(tmp_path):
         assert grad_error(grad, base_grad.double()) <= tol
 
 
-def test_gradient_memory_pool_reuses_a_freed_gradient(monkeypatch):
+# 4.2 MB (huge-page buffers) and 1.0 MB of float32 (a 4x4x128x128-like gradient): both pooled.
+@pytest.mark.parametrize("size", [(1, 512, 520), (1, 256, 256)], ids=["4.2MB", "1.0MB"])
+def test_gradient_memory_pool_reuses_a_freed_gradient(size, monkeypatch):
     monkeypatch.setenv("DICE_FUSED_POOL", "1")
-    logits, labels = random_inputs((1, 512, 520), 4, seed=9)  # 4.2 MB of float32: pooled
+    logits, labels = random_inputs(size, 4, seed=9)
     a, b = torch.randn(1, 4, dtype=torch.float64), torch.randn(1, 4, dtype=torch.float64)
     first = torch.ops.dice_fused.gradient(logits, labels, a, b, 0, False, None)
     address, expected = first.data_ptr(), first.clone()
