@@ -118,6 +118,7 @@ class Case(NamedTuple):
     squared: bool
     ignore_index: Optional[int]
     deterministic: bool
+    pixel: str = "none"  # the per-pixel term: "none", "ce", "ce_smoothed" or "focal"
 
 
 def launches_of(case: Case) -> List[Launch]:
@@ -133,9 +134,14 @@ def launches_of(case: Case) -> List[Launch]:
     logits = torch.empty((case.n, case.c, case.v), device=meta, dtype=case.dtype)
     labels = torch.empty((case.n, case.v), device=meta, dtype=case.label_dtype)
     a = torch.empty((case.n, case.c), device=meta, dtype=torch.float64)
+    pixel, ks = None, torch.empty((case.n,), device=meta, dtype=torch.float64)
+    if case.pixel != "none":
+        weights = torch.empty((case.c,), device=meta, dtype=torch.float64) if case.pixel == "ce_smoothed" else None
+        pixel = triton_kernels.PixelArgs(2 if case.pixel == "focal" else 1, 2.0 if case.pixel == "focal" else 0.0,
+                                         weights, float(case.c))
     with recorded_launches() as launches:
-        triton_kernels.triton_statistics(logits, labels, params, case.deterministic)
-        triton_kernels.triton_gradient(logits, labels, a, a.clone(), params)
+        triton_kernels.triton_statistics(logits, labels, params, case.deterministic, pixel=pixel)
+        triton_kernels.triton_gradient(logits, labels, a, a.clone(), params, pixel=pixel, kw=a.clone(), ks=ks)
     return launches
 
 
@@ -165,7 +171,8 @@ def sweep(name: str) -> List[Case]:
 
     ci: the resident (C = 4) and the looped layout (C = 150, and 256 for a 16-divisible C) with the
     heaviest options, then a small input (one tile per program), bfloat16, float64, sigmoid,
-    identity, no ignore_index and the atomic reduction once each.
+    identity, no ignore_index and the atomic reduction once each, and the per-pixel term (focal;
+    cross-entropy with label smoothing) in both layouts.
     About 40 compilations. Every sweep adds ``LIMIT_SHAPES``: their grids are checked against the
     compiled configuration with the same constexprs and pointer types (their V and tile counts
     only change the JIT's integer hints), except V >= 2^31, which is compiled (int64 V).
@@ -177,7 +184,9 @@ def sweep(name: str) -> List[Case]:
              large._replace(deterministic=False), small._replace(dtype=torch.bfloat16),
              large._replace(dtype=torch.float64),
              large._replace(activation="sigmoid"), small._replace(activation="none", squared=False),
-             small._replace(ignore_index=None, label_dtype=torch.int64, deterministic=False)]
+             small._replace(ignore_index=None, label_dtype=torch.int64, deterministic=False),
+             small._replace(pixel="focal"), large._replace(pixel="ce_smoothed"), small._replace(pixel="ce_smoothed"),
+             large._replace(pixel="focal")]
     if name == "ci":
         return cases
     counts = [group[0] for group in layouts().values()]

@@ -13,6 +13,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 import dice_impls
@@ -209,3 +210,55 @@ def assert_matches_reference(impl: str, logits: Tensor, target: Tensor, spec: di
     assert errors.loss <= tol.loss, f"{impl} {logits.dtype}: loss error {errors.loss:.3g} > {tol.loss:.3g} ({spec})"
     assert errors.grad <= tol.grad, f"{impl} {logits.dtype}: gradient error {errors.grad:.3g} > {tol.grad:.3g} ({spec})"
     return errors
+
+
+# --- the fused operators: per-dtype tolerances and the dense Dice + pixel term (C++ and Triton tests) ---
+
+DTYPE_TOLERANCES = {torch.float64: (1e-9, 1e-8), torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-3, 8e-3),
+                    torch.float16: (1e-3, 1e-3)}
+
+
+def grad_error(grad, expected):
+    return float((grad.double() - expected).norm() / expected.norm().clamp_min(1e-300))
+
+
+def loss_and_grad(fn, logits):
+    x = logits.detach().clone().requires_grad_()
+    loss = fn(x)
+    (grad,) = torch.autograd.grad(loss, x)
+    return loss.detach(), grad
+
+
+def dense_compound(logits, labels, spec, lambda_dice, lambda_pixel, gamma=0.0, alpha=None, class_weight=None,
+                   label_smoothing=0.0):
+    """The same loss in float64 torch: reference Dice + the per-pixel term written out."""
+    x = logits.double()
+    c = x.shape[1]
+    dice = dice_impls.dice_loss(x, labels, spec, impl="reference")
+    counted = (labels >= 0) & (labels < c)
+    if spec.ignore_index is not None:
+        counted &= labels != spec.ignore_index
+    y = torch.where(counted, labels, 0).long()
+    log_p = F.log_softmax(x, 1)
+    log_py = log_p.gather(1, y.unsqueeze(1)).squeeze(1)
+    w = torch.ones(c, dtype=torch.float64) if class_weight is None else torch.tensor(class_weight, dtype=torch.float64)
+    u = w.clone()
+    if alpha is not None:
+        u = u * torch.tensor([1 - alpha] + [alpha] * (c - 1), dtype=torch.float64)
+    per_pixel = -(1 - label_smoothing) * u[y] * (1 - log_py.exp()) ** gamma * log_py
+    per_pixel = per_pixel - label_smoothing / c * (log_p * w.view(1, c, *([1] * (x.ndim - 2)))).sum(1)
+    total = (per_pixel * counted).sum()
+    norm = (w[y] * counted).sum() if class_weight is not None else counted.sum().double()
+    pixel = torch.where(norm > 0, total / norm.clamp_min(1e-300), 0.0)
+    return lambda_dice * dice + lambda_pixel * pixel
+
+
+COMPOUND_CASES = [
+    dict(lambda_dice=1.0, lambda_pixel=1.0),
+    dict(lambda_dice=0.5, lambda_pixel=2.0, class_weight=(0.2, 1.0, 3.0, 0.7)),
+    dict(lambda_dice=1.0, lambda_pixel=1.0, label_smoothing=0.1),
+    dict(lambda_dice=1.0, lambda_pixel=1.0, label_smoothing=0.2, class_weight=(1.0, 2.0, 0.5, 1.0)),
+    dict(lambda_dice=1.0, lambda_pixel=1.0, gamma=2.0),
+    dict(lambda_dice=1.0, lambda_pixel=0.5, gamma=0.5, alpha=0.25),
+    dict(lambda_dice=0.0, lambda_pixel=1.0, gamma=1.0),
+]

@@ -18,26 +18,11 @@ import torch.nn.functional as F
 
 import dice_impls
 from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec
-from dice_impls.fused import autograd as fused_autograd
 from dice_impls.fused import compound_loss, foldable, ops
-from helpers import error, random_inputs
+from helpers import (COMPOUND_CASES, DTYPE_TOLERANCES, dense_compound, error, grad_error, loss_and_grad,
+                     random_inputs)
 
 pytestmark = pytest.mark.skipif(ops.cpp() is None, reason="the C++ extension did not build")
-
-DTYPE_TOLERANCES = {torch.float64: (1e-9, 1e-8), torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-3, 8e-3),
-                    torch.float16: (1e-3, 1e-3)}
-
-
-def grad_error(grad, expected):
-    return float((grad.double() - expected).norm() / expected.norm().clamp_min(1e-300))
-
-
-def loss_and_grad(fn, logits):
-    x = logits.detach().clone().requires_grad_()
-    loss = fn(x)
-    (grad,) = torch.autograd.grad(loss, x)
-    return loss.detach(), grad
-
 
 # --- the folded Dice loss ------------------------------------------------------------------------
 
@@ -205,41 +190,6 @@ def test_gradcheck_of_the_folded_loss():
 
 
 # --- fused compound losses against their dense formulations ---------------------------------------
-
-def dense_compound(logits, labels, spec, lambda_dice, lambda_pixel, gamma=0.0, alpha=None, class_weight=None,
-                   label_smoothing=0.0):
-    """The same loss in float64 torch: reference Dice + the per-pixel term written out."""
-    x = logits.double()
-    c = x.shape[1]
-    dice = dice_impls.dice_loss(x, labels, spec, impl="reference")
-    counted = (labels >= 0) & (labels < c)
-    if spec.ignore_index is not None:
-        counted &= labels != spec.ignore_index
-    y = torch.where(counted, labels, 0).long()
-    log_p = F.log_softmax(x, 1)
-    log_py = log_p.gather(1, y.unsqueeze(1)).squeeze(1)
-    w = torch.ones(c, dtype=torch.float64) if class_weight is None else torch.tensor(class_weight, dtype=torch.float64)
-    u = w.clone()
-    if alpha is not None:
-        u = u * torch.tensor([1 - alpha] + [alpha] * (c - 1), dtype=torch.float64)
-    per_pixel = -(1 - label_smoothing) * u[y] * (1 - log_py.exp()) ** gamma * log_py
-    per_pixel = per_pixel - label_smoothing / c * (log_p * w.view(1, c, *([1] * (x.ndim - 2)))).sum(1)
-    total = (per_pixel * counted).sum()
-    norm = (w[y] * counted).sum() if class_weight is not None else counted.sum().double()
-    pixel = torch.where(norm > 0, total / norm.clamp_min(1e-300), 0.0)
-    return lambda_dice * dice + lambda_pixel * pixel
-
-
-COMPOUND_CASES = [
-    dict(lambda_dice=1.0, lambda_pixel=1.0),
-    dict(lambda_dice=0.5, lambda_pixel=2.0, class_weight=(0.2, 1.0, 3.0, 0.7)),
-    dict(lambda_dice=1.0, lambda_pixel=1.0, label_smoothing=0.1),
-    dict(lambda_dice=1.0, lambda_pixel=1.0, label_smoothing=0.2, class_weight=(1.0, 2.0, 0.5, 1.0)),
-    dict(lambda_dice=1.0, lambda_pixel=1.0, gamma=2.0),
-    dict(lambda_dice=1.0, lambda_pixel=0.5, gamma=0.5, alpha=0.25),
-    dict(lambda_dice=0.0, lambda_pixel=1.0, gamma=1.0),
-]
-
 
 @pytest.mark.parametrize("dtype", list(DTYPE_TOLERANCES), ids=str)
 @pytest.mark.parametrize("case", range(len(COMPOUND_CASES)))

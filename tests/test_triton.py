@@ -2,7 +2,8 @@
 
 Interpreted: both channel layouts (resident and looped, C = 150 and 256 included) against the
 float64 reference with NaN-poisoned outputs, float64 computed in float64, no voxels with the
-fixed-order reduction. Recorded (``benchmarks.gpu_compile``): the grids of large inputs stay in
+fixed-order reduction; Dice + cross-entropy / focal (the per-pixel term) against its dense float64
+formulation in both layouts and every dtype. Recorded (``benchmarks.gpu_compile``): the grids of large inputs stay in
 CUDA's limits, and the launchers read no tensor value (a meta tensor has none to read). The
 compiled side — registers, spills, int32 index arithmetic — is ``make gpu-compile``.
 """
@@ -20,9 +21,9 @@ import dice_impls
 from benchmarks import gpu_compile
 from dice_impls import DiceSpec, loss_from_statistics
 from dice_impls.fused import autograd as fused_autograd
-from dice_impls.fused import fused_statistics, triton_kernels
+from dice_impls.fused import compound_loss, fused_statistics, triton_kernels
 from dice_impls.fused.autograd import KernelParams
-from helpers import error, random_inputs
+from helpers import COMPOUND_CASES, DTYPE_TOLERANCES, dense_compound, error, grad_error, loss_and_grad, random_inputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy on masked -inf lanes
 
@@ -92,6 +93,37 @@ def test_looped_layout_walks_tiles_and_programs():
     assert loss_error <= 1e-5 and grad_error <= 1e-5
 
 
+def compound_errors(case, channels, spec, dtype=torch.float32, deterministic=True):
+    """(loss error, gradient error) of the Triton Dice + pixel term against the dense float64 one."""
+    kwargs = dict(COMPOUND_CASES[case])
+    if "class_weight" in kwargs:  # one weight per channel: the case's four, then ones
+        kwargs["class_weight"] = tuple(kwargs["class_weight"]) + (1.0,) * (channels - len(kwargs["class_weight"]))
+    logits, labels = random_inputs((2, 11, 13), channels, dtype=dtype, seed=case, ignore_index=spec.ignore_index,
+                                   empty_classes=(1,))
+    loss, grad = loss_and_grad(lambda x: compound_loss(x, labels, spec, backend="triton", deterministic=deterministic,
+                                                       **kwargs), logits)
+    expected, expected_grad = loss_and_grad(lambda x: dense_compound(x, labels, spec, **kwargs), logits.double())
+    assert grad.dtype == dtype and torch.isfinite(grad).all()
+    return error(loss, expected, 1.0), grad_error(grad, expected_grad)
+
+
+@pytest.mark.parametrize("channels", [4, 40], ids=["resident", "looped"])
+@pytest.mark.parametrize("case", range(len(COMPOUND_CASES)))
+def test_compound_matches_dense(case, channels):
+    spec = DiceSpec(ignore_index=255, batch=True, squared=True) if case % 2 else DiceSpec()
+    loss_error, grad_error_ = compound_errors(case, channels, spec, deterministic=case != 3)
+    loss_tol, grad_tol = DTYPE_TOLERANCES[torch.float32]
+    assert loss_error <= loss_tol and grad_error_ <= grad_tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", [3, 5], ids=["weighted-smoothed-ce", "focal-alpha"])
+def test_compound_dtypes(case, dtype):
+    loss_error, grad_error_ = compound_errors(case, 4, DiceSpec(ignore_index=255), dtype=dtype)
+    loss_tol, grad_tol = DTYPE_TOLERANCES[dtype]
+    assert loss_error <= loss_tol and grad_error_ <= grad_tol
+
+
 @pytest.mark.parametrize("channels", [1, 4, 150])
 def test_float64_is_computed_in_float64(channels):
     # float32 arithmetic would leave errors near 1e-7; float64 lands near 1e-15.
@@ -137,7 +169,7 @@ def test_large_launches_fit_cuda_grid_limits(n, c, v):
         assert gpu_compile.grid_violations(launch.grid) == [], (launch.name, launch.grid)
     gradient = next(launch for launch in launches if launch.name == "_gradient_kernel")
     block_v = triton_kernels.layout(c).block_v
-    programs, tiles_per_program = gradient.args[8], gradient.args[9]
+    programs, tiles_per_program = gradient.args[11], gradient.args[12]  # after 8 pointers, V, C, ignore_index
     assert gradient.grid == (n * programs,) and programs * tiles_per_program * block_v >= v
 
 

@@ -156,10 +156,14 @@ def prepare(logits: Tensor, target: Tensor, spec: DiceSpec, validate: bool):
 def compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, lambda_dice: float, lambda_pixel: float,
                   gamma: float = 0.0, alpha: Optional[float] = None, class_weight: Optional[Sequence[float]] = None,
                   normalize_by_weight: bool = True, label_smoothing: float = 0.0,
-                  validate: bool = True) -> Optional[Tensor]:
+                  validate: bool = True, backend: Optional[str] = None,
+                  deterministic: Optional[bool] = None) -> Optional[Tensor]:
     """``lambda_dice * Dice + lambda_pixel * focal(gamma, alpha)`` (cross-entropy at gamma = 0) in
-    the C++ kernel's two passes, or None where it cannot (the caller then adds the term in torch:
-    sigmoid, CUDA, a reduction other than "mean", a scoring the C++ code does not know).
+    the fused kernels' two passes, or None where they cannot (the caller then adds the term in
+    torch: sigmoid, one channel, a reduction other than "mean", smoothing with focal, the chunked
+    backend). On the CPU the C++ ``loss`` operator does it all (for the specs it scores, ``foldable``);
+    the Triton kernels (CUDA, or ``backend="triton"``) return the term's sums with the Dice sums, and
+    the loss is scored from them in torch.
 
     The pixel term is ``sum_i u_y (1 - p_y)**gamma nll_i / sum_i d_y`` over the counted pixels:
     ``u = class_weight`` times, with ``alpha``, ``1 - alpha`` for class 0 and ``alpha`` for the
@@ -175,9 +179,42 @@ def compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, lambda_dice
     if spec.reduction != "mean":
         return None
     pixel = PixelTerm(lambda_pixel, gamma, numerator, weights if normalize_by_weight else None, label_smoothing)
-    if not can_fold(logits, spec, pixel):
-        return None
-    return folded_loss(logits, target, spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel)
+    if backend in (None, "cpp") and can_fold(logits, spec, pixel):
+        return folded_loss(logits, target, spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel)
+    if (backend == "triton" or (backend is None and logits.device.type == "cuda")) and _pixel_term_applies(logits, spec, pixel):
+        return _triton_compound_loss(logits, target, spec, lambda_dice, pixel, validate, deterministic)
+    return None
+
+
+def _pixel_term_applies(logits: Tensor, spec: DiceSpec, pixel: PixelTerm) -> bool:
+    return spec.activation == "softmax" and logits.shape[1] >= 2 and (pixel.label_smoothing == 0 or pixel.gamma == 0)
+
+
+def _triton_compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, lambda_dice: float, pixel: PixelTerm,
+                          validate: bool, deterministic: Optional[bool]) -> Tensor:
+    """Dice + the pixel term from the Triton statistics (rows 3, 4: the term by class, the
+    label-smoothing sum), scored as the C++ operator scores them; autograd carries the upstream
+    gradients of those rows to the gradient kernel."""
+    family = ops.triton()
+    x = logits.contiguous()
+    labels = label_codes(target).contiguous()
+    channels, eps = x.shape[1], float(pixel.label_smoothing)
+    ones = [1.0] * channels
+    numerator = torch.tensor(pixel.numerator_weight or ones, dtype=torch.float64, device=x.device)
+    normalizer = torch.tensor(pixel.normalizer_weight or ones, dtype=torch.float64, device=x.device)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    stats, probe = family.compound_statistics(x, labels, *KernelParams.from_spec(spec), deterministic,
+                                              float(pixel.gamma), numerator if eps else None,
+                                              float(sum(pixel.numerator_weight or ones)))
+    if validate:
+        _validate_on_host(x, labels, probe, spec)
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dice = loss_from_statistics(DiceStatistics(*stats[:3].to(dtype).unbind(0)), spec)
+    term_sum = (stats[3] * numerator).sum() * (1 - eps) + eps / channels * stats[4, :, 0].sum()
+    norm = (stats[2] * normalizer).sum()
+    term = torch.where(norm > 0, term_sum / norm.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    return lambda_dice * dice + (pixel.weight * term).to(dtype)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,11 @@ def gradient_fake(logits: Tensor, labels: Tensor, a: Tensor, b: Tensor, *args) -
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
+def compound_statistics_fake(logits: Tensor, labels: Tensor, *args):
+    n, c = logits.shape[:2]
+    return logits.new_empty((5, n, c), dtype=torch.float64), logits.new_empty((), dtype=torch.float64)
+
+
 def loss_fake(logits: Tensor, labels: Tensor, *args):
     n, c = logits.shape[:2]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -109,6 +114,31 @@ def statistics_autograd(gradient_op: Callable):
         grad_stats = grad_stats.to(torch.float64)
         grad = gradient_op(logits, labels, grad_stats[1].contiguous(), grad_stats[0].contiguous(), *ctx.kernel_args)
         return (grad, None, None, None, None) + (None,) * ctx.flags
+
+    return setup_context, backward
+
+
+def compound_statistics_autograd(gradient_op: Callable):
+    """``(setup_context, backward)`` of the statistics op with the per-pixel term (rows 3, 4: the
+    term by class, the label-smoothing sum in column 0); inputs ``(logits, labels, activation,
+    squared, ignore_index, deterministic, gamma, smoothing_weight, weight_sum)``."""
+
+    def setup_context(ctx, inputs, output):
+        logits, labels, activation, squared, ignore_index, _deterministic, gamma, smoothing_weight, weight_sum = inputs
+        ctx.save_for_backward(logits, labels, smoothing_weight)
+        ctx.kernel_args = (activation, squared, ignore_index, gamma)
+        ctx.weight_sum = weight_sum
+        ctx.mark_non_differentiable(output[1])
+
+    def backward(ctx, grad_stats: Optional[Tensor], _grad_probe):
+        logits, labels, smoothing_weight = ctx.saved_tensors
+        n, c = logits.shape[:2]
+        if grad_stats is None:
+            grad_stats = logits.new_zeros((5, n, c), dtype=torch.float64)
+        g = grad_stats.to(torch.float64)
+        grad = gradient_op(logits, labels, g[1].contiguous(), g[0].contiguous(), g[3].contiguous(),
+                           g[4, :, 0].contiguous(), *ctx.kernel_args, smoothing_weight, ctx.weight_sum)
+        return (grad,) + (None,) * 8
 
     return setup_context, backward
 

@@ -2,7 +2,8 @@
 ``torch.compile`` see them as PyTorch's own.
 
 Three families of the same two operators, ``statistics`` and ``gradient`` (and, for the C++
-one, the folded ``loss`` and ``loss_backward``):
+one, the folded ``loss``, ``loss_backward`` and ``eager_loss``; for the Triton one,
+``compound_statistics`` and ``compound_gradient`` with the per-pixel term of Dice + CE / focal):
 
 - ``torch.ops.dice_fused``: the C++ CPU kernels (schemas and CPU kernels in ``fused_dice.cpp``);
   they validate their inputs in their own pass (``check_finite``, ``check_labels``).
@@ -35,6 +36,7 @@ class Family(NamedTuple):
     gradient: object
     validates: bool  # statistics takes (check_finite, check_labels) and raises itself
     loss: object = None
+    compound_statistics: object = None  # Triton: the statistics with the per-pixel term
 
 
 # Each family is registered once; a plain dict (not functools.lru_cache) so torch.compile reads
@@ -132,9 +134,34 @@ def triton() -> Family:
         grad = triton_kernels.TRITON.gradient(x, y, a, b, KernelParams(activation, squared, ignore_index))
         return grad.view(logits.shape)
 
+    # With the per-pixel term (cross-entropy, focal; softmax): statistics rows 3 and 4, see triton_kernels.
+    @triton_op("dice_fused_triton::compound_statistics", mutates_args=())
+    def compound_statistics(logits: Tensor, labels: Tensor, activation: int, squared: bool,
+                            ignore_index: Optional[int], deterministic: bool, gamma: float,
+                            smoothing_weight: Optional[Tensor], weight_sum: float) -> Tuple[Tensor, Tensor]:
+        pixel = triton_kernels.PixelArgs(2 if gamma else 1, gamma, smoothing_weight, weight_sum)
+        return triton_kernels.TRITON.statistics(*_flat(logits, labels), KernelParams(activation, squared, ignore_index),
+                                                deterministic, pixel=pixel)
+
+    @triton_op("dice_fused_triton::compound_gradient", mutates_args=())
+    def compound_gradient(logits: Tensor, labels: Tensor, a: Tensor, b: Tensor, kw: Tensor, ks: Tensor,
+                          activation: int, squared: bool, ignore_index: Optional[int], gamma: float,
+                          smoothing_weight: Optional[Tensor], weight_sum: float) -> Tensor:
+        x, y = _flat(logits, labels)
+        pixel = triton_kernels.PixelArgs(2 if gamma else 1, gamma, smoothing_weight, weight_sum)
+        grad = triton_kernels.TRITON.gradient(x, y, a, b, KernelParams(activation, squared, ignore_index), pixel=pixel,
+                                              kw=kw, ks=ks)
+        return grad.view(logits.shape)
+
     _register("dice_fused_triton::statistics", "dice_fused_triton::gradient")
+    torch.library.register_fake("dice_fused_triton::compound_statistics", autograd.compound_statistics_fake)
+    torch.library.register_fake("dice_fused_triton::compound_gradient", autograd.gradient_fake)
+    setup, backward = autograd.compound_statistics_autograd(torch.ops.dice_fused_triton.compound_gradient)
+    torch.library.register_autograd("dice_fused_triton::compound_statistics", backward, setup_context=setup)
+    torch.library.register_autograd("dice_fused_triton::compound_gradient", autograd.refuse_double_backward,
+                                    setup_context=autograd.no_context)
     ops = torch.ops.dice_fused_triton
-    return Family(ops.statistics, ops.gradient, False)
+    return Family(ops.statistics, ops.gradient, False, compound_statistics=ops.compound_statistics)
 
 
 FAMILIES = {"cpp": cpp, "chunked": chunked, "triton": triton}
