@@ -31,7 +31,7 @@ BUDGET_X_LOGITS: Dict[str, float] = {"fused": 1.05, "vectorized": 8.0, "mixed": 
 
 def measure(implementation: str, shape: str, dtype: str = "float32") -> dict:
     """One case in this process: peak bytes above the inputs, and that number in logit sizes."""
-    from .common import LOSSES, make_inputs, peak_rss_increase, pin_threads
+    from .common import LOSSES, fresh_gradients, make_inputs, peak_rss_increase, pin_threads
 
     pin_threads()
     loss = LOSSES[implementation]
@@ -42,7 +42,8 @@ def measure(implementation: str, shape: str, dtype: str = "float32") -> dict:
         logits.grad = None
 
     forward_backward()  # first-call caches (and fused's kernel build) stay out of the number
-    peak = peak_rss_increase(forward_backward)
+    with fresh_gradients():  # fused's pooled gradient would otherwise be resident already (0x)
+        peak = peak_rss_increase(forward_backward)
     logit_bytes = logits.numel() * logits.element_size()
     return dict(implementation=implementation, shape=shape, dtype=dtype, peak_bytes=peak,
                 logit_bytes=logit_bytes, x_logits=peak / logit_bytes)

@@ -338,6 +338,31 @@ def test_nnunet_dc_and_ce_loss(data):
     compare("nnunet.DC_and_CE_loss", ours, peer, logits, dtype, target)
 
 
+@pytest.mark.parametrize("ignore_label", [None, 3])
+def test_nnunet_dc_and_ce_loss_runs_both_terms_in_the_fused_op(ignore_label, monkeypatch):
+    calls = []
+    original = torch.ops.dice_fused.eager_loss
+
+    def spy(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(torch.ops.dice_fused, "eager_loss", spy)
+    gen = torch.Generator().manual_seed(11)
+    logits = torch.randn((2, 3, 9, 8), generator=gen, dtype=torch.float64) * 3
+    target = torch.randint(0, 3, (2, 1, 9, 8), generator=gen)
+    if ignore_label is not None:
+        target = with_ignored(target, ignore_label, 0.3, 12)
+    args = (dict(batch_dice=True, smooth=1e-5, do_bg=False, ddp=False), {"weight": torch.tensor([0.5, 1.0, 2.0]),
+                                                                         "label_smoothing": 0.1})
+    ours = ours_nnunet.DC_and_CE_loss(*args, weight_dice=2.0, ignore_label=ignore_label,
+                                      dice_class=ours_nnunet.MemoryEfficientSoftDiceLoss)
+    peer = nnunet_compound.DC_and_CE_loss(args[0], dict(args[1]), weight_dice=2.0, ignore_label=ignore_label,
+                                          dice_class=nnunet_dice.MemoryEfficientSoftDiceLoss)
+    compare("nnunet.DC_and_CE_loss", ours, peer, logits, torch.float32, target)
+    assert calls, "the fused compound path was not taken"
+
+
 def test_nnunet_refusals_and_ddp_without_process_group():
     logits, labels = torch.randn(2, 3, 4, 4), torch.randint(3, (2, 1, 4, 4))
     with pytest.raises(ValueError, match="clip_tp"):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..compound import cross_entropy
 from ..distributed import global_dice_loss, is_distributed
+from ..fused import compound_loss as fused_compound_loss
 from ..spec import DiceSpec
 from .dispatch import activation_of, apply_activation, dice, implementation_for, label_map
 
@@ -100,7 +101,8 @@ class DC_and_CE_loss(nn.Module):  # noqa: N801 (nnU-Net's name)
     classes of those names are mapped to them). ``ce_kwargs`` are ``nn.CrossEntropyLoss``'s
     ``weight``, ``ignore_index``, ``reduction``, ``label_smoothing``; CE runs on the label map without
     a one-hot. With ``ignore_label`` its pixels leave both terms, and a batch without a counted pixel
-    has CE 0. A zero term weight skips that term, as in nnU-Net.
+    has CE 0. A zero term weight skips that term, as in nnU-Net. Softmax Dice and a mean CE that
+    ignores the same label run in the fused kernels' two passes (``fused``).
     """
 
     def __init__(self, soft_dice_kwargs: dict, ce_kwargs: dict, weight_ce: float = 1, weight_dice: float = 1,
@@ -122,9 +124,29 @@ class DC_and_CE_loss(nn.Module):  # noqa: N801 (nnU-Net's name)
             raise ValueError(f"target must be a label map of shape (b, 1, *spatial), got {tuple(target.shape)} "
                              "(nnU-Net's cross-entropy and ignore label take no one-hot target)")
         labels = label_map(target, self.ignore_label)
+        fused = self.fused(net_output, labels)
+        if fused is not None:
+            return fused
         dc_loss = self.dc.loss(net_output, labels, self.ignore_label) if self.weight_dice != 0 else 0
         ce_loss = self.ce(net_output, labels[:, 0]) if self.weight_ce != 0 else 0
         return self.weight_ce * ce_loss + self.weight_dice * dc_loss
+
+    def fused(self, net_output: Tensor, labels: Tensor) -> Optional[Tensor]:
+        """Both terms in the fused kernels' two passes where that is nnU-Net's loss: both weights
+        nonzero, softmax Dice (``softmax_helper_dim1``) without DDP's all-gather, mean CE ignoring the
+        Dice's ignored label (or, without ``ignore_label``, only CE's default -100, which no valid
+        label map holds); None elsewhere (and where the kernels cannot)."""
+        ce_ignore = self.ce_kwargs.get("ignore_index", -100)
+        same_ignored = ce_ignore == self.ignore_label or (self.ignore_label is None and ce_ignore == -100)
+        if (self.weight_dice == 0 or self.weight_ce == 0 or self.ce_kwargs.get("reduction", "mean") != "mean"
+                or not same_ignored or self.dc.spec.activation != "softmax" or net_output.shape[1] < 2
+                or (self.dc.ddp and self.dc.batch_dice and is_distributed())):
+            return None
+        spec = self.dc.spec if self.ignore_label is None else self.dc.spec.replace(ignore_index=self.ignore_label)
+        weight = self.ce_kwargs["weight"]
+        return fused_compound_loss(net_output, labels, spec, lambda_dice=self.weight_dice, lambda_pixel=self.weight_ce,
+                                   class_weight=None if weight is None else weight.tolist(),
+                                   label_smoothing=float(self.ce_kwargs.get("label_smoothing", 0.0)))
 
     def ce(self, net_output: Tensor, labels: Tensor) -> Tensor:
         kwargs = dict(self.ce_kwargs)
