@@ -52,8 +52,8 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Tensor] = 
     ``F.cross_entropy`` reads, when it is not already) or class probabilities ``(N, C, *spatial)``.
     Pixels labelled ``ignore_index`` leave the loss; half logits are computed in float32 (their
     log-probabilities would keep 3 digits). ``reduction="mean"`` is ``F.cross_entropy``'s
-    (weighted) mean, except that a batch with no counted pixel gives 0 instead of NaN;
-    ``"none"`` gives ``(N, *spatial)``.
+    (weighted) mean, except that a batch whose counted pixels carry no weight (none counted, or
+    all of zero class weight) gives 0 instead of NaN; ``"none"`` gives ``(N, *spatial)``.
     """
     _check_reduction(reduction)
     logits = _wide(logits)
@@ -72,7 +72,9 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Tensor] = 
         normalizer = counted.sum(dtype=total.dtype)
     else:
         normalizer = (weight[torch.where(counted, labels, 0)] * counted).sum()
-    return total / torch.where(normalizer > 0, normalizer, 1)  # nothing counted: total is 0, so is the mean
+    # No weight counted (no counted pixel, or only pixels of zero class weight): 0, as the fused kernels
+    # give; the smoothing part of total need not be 0 then.
+    return torch.where(normalizer > 0, total / torch.where(normalizer > 0, normalizer, 1), 0.0)
 
 
 def binary_cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,

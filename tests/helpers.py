@@ -262,3 +262,11 @@ COMPOUND_CASES = [
     dict(lambda_dice=1.0, lambda_pixel=0.5, gamma=0.5, alpha=0.25),
     dict(lambda_dice=0.0, lambda_pixel=1.0, gamma=1.0),
 ]
+
+
+def compound_kwargs(case: int, channels: int) -> dict:
+    """``COMPOUND_CASES[case]`` for ``channels`` classes: the case's class weights, then ones."""
+    kwargs = dict(COMPOUND_CASES[case])
+    if "class_weight" in kwargs:
+        kwargs["class_weight"] = tuple(kwargs["class_weight"]) + (1.0,) * (channels - len(kwargs["class_weight"]))
+    return kwargs

@@ -363,6 +363,23 @@ def test_nnunet_dc_and_ce_loss_runs_both_terms_in_the_fused_op(ignore_label, mon
     assert calls, "the fused compound path was not taken"
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_nnunet_dc_and_ce_loss_with_no_ce_weight_counted_is_the_dice_term(label_smoothing, monkeypatch):
+    # Every counted pixel of a class whose CE weight is 0: nnU-Net divides 0 by 0 (NaN); ours gives
+    # CE 0 on both paths, fused and unfused (docs/conventions.md, divergences).
+    logits = torch.randn((2, 3, 5, 4), generator=torch.Generator().manual_seed(3))
+    target = torch.zeros((2, 1, 5, 4), dtype=torch.int64)
+    args = (dict(batch_dice=True, smooth=1e-5, do_bg=False, ddp=False),
+            {"weight": torch.tensor([0.0, 1.0, 2.0]), "label_smoothing": label_smoothing})
+    loss = ours_nnunet.DC_and_CE_loss(*args, dice_class=ours_nnunet.MemoryEfficientSoftDiceLoss)
+    dice = ours_nnunet.MemoryEfficientSoftDiceLoss(softmax_helper_dim1, **args[0])(logits, target)
+    fused = loss(logits, target)
+    monkeypatch.setattr(ours_nnunet.DC_and_CE_loss, "fused", lambda self, *a: None)
+    unfused = loss(logits, target)
+    torch.testing.assert_close(fused, dice, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(unfused, dice, rtol=1e-6, atol=1e-7)
+
+
 def test_nnunet_refusals_and_ddp_without_process_group():
     logits, labels = torch.randn(2, 3, 4, 4), torch.randint(3, (2, 1, 4, 4))
     with pytest.raises(ValueError, match="clip_tp"):

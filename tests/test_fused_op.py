@@ -8,6 +8,7 @@ rounded logits in float64).
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -19,8 +20,8 @@ import torch.nn.functional as F
 import dice_impls
 from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec
 from dice_impls.fused import compound_loss, foldable, ops
-from helpers import (COMPOUND_CASES, DTYPE_TOLERANCES, dense_compound, error, grad_error, loss_and_grad,
-                     random_inputs)
+from helpers import (COMPOUND_CASES, DTYPE_TOLERANCES, compound_kwargs, dense_compound, error, grad_error,
+                     loss_and_grad, random_inputs)
 
 pytestmark = pytest.mark.skipif(ops.cpp() is None, reason="the C++ extension did not build")
 
@@ -87,13 +88,25 @@ def _op_cases():
         (torch.ops.dice_fused.loss.default, (x, labels, 0, False, 9, True, True, *config)),
         (torch.ops.dice_fused.loss_backward.default,
          (torch.tensor(1.5), logits.detach(), labels, saved, 0, False, 9, *config)),
+        (torch.ops.dice_fused.eager_loss.default, (x, labels, 0, False, 9, True, True, *config)),
     ]
 
 
-@pytest.mark.parametrize("case", range(4), ids=["statistics", "gradient", "loss", "loss_backward"])
+@pytest.mark.parametrize("case", range(5), ids=["statistics", "gradient", "loss", "loss_backward", "eager_loss"])
 def test_opcheck(case):
     op, args = _op_cases()[case]
     torch.library.opcheck(op, args)
+
+
+def test_eager_loss_under_fake_tensors():
+    # Its C++ autograd node calls loss / loss_backward through the dispatcher, so their fake kernels run.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.randn(2, 4, 9, 7, requires_grad=True)
+        loss = dice_impls.dice_loss(x, torch.randint(0, 4, (2, 9, 7)), DiceSpec(), impl="fused", validate=False)
+        loss.backward()
+        assert loss.shape == () and x.grad.shape == x.shape
 
 
 def test_opcheck_chunked_family():
@@ -191,13 +204,14 @@ def test_gradcheck_of_the_folded_loss():
 
 # --- fused compound losses against their dense formulations ---------------------------------------
 
+@pytest.mark.parametrize("channels", [4, 7])  # 7: a group of four channels and one of three
 @pytest.mark.parametrize("dtype", list(DTYPE_TOLERANCES), ids=str)
 @pytest.mark.parametrize("case", range(len(COMPOUND_CASES)))
 @pytest.mark.parametrize("spec", [DiceSpec(), DiceSpec(ignore_index=255, batch=True, squared=True)], ids=str)
-def test_compound_matches_dense(spec, case, dtype, monkeypatch):
+def test_compound_matches_dense(spec, case, dtype, channels, monkeypatch):
     monkeypatch.setenv("DICE_FUSED_POISON", "1")
-    kwargs = COMPOUND_CASES[case]
-    logits, labels = random_inputs((2, 11, 13), 4, dtype=dtype, seed=case, ignore_index=spec.ignore_index,
+    kwargs = compound_kwargs(case, channels)
+    logits, labels = random_inputs((2, 11, 13), channels, dtype=dtype, seed=case, ignore_index=spec.ignore_index,
                                    empty_classes=(1,))
     loss, grad = loss_and_grad(lambda x: compound_loss(x, labels, spec, **kwargs), logits)
     expected, expected_grad = loss_and_grad(lambda x: dense_compound(x, labels, spec, **kwargs), logits.double())
@@ -215,6 +229,24 @@ def test_cross_entropy_term_is_torch_cross_entropy():
     expected = F.cross_entropy(logits, labels, weight=torch.tensor(weight, dtype=torch.float64), ignore_index=-100,
                                label_smoothing=0.1)
     assert abs(float(got - expected)) <= 1e-10
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0, 0.5])
+def test_pixel_term_ignores_uncounted_pixels_with_extreme_logits(gamma):
+    # An ignored pixel has no x_y: its nll would be its log-sum-exp, here far below 0 (outside the
+    # polynomial exp's domain). It must not reach the class sums (it made them NaN at gamma = 1).
+    logits, labels = random_inputs((2, 7, 6), 4, dtype=torch.float64, seed=8)
+    labels[0, :2] = 255
+    logits[0, :, :2] = -620.0 - math.log(4)
+    spec = DiceSpec(ignore_index=255)
+    for dtype in (torch.float64, torch.float32):
+        x = logits.to(dtype)
+        loss, grad = loss_and_grad(lambda t: compound_loss(t, labels, spec, lambda_dice=1.0, lambda_pixel=1.0,
+                                                           gamma=gamma), x)
+        expected, expected_grad = loss_and_grad(
+            lambda t: dense_compound(t, labels, spec, lambda_dice=1.0, lambda_pixel=1.0, gamma=gamma), logits)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+        assert error(loss, expected, 1.0) <= 1e-5 and grad_error(grad, expected_grad) <= 1e-5
 
 
 def test_large_logit_gaps_keep_the_exact_nll():

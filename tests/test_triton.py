@@ -23,7 +23,8 @@ from dice_impls import DiceSpec, loss_from_statistics
 from dice_impls.fused import autograd as fused_autograd
 from dice_impls.fused import compound_loss, fused_statistics, triton_kernels
 from dice_impls.fused.autograd import KernelParams
-from helpers import COMPOUND_CASES, DTYPE_TOLERANCES, dense_compound, error, grad_error, loss_and_grad, random_inputs
+from helpers import (COMPOUND_CASES, DTYPE_TOLERANCES, compound_kwargs, dense_compound, error, grad_error,
+                     loss_and_grad, random_inputs)
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy on masked -inf lanes
 
@@ -93,12 +94,10 @@ def test_looped_layout_walks_tiles_and_programs():
     assert loss_error <= 1e-5 and grad_error <= 1e-5
 
 
-def compound_errors(case, channels, spec, dtype=torch.float32, deterministic=True):
+def compound_errors(case, channels, spec, dtype=torch.float32, deterministic=True, shape=(2, 11, 13)):
     """(loss error, gradient error) of the Triton Dice + pixel term against the dense float64 one."""
-    kwargs = dict(COMPOUND_CASES[case])
-    if "class_weight" in kwargs:  # one weight per channel: the case's four, then ones
-        kwargs["class_weight"] = tuple(kwargs["class_weight"]) + (1.0,) * (channels - len(kwargs["class_weight"]))
-    logits, labels = random_inputs((2, 11, 13), channels, dtype=dtype, seed=case, ignore_index=spec.ignore_index,
+    kwargs = compound_kwargs(case, channels)
+    logits, labels = random_inputs(shape, channels, dtype=dtype, seed=case, ignore_index=spec.ignore_index,
                                    empty_classes=(1,))
     loss, grad = loss_and_grad(lambda x: compound_loss(x, labels, spec, backend="triton", deterministic=deterministic,
                                                        **kwargs), logits)
@@ -112,6 +111,14 @@ def compound_errors(case, channels, spec, dtype=torch.float32, deterministic=Tru
 def test_compound_matches_dense(case, channels):
     spec = DiceSpec(ignore_index=255, batch=True, squared=True) if case % 2 else DiceSpec()
     loss_error, grad_error_ = compound_errors(case, channels, spec, deterministic=case != 3)
+    loss_tol, grad_tol = DTYPE_TOLERANCES[torch.float32]
+    assert loss_error <= loss_tol and grad_error_ <= grad_tol
+
+
+@pytest.mark.parametrize("case", [3, 5], ids=["weighted-smoothed-ce", "focal-alpha"])
+def test_compound_looped_layout_over_several_programs(case):
+    # 63 channels: 7 full blocks of 8 and one of 7; 407 pixels are 7 tiles of 64, one program each.
+    loss_error, grad_error_ = compound_errors(case, 63, DiceSpec(ignore_index=255), shape=(2, 37, 11))
     loss_tol, grad_tol = DTYPE_TOLERANCES[torch.float32]
     assert loss_error <= loss_tol and grad_error_ <= grad_tol
 

@@ -190,6 +190,19 @@ def _pixel_term_applies(logits: Tensor, spec: DiceSpec, pixel: PixelTerm) -> boo
     return spec.activation == "softmax" and logits.shape[1] >= 2 and (pixel.label_smoothing == 0 or pixel.gamma == 0)
 
 
+# Class weights on the device, made once per (weights, device): creating them from Python floats on
+# every call is a host-to-device copy from pageable memory, which waits for the stream. A plain
+# dict, not functools.lru_cache, which Dynamo warns about when it traces a call.
+_DEVICE_WEIGHTS: dict = {}
+
+
+def _device_weights(values: Sequence[float], device: torch.device) -> Tensor:
+    key = (tuple(float(v) for v in values), str(device))
+    if key not in _DEVICE_WEIGHTS:
+        _DEVICE_WEIGHTS[key] = torch.tensor(key[0], dtype=torch.float64, device=device)
+    return _DEVICE_WEIGHTS[key]
+
+
 def _triton_compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, lambda_dice: float, pixel: PixelTerm,
                           validate: bool, deterministic: Optional[bool]) -> Tensor:
     """Dice + the pixel term from the Triton statistics (rows 3, 4: the term by class, the
@@ -199,20 +212,23 @@ def _triton_compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, lambda
     x = logits.contiguous()
     labels = label_codes(target).contiguous()
     channels, eps = x.shape[1], float(pixel.label_smoothing)
-    ones = [1.0] * channels
-    numerator = torch.tensor(pixel.numerator_weight or ones, dtype=torch.float64, device=x.device)
-    normalizer = torch.tensor(pixel.normalizer_weight or ones, dtype=torch.float64, device=x.device)
+    numerator, normalizer = (None if w is None else _device_weights(w, x.device)
+                             for w in (pixel.numerator_weight, pixel.normalizer_weight))
+    smoothing_weight = None
+    if eps:
+        smoothing_weight = numerator if numerator is not None else _device_weights([1.0] * channels, x.device)
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     stats, probe = family.compound_statistics(x, labels, *KernelParams.from_spec(spec), deterministic,
-                                              float(pixel.gamma), numerator if eps else None,
-                                              float(sum(pixel.numerator_weight or ones)))
+                                              float(pixel.gamma), smoothing_weight,
+                                              float(sum(pixel.numerator_weight or [1.0] * channels)))
     if validate:
         _validate_on_host(x, labels, probe, spec)
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     dice = loss_from_statistics(DiceStatistics(*stats[:3].to(dtype).unbind(0)), spec)
-    term_sum = (stats[3] * numerator).sum() * (1 - eps) + eps / channels * stats[4, :, 0].sum()
-    norm = (stats[2] * normalizer).sum()
+    weighted = lambda sums, w: sums.sum() if w is None else (sums * w).sum()  # noqa: E731
+    term_sum = weighted(stats[3], numerator) * (1 - eps) + eps / channels * stats[4, :, 0].sum()
+    norm = weighted(stats[2], normalizer)
     term = torch.where(norm > 0, term_sum / norm.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
     return lambda_dice * dice + (pixel.weight * term).to(dtype)
 

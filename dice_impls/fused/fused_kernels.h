@@ -432,7 +432,9 @@ acc_t pixel_terms_t(Tile<scalar_t, acc_t>& tile, int64_t len) {
       const acc_t rest = acc_t(1) - exp_approx(-nll);
       factor = rest > acc_t(0) ? exp_approx(gamma * log_approx(rest)) : acc_t(0);
     }
-    term[v] = factor * nll;
+    // Selected, not masked later: on a pixel that is not counted x_y is 0, nll = lse may be far
+    // below 0, exp_approx(-nll) leaves its domain, and 0 * inf would be NaN in the class sums.
+    term[v] = cls[v] >= 0 ? factor * nll : acc_t(0);
     if (SMOOTHING) smooth += cls[v] >= 0 ? weight_sum * lse - wx[v] : acc_t(0);
   }
   return smooth;
@@ -489,11 +491,11 @@ void statistics_tasks_t(const KernelArgs& P, int64_t begin, int64_t end, double*
   }
 }
 
-// The gradient's per-pixel term (softmax): dL/dx_c = k [(p_c - [y = c]) h w_y + eps/C (p_c W - w_c)]
-// on counted pixels (class >= 0), W = sum_j w_j, w the class weights times (1 - eps); h = 1 for
-// cross-entropy and, for focal, h = (1 - p_y)^(gamma - 1) (1 - p_y + gamma p_y nll). That is
-// p_c A - [y = c] k w_c h - bias_c [counted], A = k h w_y + smooth [counted], smooth = k eps W / C,
-// bias_c = k eps w_c / C. softmax_dot folds A into the dot product, so no per-pixel weight is
+// The gradient's per-pixel term (softmax): dL/dx_c = k [(1 - eps) (p_c - [y = c]) h w_y
+// + eps/C (p_c W - w_c)] on counted pixels (class >= 0), w the class weights, W = sum_j w_j; h = 1
+// for cross-entropy and, for focal, h = (1 - p_y)^(gamma - 1) (1 - p_y + gamma p_y nll). That is
+// p_c A - [y = c] kw_c h - bias_c [counted] with kw_c = k (1 - eps) w_c, A = kw_y h + smooth
+// [counted], smooth = k eps W / C, bias_c = k eps w_c / C. softmax_dot folds A into the dot product, so no per-pixel weight is
 // looked up: the class weight of y enters only where [y = c] is already tested.
 enum PixelGradient { NO_PIXEL = 0, CROSS_ENTROPY = 1, FOCAL = 2 };
 
