@@ -74,6 +74,26 @@ def test_validation_inside_the_kernel():
                                       [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None, None)[0])
 
 
+def test_label_codes_of_the_statistics_pass():
+    # 0 ignored, 1 no class (out of range, checks off), 2 + class: what loss_backward reads instead
+    # of the labels; with more classes than a byte codes, none (the backward reads the labels).
+    labels = torch.tensor([[0, 2, 255, 7, 1, -3]])
+    logits = torch.randn(1, 3, 6)
+    config = ([0, 1, 0, 0, 0, 0, 1], [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None, None)
+    codes = ops.cpp().loss(logits, labels, 0, False, 255, False, False, *config)[2]
+    assert codes.dtype == torch.uint8 and codes.tolist() == [[2, 4, 0, 1, 3, 1]]
+    assert ops.cpp().loss(torch.randn(1, 254, 6), labels.clamp(0, 2), 0, False, None, True, True, *config)[2].numel() == 0
+
+
+@pytest.mark.parametrize("channels", [253, 254])  # codes, and the labels themselves
+def test_folded_loss_at_the_label_code_limit(channels):
+    logits, labels = random_inputs((2, 3, 5), channels, dtype=torch.float64, seed=channels, ignore_index=0)
+    spec = DiceSpec(ignore_index=0)
+    loss, grad = loss_and_grad(lambda x: dice_impls.dice_loss(x, labels, spec, impl="fused"), logits)
+    expected, expected_grad = loss_and_grad(lambda x: dice_impls.dice_loss(x, labels, spec, impl="reference"), logits)
+    assert error(loss, expected, 1.0) <= 1e-12 and grad_error(grad, expected_grad) <= 1e-10
+
+
 # --- torch.library: opcheck, compile, double backward --------------------------------------------
 
 def _op_cases():
@@ -81,13 +101,13 @@ def _op_cases():
     a, b = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
     x = logits.requires_grad_()
     config = ([0, 1, 0, 0, 0, 0, 1], [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.5, 0.0, 0.1], [1.0, 2.0, 0.5], [1.0, 2.0, 1.0], None)
-    saved = ops.cpp().loss(logits.detach(), labels, 0, False, 9, True, True, *config)[1]
+    _, saved, codes = ops.cpp().loss(logits.detach(), labels, 0, False, 9, True, True, *config)
     return [
         (torch.ops.dice_fused.statistics.default, (x, labels, 0, True, 9, True, True)),
         (torch.ops.dice_fused.gradient.default, (logits.detach(), labels, a, b, 1, False, None)),
         (torch.ops.dice_fused.loss.default, (x, labels, 0, False, 9, True, True, *config)),
         (torch.ops.dice_fused.loss_backward.default,
-         (torch.tensor(1.5), logits.detach(), labels, saved, 0, False, 9, *config)),
+         (torch.tensor(1.5), logits.detach(), labels, saved, codes, 0, False, 9, *config)),
         (torch.ops.dice_fused.eager_loss.default, (x, labels, 0, False, 9, True, True, *config)),
     ]
 

@@ -12,7 +12,8 @@ without a one-hot::
     sigmoid: dlogit_c = p_c (1 - p_c) q_c;   none: dlogit_c = q_c;   all times the mask m.
 
 The folded ``loss`` op (C++) also scores the sums itself and keeps ``a``, ``b`` for a unit
-upstream gradient; its per-pixel term (cross-entropy, focal) adds
+upstream gradient, and the labels as one-byte codes (ignored, no class, or 2 + the class) that the
+backward reads instead of the labels; its per-pixel term (cross-entropy, focal) adds
 ``k (p_c - [y = c]) h u_y`` per logit (``fused_kernels.h``). Its formula is registered here for
 ``torch.compile``; eager mode calls ``eager_loss``, the same two operators joined by a C++
 autograd node (``fused_dice.cpp``). The gradient ops are not differentiable again: double
@@ -81,10 +82,16 @@ def compound_statistics_fake(logits: Tensor, labels: Tensor, *args):
     return logits.new_empty((5, n, c), dtype=torch.float64), logits.new_empty((), dtype=torch.float64)
 
 
+# Label codes (one byte a pixel, for the backward pass) for at most this many classes (fused_args.h).
+MAX_CODED_CLASSES = 253
+
+
 def loss_fake(logits: Tensor, labels: Tensor, *args):
     n, c = logits.shape[:2]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    return logits.new_empty((), dtype=dtype), logits.new_empty((2 * n * c + 1,), dtype=torch.float64)
+    voxels = labels.numel() // n if n else 0
+    codes = labels.new_empty((n if c <= MAX_CODED_CLASSES else 0, voxels), dtype=torch.uint8)
+    return logits.new_empty((), dtype=dtype), logits.new_empty((2 * n * c + 1,), dtype=torch.float64), codes
 
 
 def loss_backward_fake(grad: Tensor, logits: Tensor, *args) -> Tensor:
@@ -145,16 +152,16 @@ def compound_statistics_autograd(gradient_op: Callable):
 
 def loss_setup_context(ctx, inputs, output):
     logits, labels = inputs[:2]
-    ctx.save_for_backward(logits, labels, output[1])
+    ctx.save_for_backward(logits, labels, output[1], output[2])
     ctx.config = inputs[2:]
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(output[1], output[2])
 
 
-def loss_backward(ctx, grad_loss: Tensor, _grad_saved):
-    logits, labels, saved = ctx.saved_tensors
+def loss_backward(ctx, grad_loss: Tensor, _grad_saved, _grad_codes):
+    logits, labels, saved, codes = ctx.saved_tensors
     activation, squared, ignore_index, _check_finite, _check_labels, *scoring = ctx.config
-    grad = torch.ops.dice_fused.loss_backward(grad_loss, logits, labels, saved, activation, squared, ignore_index,
-                                              *scoring)
+    grad = torch.ops.dice_fused.loss_backward(grad_loss, logits, labels, saved, codes, activation, squared,
+                                              ignore_index, *scoring)
     return (grad,) + (None,) * (1 + len(ctx.config))
 
 

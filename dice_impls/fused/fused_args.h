@@ -4,7 +4,11 @@
 #include <cstdint>
 
 enum LogitsType { LOGITS_F32 = 0, LOGITS_F64 = 1, LOGITS_BF16 = 2, LOGITS_F16 = 3 };
-enum LabelType { LABEL_U8 = 0, LABEL_I8 = 1, LABEL_I16 = 2, LABEL_I32 = 3, LABEL_I64 = 4 };
+enum LabelType { LABEL_U8 = 0, LABEL_I8 = 1, LABEL_I16 = 2, LABEL_I32 = 3, LABEL_I64 = 4, LABEL_CODES = 5 };
+
+// Label codes: what the statistics pass knows of a pixel, one byte, for the gradient pass to read
+// instead of the labels (8 bytes each as int64): 0 ignored, 1 no class (out of range), 2 + class.
+constexpr int64_t MAX_CODED_CLASSES = 253;
 
 struct KernelArgs {
   const void* logits;  // (N, C, V) contiguous
@@ -18,6 +22,7 @@ struct KernelArgs {
   int64_t label_low, label_high;  // labels in [low, high) mark class (label - low); 1 channel: {1}
   int64_t valid_high;             // valid labels: [0, valid_high)
   bool validate;                  // probe the logits, count invalid labels (when check_labels)
+  uint8_t* codes_out;             // (N, V) label codes written by the statistics pass, or null
   bool check_labels;
   // The per-pixel term (softmax cross-entropy / focal), when `pixel`.
   bool pixel;

@@ -9,9 +9,10 @@
 // Operators:
 //   statistics(logits, labels, ...) -> (stats (3, N, C) float64, probe)  intersection, pred_sum, target_sum
 //   gradient(logits, labels, a, b, ...) -> dL/dlogits                    a = dL/dpred_sum, b = dL/dintersection
-//   loss(logits, labels, ...) -> (loss, saved)    Dice (+ cross-entropy/focal) loss in one pass, with the
-//                                                  coefficients of its gradient for unit upstream gradient
-//   loss_backward(grad, logits, labels, saved, ...) -> dL/dlogits
+//   loss(logits, labels, ...) -> (loss, saved, codes)  Dice (+ cross-entropy/focal) loss in one pass, with
+//                                                  the coefficients of its gradient for unit upstream
+//                                                  gradient and the labels as one-byte codes
+//   loss_backward(grad, logits, labels, saved, codes, ...) -> dL/dlogits
 //   eager_loss(logits, labels, ...) -> loss         `loss` with its backward in C++ (autograd::Function),
 //                                                  what eager mode calls; compiled code calls `loss`
 // Registered without pybind or torch/extension.h: the extension is a plain shared library that
@@ -511,8 +512,10 @@ at::Tensor gradient(const at::Tensor& logits, const at::Tensor& labels, const at
   return run_gradient(P, logits, a64.data_ptr<double>(), b64.data_ptr<double>(), 0.0);
 }
 
-// saved = [dL/dpred_sum (N C), dL/dintersection (N C), dL/dpixel_sum (1)] for unit upstream gradient.
-std::tuple<at::Tensor, at::Tensor> loss(const at::Tensor& logits, const at::Tensor& labels, int64_t activation,
+// saved = [dL/dpred_sum (N C), dL/dintersection (N C), dL/dpixel_sum (1)] for unit upstream gradient;
+// codes = the labels' codes (N, V) uint8 for loss_backward to read instead of the labels (1 byte a
+// pixel instead of up to 8), or an empty tensor when C > MAX_CODED_CLASSES.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss(const at::Tensor& logits, const at::Tensor& labels, int64_t activation,
                                         bool squared, std::optional<int64_t> ignore_index, bool check_finite,
                                         bool check_labels, at::IntArrayRef flags, at::ArrayRef<double> scalars,
                                         std::optional<at::ArrayRef<double>> weight,
@@ -522,6 +525,8 @@ std::tuple<at::Tensor, at::Tensor> loss(const at::Tensor& logits, const at::Tens
                            check_labels);
   const Scoring S = make_scoring(flags, scalars, weight, P.C);
   const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);
+  at::Tensor codes = at::empty({P.C <= MAX_CODED_CLASSES ? P.N : 0, P.V}, labels.options().dtype(at::kByte));
+  P.codes_out = codes.numel() ? codes.data_ptr<uint8_t>() : nullptr;
   const Sums sums = run_statistics(P, logits, labels);
   auto saved = at::empty({2 * P.N * P.C + 1}, logits.options().dtype(at::kDouble));
   double* a = saved.data_ptr<double>();
@@ -537,15 +542,18 @@ std::tuple<at::Tensor, at::Tensor> loss(const at::Tensor& logits, const at::Tens
   b[P.N * P.C] = pixel_scale;
   auto out = at::empty({}, logits.options().dtype(loss_dtype(logits)));
   if (out.scalar_type() == at::kDouble) *out.data_ptr<double>() = value; else *out.data_ptr<float>() = static_cast<float>(value);
-  return std::make_tuple(out, saved);
+  return std::make_tuple(out, saved, codes);
 }
 
 at::Tensor loss_backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& labels,
-                         const at::Tensor& saved, int64_t activation, bool squared, std::optional<int64_t> ignore_index,
-                         at::IntArrayRef flags, at::ArrayRef<double> scalars, std::optional<at::ArrayRef<double>> weight,
-                         std::optional<at::ArrayRef<double>> pixel_weight,
+                         const at::Tensor& saved, const at::Tensor& codes, int64_t activation, bool squared,
+                         std::optional<int64_t> ignore_index, at::IntArrayRef flags, at::ArrayRef<double> scalars,
+                         std::optional<at::ArrayRef<double>> weight, std::optional<at::ArrayRef<double>> pixel_weight,
                          std::optional<at::ArrayRef<double>> norm_weight) {
-  KernelArgs P = make_args(logits, labels, activation, squared, ignore_index, false, false);
+  // The statistics pass's label codes when it wrote them (and they fit these logits), else the labels.
+  const bool coded = codes.numel() == labels.numel() && codes.numel() > 0 && codes.scalar_type() == at::kByte;
+  KernelArgs P = make_args(logits, coded ? codes : labels, activation, squared, ignore_index, false, false);
+  if (coded) P.label_type = LABEL_CODES;
   make_scoring(flags, scalars, weight, P.C);
   const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);
   TORCH_CHECK(grad.numel() == 1, "fused loss_backward: the loss is a scalar");
@@ -578,17 +586,18 @@ using OptionalDoubles = std::optional<at::ArrayRef<double>>;
 
 const auto& loss_operator() {
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("dice_fused::loss", "").typed<
-      std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t, bool, std::optional<int64_t>,
-                                         bool, bool, at::IntArrayRef, at::ArrayRef<double>, OptionalDoubles,
-                                         OptionalDoubles, OptionalDoubles)>();
+      std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t, bool,
+                                                     std::optional<int64_t>, bool, bool, at::IntArrayRef,
+                                                     at::ArrayRef<double>, OptionalDoubles, OptionalDoubles,
+                                                     OptionalDoubles)>();
   return op;
 }
 
 const auto& loss_backward_operator() {
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("dice_fused::loss_backward", "").typed<
-      at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool,
-                 std::optional<int64_t>, at::IntArrayRef, at::ArrayRef<double>, OptionalDoubles, OptionalDoubles,
-                 OptionalDoubles)>();
+      at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                 int64_t, bool, std::optional<int64_t>, at::IntArrayRef, at::ArrayRef<double>, OptionalDoubles,
+                 OptionalDoubles, OptionalDoubles)>();
   return op;
 }
 
@@ -599,9 +608,9 @@ class FoldedLossFunction : public torch::autograd::Function<FoldedLossFunction> 
                             bool check_labels, at::IntArrayRef flags, at::ArrayRef<double> scalars,
                             OptionalDoubles weight, OptionalDoubles pixel_weight, OptionalDoubles norm_weight) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [value, saved] = loss_operator().call(logits, labels, activation, squared, ignore_index, check_finite,
-                                               check_labels, flags, scalars, weight, pixel_weight, norm_weight);
-    ctx->save_for_backward({logits, labels, saved});
+    auto [value, saved, codes] = loss_operator().call(logits, labels, activation, squared, ignore_index, check_finite,
+                                                      check_labels, flags, scalars, weight, pixel_weight, norm_weight);
+    ctx->save_for_backward({logits, labels, saved, codes});
     auto& data = ctx->saved_data;
     data["activation"] = activation;
     data["squared"] = squared;
@@ -622,7 +631,7 @@ class FoldedLossFunction : public torch::autograd::Function<FoldedLossFunction> 
                norm_weight = optional_vector(data["norm_weight"]);
     const auto gradient = [&] {
       return loss_backward_operator().call(
-          grads[0], saved[0], saved[1], saved[2], data["activation"].toInt(), data["squared"].toBool(),
+          grads[0], saved[0], saved[1], saved[2], saved[3], data["activation"].toInt(), data["squared"].toBool(),
           data["ignore_index"].toOptional<int64_t>(), data["flags"].toIntVector(), data["scalars"].toDoubleVector(),
           optional_ref(weight), optional_ref(pixel_weight), optional_ref(norm_weight));
     };
@@ -665,8 +674,9 @@ TORCH_LIBRARY(dice_fused, m) {
         " int? ignore_index) -> Tensor");
   m.def("loss(Tensor logits, Tensor labels, int activation, bool squared, int? ignore_index, bool check_finite,"
         " bool check_labels, int[] flags, float[] scalars, float[]? weight, float[]? pixel_weight,"
-        " float[]? norm_weight) -> (Tensor, Tensor)");
-  m.def("loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor saved, int activation, bool squared,"
+        " float[]? norm_weight) -> (Tensor, Tensor, Tensor)");
+  m.def("loss_backward(Tensor grad, Tensor logits, Tensor labels, Tensor saved, Tensor codes, int activation,"
+        " bool squared,"
         " int? ignore_index, int[] flags, float[] scalars, float[]? weight, float[]? pixel_weight,"
         " float[]? norm_weight) -> Tensor");
   m.def("eager_loss(Tensor logits, Tensor labels, int activation, bool squared, int? ignore_index,"

@@ -198,9 +198,31 @@ int64_t read_labels(const KernelArgs& P, int64_t offset, int64_t len, int32_t* c
   return count_bad ? bad : 0;
 }
 
+// Label codes (fused_args.h) -> class and keep mask; never invalid (the statistics pass checked).
+template <typename acc_t>
+int64_t read_codes(const KernelArgs& P, int64_t offset, int64_t len, int32_t* cls, acc_t* keep) {
+  const uint8_t* code = static_cast<const uint8_t*>(P.labels) + offset;
+  prefetch_block<false>(code + len, 1, 0, len);
+#pragma omp simd
+  for (int64_t v = 0; v < len; ++v) {
+    cls[v] = static_cast<int32_t>(code[v]) - 2 >= 0 ? static_cast<int32_t>(code[v]) - 2 : -1;
+    keep[v] = code[v] != 0 ? acc_t(1) : acc_t(0);
+  }
+  return 0;
+}
+
+// The codes of a block, from its class and keep mask.
+template <typename acc_t>
+void write_codes(const int32_t* cls, const acc_t* keep, int64_t len, uint8_t* code) {
+#pragma omp simd
+  for (int64_t v = 0; v < len; ++v)
+    code[v] = keep[v] == acc_t(0) ? uint8_t(0) : cls[v] < 0 ? uint8_t(1) : static_cast<uint8_t>(cls[v] + 2);
+}
+
 template <typename acc_t>
 int64_t read_any_labels(const KernelArgs& P, int64_t offset, int64_t len, int32_t* cls, acc_t* keep, bool count_bad) {
   switch (P.label_type) {
+    case LABEL_CODES: return read_codes<acc_t>(P, offset, len, cls, keep);
     case LABEL_U8: return read_labels<uint8_t, acc_t>(P, offset, len, cls, keep, count_bad);
     case LABEL_I8: return read_labels<int8_t, acc_t>(P, offset, len, cls, keep, count_bad);
     case LABEL_I16: return read_labels<int16_t, acc_t>(P, offset, len, cls, keep, count_bad);
@@ -296,6 +318,7 @@ struct Tile {
   void load(int64_t n, int64_t v0, int64_t len) {
     const int64_t C = P.C, V = P.V;
     bad += read_any_labels<acc_t>(P, n * V + v0, len, cls, keep, VALIDATE && P.check_labels);
+    if (P.codes_out != nullptr) write_codes(cls, keep, len, P.codes_out + n * V + v0);
     const scalar_t* x = static_cast<const scalar_t*>(P.logits) + n * C * V + v0;
     prefetch_block<false>(x + B, C, V, len);
     // The logits in the compute type: read in place, or converted into u first (half types).
