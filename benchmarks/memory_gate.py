@@ -8,8 +8,10 @@ Unlike a timing this number is the same on a loaded machine (it counts bytes, th
 
 Budgets (float32, in logit sizes; the measured values are in docs/benchmarks.md):
 
-- ``fused``: 1.05. Its floor is the gradient it returns (one logit-sized tensor); 5 % covers the
-  per-class sums and the resolution of the measurement. Anything more is a stored intermediate.
+- ``fused``: 1.15. Its floor is the gradient it returns (one logit-sized tensor); the one-byte
+  label codes its backward reads instead of the int64 labels add N·V bytes (1/16 of the float32
+  logits at C = 4); the rest covers the per-class sums and the resolution of the measurement
+  (measured 1.06-1.10). A stored (N, V) float32 intermediate (0.25 at C = 4) would exceed it.
 - ``vectorized``, ``mixed``: 8. They keep softmax probabilities and a one-hot target for the
   backward pass (measured 4.6-7.2 in the committed grid); a ninth logit-sized tensor is a leak.
 - ``naive``: not gated (Python loops; the large shapes are not run for it).
@@ -26,7 +28,7 @@ import sys
 from typing import Dict, List
 
 SHAPES = ("4x4x512x512", "1x4x96x96x96")  # the headline shapes: 16 MiB and 14 MiB of float32 logits
-BUDGET_X_LOGITS: Dict[str, float] = {"fused": 1.05, "vectorized": 8.0, "mixed": 8.0}
+BUDGET_X_LOGITS: Dict[str, float] = {"fused": 1.15, "vectorized": 8.0, "mixed": 8.0}
 
 
 def measure(implementation: str, shape: str, dtype: str = "float32") -> dict:

@@ -76,13 +76,16 @@ def test_validation_inside_the_kernel():
 
 def test_label_codes_of_the_statistics_pass():
     # 0 ignored, 1 no class (out of range, checks off), 2 + class: what loss_backward reads instead
-    # of the labels; with more classes than a byte codes, none (the backward reads the labels).
+    # of the labels; none with more classes than a byte codes, or one-byte labels (the backward
+    # reads the labels then).
     labels = torch.tensor([[0, 2, 255, 7, 1, -3]])
     logits = torch.randn(1, 3, 6)
     config = ([0, 1, 0, 0, 0, 0, 1], [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None, None)
     codes = ops.cpp().loss(logits, labels, 0, False, 255, False, False, *config)[2]
     assert codes.dtype == torch.uint8 and codes.tolist() == [[2, 4, 0, 1, 3, 1]]
     assert ops.cpp().loss(torch.randn(1, 254, 6), labels.clamp(0, 2), 0, False, None, True, True, *config)[2].numel() == 0
+    uint8_labels = labels.clamp(0, 2).to(torch.uint8)  # as narrow as the codes: read as they are
+    assert ops.cpp().loss(logits, uint8_labels, 0, False, None, True, True, *config)[2].numel() == 0
 
 
 @pytest.mark.parametrize("channels", [253, 254])  # codes, and the labels themselves

@@ -90,7 +90,8 @@ def loss_fake(logits: Tensor, labels: Tensor, *args):
     n, c = logits.shape[:2]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     voxels = labels.numel() // n if n else 0
-    codes = labels.new_empty((n if c <= MAX_CODED_CLASSES else 0, voxels), dtype=torch.uint8)
+    coded = c <= MAX_CODED_CLASSES and labels.element_size() > 1  # as fused_dice.cpp decides
+    codes = labels.new_empty((n if coded else 0, voxels), dtype=torch.uint8)
     return logits.new_empty((), dtype=dtype), logits.new_empty((2 * n * c + 1,), dtype=torch.float64), codes
 
 

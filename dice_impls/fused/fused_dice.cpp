@@ -514,7 +514,7 @@ at::Tensor gradient(const at::Tensor& logits, const at::Tensor& labels, const at
 
 // saved = [dL/dpred_sum (N C), dL/dintersection (N C), dL/dpixel_sum (1)] for unit upstream gradient;
 // codes = the labels' codes (N, V) uint8 for loss_backward to read instead of the labels (1 byte a
-// pixel instead of up to 8), or an empty tensor when C > MAX_CODED_CLASSES.
+// pixel instead of up to 8), or an empty tensor for one-byte labels or C > MAX_CODED_CLASSES.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss(const at::Tensor& logits, const at::Tensor& labels, int64_t activation,
                                         bool squared, std::optional<int64_t> ignore_index, bool check_finite,
                                         bool check_labels, at::IntArrayRef flags, at::ArrayRef<double> scalars,
@@ -525,7 +525,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss(const at::Tensor& logits, co
                            check_labels);
   const Scoring S = make_scoring(flags, scalars, weight, P.C);
   const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);
-  at::Tensor codes = at::empty({P.C <= MAX_CODED_CLASSES ? P.N : 0, P.V}, labels.options().dtype(at::kByte));
+  // Codes pay where the labels are wider than them; one-byte labels are read as they are.
+  const bool code = P.C <= MAX_CODED_CLASSES && labels.element_size() > 1;
+  at::Tensor codes = at::empty({code ? P.N : 0, P.V}, labels.options().dtype(at::kByte));
   P.codes_out = codes.numel() ? codes.data_ptr<uint8_t>() : nullptr;
   const Sums sums = run_statistics(P, logits, labels);
   auto saved = at::empty({2 * P.N * P.C + 1}, logits.options().dtype(at::kDouble));
