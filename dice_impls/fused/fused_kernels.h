@@ -399,28 +399,18 @@ void block_sums(const acc_t* u, const acc_t* r, const acc_t* keep, const int32_t
     const acc_t* uc = u + c * B;
     const int32_t cc = static_cast<int32_t>(c);
     acc_t tp[SUM_LANES] = {}, ps[SUM_LANES] = {}, gs[SUM_LANES] = {}, pt[SUM_LANES] = {};
-    for (int64_t v0 = 0; v0 < len; v0 += SUM_LANES) {
-      if (v0 < whole) {
+    const auto add = [&](int64_t v, int64_t l) {  // pixel v into lane l
+      const acc_t g = cls[v] == cc ? acc_t(1) : acc_t(0);
+      tp[l] += g * r[v] * uc[v];
+      ps[l] += SQUARED ? weight[v] * uc[v] * uc[v] : weight[v] * uc[v];
+      gs[l] += g;
+      if (PIXEL) pt[l] += g * term[v];
+    };
+    for (int64_t v0 = 0; v0 < whole; v0 += SUM_LANES) {
 #pragma omp simd
-        for (int64_t l = 0; l < SUM_LANES; ++l) {
-          const int64_t v = v0 + l;
-          const acc_t g = cls[v] == cc ? acc_t(1) : acc_t(0);
-          tp[l] += g * r[v] * uc[v];
-          ps[l] += SQUARED ? weight[v] * uc[v] * uc[v] : weight[v] * uc[v];
-          gs[l] += g;
-          if (PIXEL) pt[l] += g * term[v];
-        }
-      } else {
-        for (int64_t l = 0; v0 + l < len; ++l) {
-          const int64_t v = v0 + l;
-          const acc_t g = cls[v] == cc ? acc_t(1) : acc_t(0);
-          tp[l] += g * r[v] * uc[v];
-          ps[l] += SQUARED ? weight[v] * uc[v] * uc[v] : weight[v] * uc[v];
-          gs[l] += g;
-          if (PIXEL) pt[l] += g * term[v];
-        }
-      }
+      for (int64_t l = 0; l < SUM_LANES; ++l) add(v0 + l, l);
     }
+    for (int64_t v = whole; v < len; ++v) add(v, v - whole);
     double* tp_lanes = lanes + c * SUM_LANES;
     double* ps_lanes = lanes + (C + c) * SUM_LANES;
     double* gs_lanes = lanes + (2 * C + c) * SUM_LANES;
