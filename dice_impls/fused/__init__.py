@@ -134,12 +134,17 @@ def folded_loss(logits: Tensor, labels: Tensor, spec: DiceSpec, *, validate: boo
     return torch.ops.dice_fused.eager_loss(x, codes, *config)
 
 
+def pixel_term_applies(logits: Tensor, spec: DiceSpec, pixel: PixelTerm) -> bool:
+    """Whether the kernels (C++ and Triton) compute this per-pixel term: softmax over two or more
+    channels, label smoothing for cross-entropy only."""
+    return spec.activation == "softmax" and logits.shape[1] >= 2 and (pixel.label_smoothing == 0 or pixel.gamma == 0)
+
+
 def can_fold(logits: Tensor, spec: DiceSpec, pixel: Optional[PixelTerm] = None) -> bool:
     # An empty batch has no unit to average: loss_from_statistics defines its loss (0, on the graph).
     if logits.device.type != "cpu" or logits.shape[0] == 0 or not foldable(spec) or ops.cpp() is None:
         return False
-    return pixel is None or (spec.activation == "softmax" and logits.shape[1] >= 2
-                             and (pixel.label_smoothing == 0 or pixel.gamma == 0))
+    return pixel is None or pixel_term_applies(logits, spec, pixel)
 
 
 def prepare(logits: Tensor, target: Tensor, spec: DiceSpec, validate: bool):
@@ -181,13 +186,10 @@ def compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, lambda_dice
     pixel = PixelTerm(lambda_pixel, gamma, numerator, weights if normalize_by_weight else None, label_smoothing)
     if backend in (None, "cpp") and can_fold(logits, spec, pixel):
         return folded_loss(logits, target, spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel)
-    if (backend == "triton" or (backend is None and logits.device.type == "cuda")) and _pixel_term_applies(logits, spec, pixel):
+    on_triton = backend == "triton" or (backend is None and logits.device.type == "cuda")
+    if on_triton and pixel_term_applies(logits, spec, pixel):
         return _triton_compound_loss(logits, target, spec, lambda_dice, pixel, validate, deterministic)
     return None
-
-
-def _pixel_term_applies(logits: Tensor, spec: DiceSpec, pixel: PixelTerm) -> bool:
-    return spec.activation == "softmax" and logits.shape[1] >= 2 and (pixel.label_smoothing == 0 or pixel.gamma == 0)
 
 
 # Class weights on the device, made once per (weights, device): creating them from Python floats on
