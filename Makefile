@@ -54,39 +54,39 @@ targets: install
 # forkserver is safe for the CPU grid (no benchmark module touches CUDA at import) and saves a torch
 # import per parameter combination.
 ASV_MACHINE ?= $(shell $(BIN)/python -m benchmarks.asv_machine 2>/dev/null)
-ASV_CPU_GRID := '^bench_(loss|scaling)\.'
+# The --bench selections are defined once, in benchmarks/selections.py (dicebench run reads them too).
+selection = "$(shell $(BIN)/python -m benchmarks.selections $(1))"
 ASV_RUN := $(ASV) run --machine $(ASV_MACHINE) --launch-method=forkserver --show-stderr
 
 # The CPU grid at HEAD, in the virtualenv asv builds for it (the first run creates it: torch, the
 # peers, the project's wheel; minutes), then asv's HTML.
 asv: install
 	$(BIN)/python -m benchmarks.asv_machine $(ASV_MACHINE)
-	$(ASV_RUN) -b $(ASV_CPU_GRID) HEAD^!
+	$(ASV_RUN) -b $(call selection,cpu) HEAD^!
 	$(ASV) publish
 
 # Any range of commits, each built and installed into asv's environment: make asv-range RANGE=HEAD~3..HEAD
 RANGE ?= HEAD~3..HEAD
 asv-range: install
 	$(BIN)/python -m benchmarks.asv_machine $(ASV_MACHINE)
-	$(ASV_RUN) -b $(ASV_CPU_GRID) $(RANGE)
+	$(ASV_RUN) -b $(call selection,cpu) $(RANGE)
 	$(ASV) publish
 
 # Timing regressions between two commits, on a quiet machine: both are built, benchmarked in
 # interleaved rounds, and asv exits non-zero when HEAD is slower than BASE by more than FACTOR.
 BASE ?= HEAD~1
 FACTOR ?= 1.2
-ASV_CONTINUOUS_BENCH ?= ^bench_loss\.Headline\.time_forward_backward\(.*'float32'
 asv-continuous: install
 	$(BIN)/python -m benchmarks.asv_machine $(ASV_MACHINE)
 	$(ASV) continuous --machine $(ASV_MACHINE) --launch-method=forkserver --show-stderr --split \
-	    --factor $(FACTOR) -b "$(ASV_CONTINUOUS_BENCH)" $(BASE) HEAD
+	    --factor $(FACTOR) -b $(call selection,continuous) $(BASE) HEAD
 
 # Smoke (CI): the suite imports, and one quick pass over the loss grid (every implementation and
 # peer, every dtype) runs in this environment; nothing is stored; exits non-zero when any benchmark fails.
 asv-quick: install
 	$(BIN)/python -m benchmarks.asv_machine $(ASV_MACHINE)
 	$(ASV) check --python=same
-	$(ASV) run --python=same --machine $(ASV_MACHINE) --quick --dry-run --launch-method=forkserver --show-stderr -b '^bench_loss\.Grid\.time_forward_backward\('
+	$(ASV) run --python=same --machine $(ASV_MACHINE) --quick --dry-run --launch-method=forkserver --show-stderr -b $(call selection,smoke)
 
 # Deterministic regression gate (CI): peak memory above the inputs of each implementation at two
 # shapes, against budgets in logit sizes (benchmarks/memory_gate.py).
@@ -104,7 +104,7 @@ asv-curated: asv
 # environment: asv's own environment would install the CPU build of torch.
 asv-gpu: install
 	$(BIN)/python -m benchmarks.asv_machine $(ASV_MACHINE)
-	$(ASV) run --python=same --machine $(ASV_MACHINE) --show-stderr --set-commit-hash $$(git rev-parse HEAD) -b '^bench_cuda\.'
+	$(ASV) run --python=same --machine $(ASV_MACHINE) --show-stderr --set-commit-hash $$(git rev-parse HEAD) -b $(call selection,gpu)
 	$(ASV) publish
 
 # CI: every Triton kernel compiled for sm_80 and sm_90 (no GPU needed), registers and spills

@@ -77,7 +77,7 @@ def load_benchmarks(asv_dir: Path, origin: str, label: str) -> Optional[pd.DataF
     ``method`` and ``voxels`` added; None when there are none."""
     if not (Path(asv_dir) / "benchmarks.json").is_file():
         return None
-    from benchmarks.common import voxels
+    from benchmarks.benchmarks.common import voxels
     from benchmarks.results import latest, load_asv_results, one_file_per_commit
 
     df = load_asv_results(asv_dir)
@@ -128,7 +128,7 @@ def with_baseline_ratio(asv: pd.DataFrame) -> pd.DataFrame:
 
 
 def _expected(attribute: str, fallback: Sequence[str]) -> List[str]:
-    from benchmarks import common
+    from benchmarks.benchmarks import common
 
     return list(getattr(common, attribute, fallback))
 
@@ -423,7 +423,7 @@ def scaling_figures(ratios: pd.DataFrame, fig_dir: Path) -> List[Tuple[Path, str
     quartile error bars, the slope-1 (linear) reference, and every irregular point circled and
     explained in the caption: a number that falls as the size grows, an unstable timing, or a
     memory below the measurement's resolution (a 0-byte point is drawn at the axis floor, not dropped)."""
-    from benchmarks.common import parse_shape
+    from benchmarks.benchmarks.common import parse_shape
 
     from .plotting import legend_outside, plt, readable_log_axis, save_figure, style
 

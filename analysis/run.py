@@ -54,12 +54,9 @@ def asv_selection(quick: bool) -> str:
     """What ``dicebench run`` benchmarks: the CPU grid, or (``--quick``) the headline cell of every
     implementation, float32 at the 2-D headline shape, with the benchmark's full repeat and rounds,
     so that even the quick look has a spread and a headline ratio to compare with the curated one."""
-    from benchmarks.common import ASV_CPU_GRID, HEADLINE_SHAPES
+    from benchmarks.selections import SELECTIONS
 
-    if quick:
-        # asv matches --bench against "name(param, ...)".
-        return rf"^bench_loss\.Headline\.time_forward_backward\(.*'float32', '{HEADLINE_SHAPES[0]}'\)$"
-    return ASV_CPU_GRID
+    return SELECTIONS["quick" if quick else "cpu"]
 
 
 def asv_command(config: Path, machine: str, commit: str, selection: str) -> List[str]:

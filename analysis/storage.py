@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.common import cpu_model
+from benchmarks.benchmarks.common import cpu_model
 
 from .experiments import EXPERIMENTS, Claim, config_for, config_from_dict
 from .runner import code_identity, run_tasks

@@ -149,7 +149,7 @@ def determinism_and_sync_checks(checks: List[Dict[str, Any]]) -> None:
 
 
 def event_seconds(fn: Callable[[], object], repeat: int = 20) -> float:
-    from .common import cuda_event_seconds
+    from .benchmarks.common import cuda_event_seconds
 
     return cuda_event_seconds(fn, repeat=repeat)
 
@@ -188,7 +188,7 @@ def kernel_times() -> List[Dict[str, Any]]:
 
 def benchmark_grid(deadline: float, skipped: List[Dict[str, str]]) -> List[Dict[str, Any]]:
     """bench_cuda.CudaLoss over its parameter grid, fused and MONAI first, until ``deadline``."""
-    from .bench_cuda import CudaLoss
+    from .benchmarks.bench_cuda import CudaLoss
 
     losses, dtypes, shapes = CudaLoss.params
     order = sorted(losses, key=lambda name: (name not in ("fused", "monai"), name == "vectorized_compiled"))

@@ -2,7 +2,7 @@
 per implementation at two shapes, against a budget in sizes of the logits.
 
 Unlike a timing this number is the same on a loaded machine (it counts bytes, through
-``benchmarks.common.peak_rss_increase``), so a hard bound can fail CI without false alarms.
+``benchmarks.benchmarks.common.peak_rss_increase``), so a hard bound can fail CI without false alarms.
 
     python -m benchmarks.memory_gate          # prints every case; exit status 1 when one is over budget
 
@@ -33,7 +33,7 @@ BUDGET_X_LOGITS: Dict[str, float] = {"fused": 1.15, "vectorized": 8.0, "mixed": 
 
 def measure(implementation: str, shape: str, dtype: str = "float32") -> dict:
     """One case in this process: peak bytes above the inputs, and that number in logit sizes."""
-    from .common import LOSSES, fresh_gradients, make_inputs, peak_rss_increase, pin_threads
+    from .benchmarks.common import LOSSES, fresh_gradients, make_inputs, peak_rss_increase, pin_threads
 
     pin_threads()
     loss = LOSSES[implementation]

@@ -42,7 +42,7 @@ from typing import Callable, Dict, Optional
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import (COMPOUND_LOSSES, LOSSES, SPEC, cpu_model, make_inputs, parse_shape, peak_rss_increase,
+from benchmarks.benchmarks.common import (COMPOUND_LOSSES, LOSSES, SPEC, cpu_model, make_inputs, parse_shape, peak_rss_increase,
                                pin_threads)
 from dice_impls import DiceStatistics, loss_from_statistics
 from dice_impls.fused import fused_statistics, ops

@@ -79,3 +79,15 @@ def test_make_asv_leaves_git_status_clean(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
                             capture_output=True, text=True, check=True).stdout
     assert status == ""
+
+
+def test_the_selections_are_defined_once_and_match_the_suite():
+    from benchmarks.benchmarks.common import HEADLINE_SHAPES
+    from benchmarks.selections import HEADLINE_SHAPE_2D, SELECTIONS
+
+    assert HEADLINE_SHAPE_2D == HEADLINE_SHAPES[0]
+    makefile = (REPO / "Makefile").read_text()
+    assert "bench_loss" not in makefile and "bench_scaling" not in makefile, "the Makefile spells out a selection"
+    for name in ("cpu", "smoke", "gpu", "continuous"):
+        assert f"$(call selection,{name})" in makefile
+    assert set(SELECTIONS) >= {"cpu", "gpu", "smoke", "quick", "continuous"}

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import bench_cuda
-from benchmarks.common import LOSSES, check_supported, make_inputs, parse_shape, voxels
+from benchmarks.benchmarks import bench_cuda
+from benchmarks.benchmarks.common import LOSSES, check_supported, make_inputs, parse_shape, voxels
 from benchmarks.results import load_asv_results, ratios_to
 from dice_impls import DiceSpec, dice_loss
 
@@ -76,7 +76,7 @@ def test_cuda_timer_is_callable_the_way_asv_calls_it():
 def test_peak_rss_increase_sees_a_known_allocation():
     # In a child process: the measurement changes malloc's settings for the rest of the process.
     size = 16 * 2**20
-    code = ("import torch; from benchmarks.common import peak_rss_increase; "
+    code = ("import torch; from benchmarks.benchmarks.common import peak_rss_increase; "
             f"print(peak_rss_increase(lambda: torch.empty({size // 4}).fill_(1.0)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert 0.9 * size <= int(out) <= 1.5 * size

@@ -495,7 +495,7 @@ def test_smp_refusals():
 
 MEMORY_PROBE = """
 import sys, torch, torch.nn.functional as F
-from benchmarks.common import make_inputs, peak_rss_increase
+from benchmarks.benchmarks.common import make_inputs, peak_rss_increase
 import dice_impls
 torch.set_num_threads(1)
 logits, labels = make_inputs(sys.argv[1], "float32")

@@ -99,7 +99,7 @@ UNSTABLE_CELL = ("bench_loss.Grid.time_forward_backward", "'mixed'", "'float32'"
 def asv_definitions():
     """Benchmarks named and parametrised as in the suite; ``float16`` is left out of ``Headline``
     so that a dtype without any number must show as not measured."""
-    from benchmarks.common import GRID_SHAPES, HEADLINE_SHAPES, SCALING_VOXELS
+    from benchmarks.benchmarks.common import GRID_SHAPES, HEADLINE_SHAPES, SCALING_VOXELS
 
     impls = ["naive", "vectorized", "mixed", "fused", "monai", "kornia"]
     q = lambda values: [repr(v) for v in values]  # noqa: E731  (asv stores parameters as reprs)
@@ -283,7 +283,7 @@ def test_benchmark_numbers_and_ratios_match_the_stored_results(run_folder, built
 
 
 def test_missing_devices_and_dtypes_are_shown(run_folder, built_report):
-    from benchmarks.common import HEADLINE_SHAPES
+    from benchmarks.benchmarks.common import HEADLINE_SHAPES
 
     tables = Tables(built_report[1])
     rows = tables.rows_of_tables("ratio to MONAI")  # the measure tables of the implementations section
@@ -394,7 +394,7 @@ def test_unstable_cells_are_flagged(run_folder, built_report):
 def test_the_headline_states_its_interval_or_refuses(run_folder, tmp_path):
     """A stable fused/MONAI headline carries its quartile interval at 2-3 significant digits; an
     unstable one is said to be unstable and no number is drawn from it."""
-    from benchmarks.common import HEADLINE_SHAPES
+    from benchmarks.benchmarks.common import HEADLINE_SHAPES
 
     data = collect(NO_EXPERIMENTS, run_folder / "asv", targets=None)
     html = write_report(data, tmp_path / "stable").read_text(encoding="utf-8")
@@ -512,7 +512,7 @@ def test_scaling_plots_explain_irregular_points(tmp_path):
     """A 0-byte memory point is drawn (at the axis floor) and named, a number that falls as the size
     grows is circled and explained, and the slope-1 reference is drawn."""
     from analysis.benchmark_report import scaling_figures
-    from benchmarks.common import SCALING_VOXELS, voxels
+    from benchmarks.benchmarks.common import SCALING_VOXELS, voxels
 
     values = [0.0, 3e6, 12e6, 8e6]  # bytes: nothing measured, then a fall between the last two sizes
     rows = [dict(run="testbox · stored", benchmark="bench_scaling.Voxels.track_peak_bytes_forward_backward",

@@ -49,15 +49,6 @@ CUDA_SHAPES = SHAPES_2D[1:] + SHAPES_3D[2:] + SHAPES_MANY_CLASSES[:1]
 SCALING_VOXELS = ["1x4x64x64", "1x4x128x128", "1x4x256x256", "1x4x512x512", "1x4x1024x1024"]
 SCALING_CLASSES = ["1x2x256x256", "1x4x256x256", "1x8x256x256", "1x16x256x256", "1x32x256x256"]
 
-# asv --bench selections: regexes searched in "module.Class.method(param, ...)", so anchor a
-# parameterised benchmark's end with "\(", not "$". The CPU grid leaves out
-# bench_cuda, whose combinations are all n/a without a GPU but would each cost a process. CPU runs
-# may use --launch-method=forkserver (no benchmark module touches CUDA at import), which saves a
-# torch import per combination; GPU runs keep asv.conf.json's "spawn".
-ASV_CPU_GRID = r"^bench_(loss|scaling)\."
-ASV_GPU_GRID = r"^bench_cuda\."
-ASV_SMOKE = r"^bench_loss\.Grid\.time_forward_backward\("
-
 DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ["cpu", "cuda"]
 LABEL_DTYPES: Dict[str, torch.dtype] = {"int64": torch.int64, "uint8": torch.uint8}
