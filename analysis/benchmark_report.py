@@ -14,20 +14,28 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
-from .report_template import Cell, esc, figure, table
+from .report_template import MISSING, SHORT_MISSING, Cell, esc, figure, format_number, table
 
 BASELINE = "monai"
 CUDA_MODULE, SCALING_MODULE = "bench_cuda", "bench_scaling"
-HEADLINE_CLASSES = ("Headline", "HeadlineCompiled")  # bench_loss classes at the headline shapes
+HEADLINE = "bench_loss.Headline"  # the comparison the headline numbers come from
+COMPOUND = "bench_loss.Compound"  # Dice + cross-entropy: fused against MONAI's DiceCELoss
+# Every asv class is a comparison of its own (its rows, its baseline), except where named here:
+# torch.compile of the vectorized loss has a class of its own only for its compile time, and is
+# compared with the Headline class's MONAI.
+COMPARED_WITH = {"bench_loss.HeadlineCompiled": HEADLINE}
+# How the page names a comparison (the first column of its rows); others go by their class name.
+COMPARISON_LABELS = {HEADLINE: "Dice", "bench_loss.Grid": "Dice (grid)",
+                     COMPOUND: "Dice+CE: fused Dice+CE vs MONAI DiceCELoss", "bench_cuda.CudaLoss": "Dice"}
 STORED, FRESH = "stored", "this run"  # the two origins of asv results a page can show
-MISSING = "n/a — not measured"
-SHORT_MISSING = "n/a"  # in dense tables, whose captions spell it out
 UNSTABLE_MARK = "†"
 # The implementations section's measures: (label, metric, {device: the asv method measuring it}).
 MEASURES = (
@@ -56,16 +64,6 @@ def display_path(path: Path, repo: Path) -> str:
     return "…/" + "/".join(path.parts[-2:])
 
 
-def significant(value: float, digits: int = 3) -> str:
-    """2-3 significant digits, never scientific notation for the ranges the report shows."""
-    if value is None or not np.isfinite(value):
-        return "NaN" if value is not None and math.isnan(value) else str(value)
-    if value == 0:
-        return "0"
-    text = f"{value:.{digits}g}"
-    return f"{float(text):f}".rstrip("0").rstrip(".") if "e" in text else text
-
-
 # --------------------------------------------------------------------------------------------
 # Loading
 
@@ -91,6 +89,9 @@ def load_benchmarks(asv_dir: Path, origin: str, label: str) -> Optional[pd.DataF
     df["cpu"] = [str(machine_info(asv_dir, m).get("cpu") or m) for m in df["machine"]]
     df["module"] = df["benchmark"].str.split(".").str[0]
     df["benchmark_class"] = df["benchmark"].str.split(".").str[1]
+    classes = df["module"] + "." + df["benchmark_class"]
+    df["comparison"] = [COMPARED_WITH.get(c, c) for c in classes]
+    df["comparison_label"] = [COMPARISON_LABELS.get(c, c.split(".")[-1]) for c in df["comparison"]]
     df["method"] = df["benchmark"].str.rsplit(".", n=1).str[-1]
     df["device"] = ["cuda" if module == CUDA_MODULE else "cpu" for module in df["module"]]
     if "dtype" not in df:
@@ -111,13 +112,20 @@ def machine_info(asv_dir: Path, machine: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+CELL_KEYS = ["run", "comparison", "method", "commit", "dtype", "shape", "implementation"]
+
+
 def with_baseline_ratio(asv: pd.DataFrame) -> pd.DataFrame:
-    """Each number divided by MONAI's for the same measurement (module and method; the class may
-    differ, e.g. Headline and HeadlineCompiled), run, commit, dtype and shape: both were measured
-    in the same asv run, so the ratio survives a noisy machine better than either number. Adds
-    ``ratio``, its quartile interval ``ratio_low``/``ratio_high`` and ``ratio_unstable``."""
-    keys = ["run", "module", "method", "commit", "dtype", "shape"]
-    baseline = asv[(asv["implementation"] == BASELINE) & asv["value"].notna()].drop_duplicates(keys)
+    """Each number divided by MONAI's in the same comparison (``COMPARED_WITH``), method, run,
+    commit, dtype and shape: both were measured in the same asv run, so the ratio survives a noisy
+    machine better than either number. Adds ``ratio``, its quartile interval ``ratio_low`` /
+    ``ratio_high`` and ``ratio_unstable``. Two numbers under one key are an error, never a guess."""
+    clashes = asv[asv.duplicated(CELL_KEYS, keep=False)]
+    if len(clashes):
+        raise ValueError("two asv numbers for one cell of the page (benchmarks "
+                         f"{sorted(set(clashes['benchmark']))}): give them separate comparisons in COMPARED_WITH")
+    keys = CELL_KEYS[:-1]
+    baseline = asv[(asv["implementation"] == BASELINE) & asv["value"].notna()]
     baseline = baseline.set_index(keys)[["value", "q25", "q75", "unstable"]].add_prefix("baseline_")
     out = asv.join(baseline, on=keys)
     out["ratio"] = out["value"] / out["baseline_value"]
@@ -164,31 +172,31 @@ def spread_note(row) -> str:
 
 
 def ratio_text(row, interval: bool = True) -> str:
-    text = significant(row["ratio"], 2 if row["ratio"] < 1 else 3)
+    text = format_number(row["ratio"], 2 if row["ratio"] < 1 else 3)
     if interval and np.isfinite(row["ratio_low"]) and np.isfinite(row["ratio_high"]):
-        text += f" ({significant(row['ratio_low'], 2)}–{significant(row['ratio_high'], 2)})"
+        text += f" ({format_number(row['ratio_low'], 2)}–{format_number(row['ratio_high'], 2)})"
     return text + (f" {UNSTABLE_MARK}" if row["ratio_unstable"] else "")
 
 
-def ratio_cell(row, interval: bool = True) -> Cell:
+def ratio_cell(row, interval: bool = True, key: str = "") -> Cell:
     if row["status"] == "failed":
-        return Cell("failed", css="fail")
+        return Cell("failed", css="fail", key=key)
     if not np.isfinite(row["ratio"]):
-        return Cell(SHORT_MISSING, css="missing")
+        return Cell(SHORT_MISSING, css="missing", key=key)
     unstable = bool(row["ratio_unstable"])
     return Cell(ratio_text(row, interval), value=float(row["ratio"]), css="unstable" if unstable else "",
-                title=("unstable: " + spread_note(row)) if unstable else "")
+                title=("unstable: " + spread_note(row)) if unstable else "", key=key)
 
 
-def value_cell(row, scale: float) -> Cell:
+def value_cell(row, scale: float, key: str = "") -> Cell:
     if row["status"] == "failed":
-        return Cell("failed", css="fail")
+        return Cell("failed", css="fail", key=key)
     if not np.isfinite(row["value"]):
-        return Cell(SHORT_MISSING, css="missing")
+        return Cell(SHORT_MISSING, css="missing", key=key)
     unstable = bool(row["unstable"])
-    return Cell(significant(row["value"] * scale) + (f" {UNSTABLE_MARK}" if unstable else ""),
+    return Cell(format_number(row["value"] * scale) + (f" {UNSTABLE_MARK}" if unstable else ""),
                 value=float(row["value"] * scale), css="unstable" if unstable else "",
-                title=("unstable: " + spread_note(row)) if unstable else "")
+                title=("unstable: " + spread_note(row)) if unstable else "", key=key)
 
 
 def run_label(rows: pd.DataFrame, device: str) -> str:
@@ -206,14 +214,24 @@ UNSTABLE_NOTE = (f"{UNSTABLE_MARK} and shading: unstable, the quartile spread of
 # Tables
 
 
+def cell_key(comparison: str, method: str, implementation: str, dtype: str, shape: str, run: str) -> str:
+    """The ``data-key`` of a table cell: which asv number it shows (tests match cells to results)."""
+    return f"{comparison}.{method}|{implementation}|{dtype}|{shape}|{run}"
+
+
+def _missing(key: str = "") -> Cell:
+    return Cell(SHORT_MISSING, css="missing", key=key)
+
+
 def measure_table(ratios: pd.DataFrame, label: str, metric: str, methods: Dict[str, str], number: int) -> str:
-    """Rows: shape x dtype. One column group per device and run (machine and results folder, never
-    mixed): MONAI's own number, then each other implementation's ratio to it. Devices without
-    numbers show as not measured."""
+    """Rows: comparison x shape x dtype (each asv class its own rows, so two benchmarks never meet
+    in one cell). One column group per device and run (machine and results folder, never mixed):
+    MONAI's own number, then each other implementation's ratio to it. Devices without numbers show
+    as not measured."""
     scale, unit = unit_scale(metric)
     rows_df = measure_rows(ratios, methods)
     others = [i for i in dict.fromkeys(rows_df["implementation"]) if i != BASELINE]
-    dtypes = list(dict.fromkeys(_expected("DTYPES", []) + list(rows_df["dtype"])))
+    dtypes = _expected("DTYPES", [])
     measured = rows_df[rows_df["value"].notna()]
     groups_of_columns = []  # (device, run or None, rows)
     for device in _expected("DEVICES", ["cpu", "cuda"]):
@@ -222,7 +240,7 @@ def measure_table(ratios: pd.DataFrame, label: str, metric: str, methods: Dict[s
             groups_of_columns.append((device, None, rows_df.iloc[:0]))
         for run in runs:
             groups_of_columns.append((device, run, rows_df[(rows_df["device"] == device) & (rows_df["run"] == run)]))
-    header, groups = ["shape", "dtype"], [("", 2)]
+    header, groups = ["benchmark", "shape", "dtype"], [("", 3)]
     for device, run, on_run in groups_of_columns:
         if run is None:
             header.append("all implementations")
@@ -231,122 +249,172 @@ def measure_table(ratios: pd.DataFrame, label: str, metric: str, methods: Dict[s
             header += [f"{BASELINE} ({unit})"] + others
             groups.append((f"{run_label(on_run, device)}: {BASELINE} in {unit}, others ÷ {BASELINE}", 1 + len(others)))
     rows = []
-    for shape in dict.fromkeys(rows_df["shape"]):
-        for dtype in dtypes:
-            row = [shape, dtype]
-            for device, run, on_run in groups_of_columns:
-                if run is None:
-                    row.append(Cell(MISSING, css="missing"))
-                    continue
-                here = on_run[(on_run["shape"] == shape) & (on_run["dtype"] == dtype)]
-                here = {r["implementation"]: r for _, r in here.iterrows()}
-                row.append(value_cell(here[BASELINE], scale) if BASELINE in here else Cell(SHORT_MISSING, css="missing"))
-                row += [ratio_cell(here[i]) if i in here else Cell(SHORT_MISSING, css="missing") for i in others]
-            rows.append(row)
+    for (comparison, label_of_rows), of_comparison in rows_df.groupby(["comparison", "comparison_label"], sort=False):
+        for shape in dict.fromkeys(of_comparison["shape"]):
+            for dtype in list(dict.fromkeys(dtypes + list(of_comparison["dtype"]))):
+                row = [label_of_rows, shape, dtype]
+                for device, run, on_run in groups_of_columns:
+                    if run is None:
+                        row.append(Cell(MISSING, css="missing"))
+                        continue
+                    here = on_run[(on_run["comparison"] == comparison) & (on_run["shape"] == shape) & (on_run["dtype"] == dtype)]
+                    here = {r["implementation"]: r for _, r in here.iterrows()}
+                    key = lambda i: cell_key(comparison, methods[device], i, dtype, shape, run)  # noqa: E731
+                    row.append(value_cell(here[BASELINE], scale, key(BASELINE)) if BASELINE in here else _missing(key(BASELINE)))
+                    row += [ratio_cell(here[i], key=key(i)) if i in here else _missing(key(i)) for i in others]
+                rows.append(row)
     benchmarks = ", ".join(f"{d}: {m}" for d, m in methods.items())
-    caption = (f"Table {number}. {esc(label)} ({esc(benchmarks)}). Shapes are N×C×spatial. Per device and run, MONAI's "
-               "own number, then each implementation's ratio to MONAI's on the same shape and dtype in the same run "
-               "(below 1 is better), with its quartile interval in brackets where the samples give one. "
-               f"{UNSTABLE_NOTE} “{SHORT_MISSING}”, “{MISSING}”: the combination did not run here (no such device, a "
-               "dtype or shape a peer does not take, or not part of this grid).")
-    return table(header, rows, caption, text_columns=2, groups=groups)
+    caption = (f"Table {number}. {esc(label)} ({esc(benchmarks)}). Shapes are N×C×spatial. Each benchmark has its own "
+               "rows: “Dice” is the Dice loss alone, “Dice+CE” fused Dice + cross-entropy against MONAI's DiceCELoss. "
+               "Per device and run, MONAI's own number, then each implementation's ratio to MONAI's on the same "
+               "benchmark, shape and dtype in the same run (below 1 is better), with its quartile interval in brackets "
+               f"where the samples give one. {UNSTABLE_NOTE} “{SHORT_MISSING}”, “{MISSING}”: the combination did not "
+               "run here (no such device, a dtype or shape a peer does not take, or not part of this grid).")
+    return table(header, rows, caption, text_columns=3, groups=groups)
 
 
-def _headline_rows(ratios: pd.DataFrame, methods: Dict[str, str]) -> pd.DataFrame:
+def _headline_rows(ratios: pd.DataFrame, methods: Dict[str, str], comparison: str = HEADLINE) -> pd.DataFrame:
     rows = measure_rows(ratios, methods)
-    return rows[rows["benchmark_class"].isin(HEADLINE_CLASSES) & (rows["device"] == "cpu")]
+    return rows[(rows["comparison"] == comparison) & (rows["device"] == "cpu")]
 
 
-def glance_tables(ratios: pd.DataFrame) -> List[str]:
-    """Per stored run (machine) and headline measure, the ratios to MONAI with their intervals:
-    one table each, rows implementations, columns dtype x shape."""
+def headline_tables(ratios: pd.DataFrame) -> List[str]:
+    """Per stored run and headline measure, the ratios to MONAI with their intervals at the
+    headline shapes: rows implementations (Dice), then fused Dice+CE; columns dtype x shape."""
     out = []
     stored = ratios[ratios["origin"] == STORED]
     for run in dict.fromkeys(stored["run"]):
         on_run = stored[stored["run"] == run]
         for label, _, methods in GLANCE_MEASURES:
-            rows = _headline_rows(on_run, methods)
+            rows = pd.concat([_headline_rows(on_run, methods), _headline_rows(on_run, methods, COMPOUND)])
             columns = list(dict.fromkeys(zip(rows["dtype"], rows["shape"])))
             if not columns:
                 continue
-            cells = {(r["dtype"], r["shape"], r["implementation"]): r for _, r in rows.iterrows()}
-            implementations = [i for i in dict.fromkeys(rows["implementation"]) if i != BASELINE]
-            body = [[i] + [ratio_cell(cells[(*c, i)]) if (*c, i) in cells else Cell(SHORT_MISSING, css="missing")
-                           for c in columns] for i in implementations]
-            caption = (f"Headline {esc(label)} on {esc(run_label(on_run, 'cpu'))}, each implementation ÷ MONAI: the "
-                       f"headline shapes, below 1 is better, quartile interval in brackets. {UNSTABLE_NOTE}")
+            body = []
+            for (comparison, label_of_rows), of_comparison in rows.groupby(["comparison", "comparison_label"], sort=False):
+                cells = {(r["dtype"], r["shape"], r["implementation"]): r for _, r in of_comparison.iterrows()}
+                for i in dict.fromkeys(of_comparison["implementation"]):
+                    if i == BASELINE:
+                        continue
+                    name = i if comparison == HEADLINE else f"{i} ({label_of_rows})"
+                    body.append([name] + [ratio_cell(cells[(*c, i)]) if (*c, i) in cells else _missing() for c in columns])
+            caption = (f"Headline {esc(label)} on {esc(run_label(on_run, 'cpu'))}, each implementation ÷ MONAI's "
+                       "DiceLoss (Dice+CE rows: ÷ MONAI's DiceCELoss): the headline shapes, below 1 is better, "
+                       f"quartile interval in brackets. {UNSTABLE_NOTE}")
             out.append(table(["implementation"] + [f"{dtype} {shape}" for dtype, shape in columns], body, caption))
     return out
 
 
-def headline_sentences(ratios: pd.DataFrame) -> List[str]:
-    """The fused path against MONAI at the 2-D headline cell of each stored run, or why not."""
-    shape = _expected("HEADLINE_SHAPES", [""])[0]
-    sentences = []
-    stored = ratios[ratios["origin"] == STORED]
+@dataclass
+class Speedup:
+    """How many times faster (or leaner) ``fast`` is than ``slow``, measured in one run: the
+    quotient of the medians and the quartile interval ``[slow q25 / fast q75, slow q75 / fast q25]``."""
+
+    fast: str
+    slow: str
+    shape: str
+    value: float
+    low: float
+    high: float
+    unstable: bool
+
+    @classmethod
+    def of(cls, fast, slow, fast_name: str = "", slow_name: str = "") -> "Speedup":
+        return cls(fast_name or fast["implementation"], slow_name or slow["implementation"], fast["shape"],
+                   float(slow["value"] / fast["value"]), float(slow["q25"] / fast["q75"]),
+                   float(slow["q75"] / fast["q25"]), bool(fast["unstable"] or slow["unstable"]))
+
+    @property
+    def text(self) -> str:
+        interval = (f" ({format_number(self.low, 2)}–{format_number(self.high, 2)})"
+                    if np.isfinite(self.low) and np.isfinite(self.high) else "")
+        return f"{format_number(self.value, 2)}×{interval}" + (f" {UNSTABLE_MARK}" if self.unstable else "")
+
+
+PEER_NAMES = {"monai": "MONAI", "kornia": "kornia", "vectorized_compiled": "torch.compile"}
+
+
+def glance_facts(ratios: pd.DataFrame) -> List[dict]:
+    """Per stored CPU run, the headline numbers of the page's first screen: fused's speed-up over
+    each peer at the headline shapes (float32), its peak memory against MONAI's, and fused Dice+CE
+    against MONAI's DiceCELoss; every one with its interval and stability."""
+    facts = []
+    stored = ratios[(ratios["origin"] == STORED) & (ratios["device"] == "cpu") & ratios["latest"]]
     for run in dict.fromkeys(stored["run"]):
-        on_run = stored[stored["run"] == run]
-        found = {}
-        for label, _, methods in GLANCE_MEASURES:
-            rows = _headline_rows(on_run, methods)
-            rows = rows[(rows["implementation"] == "fused") & (rows["dtype"] == "float32") & (rows["shape"] == shape)
-                        & rows["ratio"].notna()]
-            if len(rows):
-                found[label] = rows.iloc[0]
-        if not found:
-            continue
-        parts = []
-        for label, row in found.items():
-            if row["ratio_unstable"]:
-                parts.append(f"its {label} ratio is unstable ({spread_note(row)}), so no headline is drawn from it")
-            else:
-                parts.append(f"{label} {ratio_text(row)}× MONAI's")
-        sentences.append(f"On {run} ({on_run.iloc[0]['cpu']}), fused at {shape} float32: " + "; ".join(parts) + ".")
-    return sentences
+        on_run = stored[(stored["run"] == run) & (stored["dtype"] == "float32") & stored["value"].notna()]
+        time_method, memory_method = (m["cpu"] for _, _, m in GLANCE_MEASURES)
+        cell = {(r["comparison"], r["method"], r["implementation"], r["shape"]): r for _, r in on_run.iterrows()}
+        speed, memory, compound = [], [], []
+        for shape in _expected("HEADLINE_SHAPES", []):
+            fused = cell.get((HEADLINE, time_method, "fused", shape))
+            if fused is not None:
+                speed += [Speedup.of(fused, cell[(HEADLINE, time_method, peer, shape)], slow_name=name)
+                          for peer, name in PEER_NAMES.items() if (HEADLINE, time_method, peer, shape) in cell]
+            fused, monai = (cell.get((HEADLINE, memory_method, i, shape)) for i in ("fused", BASELINE))
+            if fused is not None and monai is not None and fused["value"] > 0:
+                memory.append(dict(shape=shape, ratio=float(fused["value"] / monai["value"]),
+                                   fused_mib=float(fused["value"]) / 2**20, monai_mib=float(monai["value"]) / 2**20))
+            fused, monai = (cell.get((COMPOUND, time_method, i, shape)) for i in ("fused", BASELINE))
+            if fused is not None and monai is not None:
+                compound.append(Speedup.of(fused, monai, "fused Dice+CE", "MONAI DiceCELoss"))
+        if speed or memory or compound:
+            first = on_run.iloc[0]
+            by_peer = [(name, [x for x in speed if x.slow == name]) for name in PEER_NAMES.values()]
+            facts.append(dict(run=run, cpu=first["cpu"], commit=str(first["commit"])[:8], speed=speed, memory=memory,
+                              compound=compound, speed_by_peer=[(name, items) for name, items in by_peer if items]))
+    return facts
+
+
+def _fresh_rows(ratios: pd.DataFrame):
+    """Per (fresh run, stored run): the headline cells both hold, as table rows whose last cell is the verdict."""
+    fresh = ratios[ratios["origin"] == FRESH]
+    stored = ratios[ratios["origin"] == STORED]
+    for fresh_run in dict.fromkeys(fresh["run"]):
+        for stored_run in dict.fromkeys(stored["run"]):
+            rows = []
+            for label, _, methods in GLANCE_MEASURES:
+                for comparison in (HEADLINE, COMPOUND):
+                    mine = _headline_rows(fresh[fresh["run"] == fresh_run], methods, comparison)
+                    theirs = _headline_rows(stored[stored["run"] == stored_run], methods, comparison)
+                    theirs = {(r["implementation"], r["dtype"], r["shape"]): r for _, r in theirs.iterrows()}
+                    for _, r in mine.iterrows():
+                        key = (r["implementation"], r["dtype"], r["shape"])
+                        if r["implementation"] == BASELINE or key not in theirs or not np.isfinite(r["ratio"]):
+                            continue
+                        s = theirs[key]
+                        rows.append([label, r["comparison_label"], *key, ratio_cell(s), ratio_cell(r), *_verdict(s, r)])
+            if rows:
+                yield fresh[fresh["run"] == fresh_run].iloc[0], stored[stored["run"] == stored_run].iloc[0], rows
+
+
+def fresh_verdicts(ratios: pd.DataFrame) -> List[str]:
+    """Every fresh headline cell's verdict against the stored one: agree, differ, unstable, no interval."""
+    return [row[-1].text for _, _, rows in _fresh_rows(ratios) for row in rows]
 
 
 def fresh_comparison(ratios: pd.DataFrame) -> List[str]:
     """This run's headline cells against each stored run's: both ratios with their intervals, the
     quotient, and a verdict that never reads an unstable cell as agreement or as a change."""
-    fresh = ratios[ratios["origin"] == FRESH]
-    stored = ratios[ratios["origin"] == STORED]
     out = []
-    if fresh.empty:
-        return out
-    for fresh_run in dict.fromkeys(fresh["run"]):
-        for stored_run in dict.fromkeys(stored["run"]):
-            rows = []
-            for label, _, methods in GLANCE_MEASURES:
-                mine = _headline_rows(fresh[fresh["run"] == fresh_run], methods)
-                theirs = _headline_rows(stored[stored["run"] == stored_run], methods)
-                theirs = {(r["implementation"], r["dtype"], r["shape"]): r for _, r in theirs.iterrows()}
-                for _, r in mine.iterrows():
-                    key = (r["implementation"], r["dtype"], r["shape"])
-                    if r["implementation"] == BASELINE or key not in theirs or not np.isfinite(r["ratio"]):
-                        continue
-                    s = theirs[key]
-                    rows.append([label, *key, ratio_cell(s), ratio_cell(r), *_verdict(s, r)])
-            if rows:
-                mine = fresh[fresh["run"] == fresh_run].iloc[0]
-                theirs = stored[stored["run"] == stored_run].iloc[0]
-                same = mine["cpu"] == theirs["cpu"]
-                caption = (f"This run ({esc(fresh_run)}, {esc(mine['cpu'])}, commit {esc(str(mine['commit'])[:8])}) against "
-                           f"the stored {esc(stored_run)} ({esc(theirs['cpu'])}, commit {esc(str(theirs['commit'])[:8])}): "
-                           "each implementation's ratio to MONAI, measured within each run. "
-                           + ("" if same else "The CPUs differ: only ratios carry over between them, and even those "
-                              "may differ for real. ")
-                           + "“agree”: the quartile intervals overlap (memory, a count without samples: within 5 %); "
-                           "“differ”: they do not; “unstable”: one of the cells is, so neither agreement nor a change "
-                           f"can be read. {UNSTABLE_NOTE}")
-                out.append(table(["measure", "implementation", "dtype", "shape", f"stored: ratio to {BASELINE}",
-                                  f"this run: ratio to {BASELINE}", "this run ÷ stored", "verdict"], rows, caption,
-                                 text_columns=4))
+    for mine, theirs, rows in _fresh_rows(ratios):
+        same = mine["cpu"] == theirs["cpu"]
+        caption = (f"This run ({esc(mine['run'])}, {esc(mine['cpu'])}, commit {esc(str(mine['commit'])[:8])}) against "
+                   f"the stored {esc(theirs['run'])} ({esc(theirs['cpu'])}, commit {esc(str(theirs['commit'])[:8])}): "
+                   "each implementation's ratio to MONAI, measured within each run. "
+                   + ("" if same else "The CPUs differ: only ratios carry over between them, and even those "
+                      "may differ for real. ")
+                   + "“agree”: the quartile intervals overlap (memory, a count without samples: within 5 %); "
+                   "“differ”: they do not; “unstable”: one of the cells is, so neither agreement nor a change "
+                   f"can be read. {UNSTABLE_NOTE}")
+        out.append(table(["measure", "benchmark", "implementation", "dtype", "shape", f"stored: ratio to {BASELINE}",
+                          f"this run: ratio to {BASELINE}", "this run ÷ stored", "verdict"], rows, caption,
+                         text_columns=5))
     return out
 
 
 def _verdict(stored, fresh) -> Tuple[Cell, Cell]:
     quotient = fresh["ratio"] / stored["ratio"]
-    quotient_cell = Cell(significant(quotient, 2), value=float(quotient))
+    quotient_cell = Cell(format_number(quotient, 2), value=float(quotient))
     if stored["ratio_unstable"] or fresh["ratio_unstable"]:
         return quotient_cell, Cell("unstable", css="unstable")
     low, high = (max(stored["ratio_low"], fresh["ratio_low"]), min(stored["ratio_high"], fresh["ratio_high"]))
@@ -369,7 +437,7 @@ def _slug(text: str) -> str:
 
 def ratio_figure(ratios: pd.DataFrame, label: str, methods: Dict[str, str], fig_dir: Path) -> List[Tuple[Path, str]]:
     """Per CPU run: horizontal bars of the ratios to MONAI (log scale, plain tick labels), one row
-    per shape and dtype, one fixed colour per implementation, the quartile interval as an error
+    per benchmark, shape and dtype, one fixed colour per implementation, the quartile interval as an error
     bar, unstable bars hatched; the legend sits outside the bars."""
     from .plotting import legend_outside, plt, readable_log_axis, save_figure, style
 
@@ -377,12 +445,12 @@ def ratio_figure(ratios: pd.DataFrame, label: str, methods: Dict[str, str], fig_
     df = measure_rows(ratios, methods)
     df = df[(df["device"] == "cpu") & (df["implementation"] != BASELINE) & df["ratio"].notna()]
     for run, on_run in df.groupby("run", sort=False):
-        cases = list(dict.fromkeys(zip(on_run["shape"], on_run["dtype"])))
+        cases = list(dict.fromkeys(zip(on_run["comparison_label"], on_run["shape"], on_run["dtype"])))
         implementations = list(dict.fromkeys(on_run["implementation"]))
         height = 0.8 / len(implementations)
         fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.17 * len(cases) * len(implementations)))
         for k, implementation in enumerate(implementations):
-            rows = on_run[on_run["implementation"] == implementation].set_index(["shape", "dtype"])
+            rows = on_run[on_run["implementation"] == implementation].set_index(["comparison_label", "shape", "dtype"])
             y, values, low, high, unstable = [], [], [], [], []
             for c, case in enumerate(cases):
                 if case not in rows.index:
@@ -401,7 +469,7 @@ def ratio_figure(ratios: pd.DataFrame, label: str, methods: Dict[str, str], fig_
                     bar.set_edgecolor("white")
         ax.set_xscale("log")
         ax.axvline(1, color="k", lw=1)
-        ax.set_yticks(range(len(cases)), [f"{shape}  {dtype}" for shape, dtype in cases], fontsize=8)
+        ax.set_yticks(range(len(cases)), [f"{loss}  {shape}  {dtype}" for loss, shape, dtype in cases], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("ratio to MONAI (log scale; below 1 is better)")
         ax.set_title(f"{label}\n{run}", fontsize=9)
@@ -481,11 +549,11 @@ def _irregular(ax, line: pd.DataFrame, y: pd.Series, metric: str, scale: float, 
             why.append(f"unstable (quartile spread {r['spread']:.0%} of the median)" if np.isfinite(r["spread"])
                        else "unstable (spread unknown)")
         if previous is not None and r["value"] < previous["value"]:
-            why.append(f"lower than at {previous['shape']} ({significant(previous['value'] * scale)} {unit}): "
+            why.append(f"lower than at {previous['shape']} ({format_number(previous['value'] * scale)} {unit}): "
                        "cost does not fall with size, so load or caching moved one of the two")
         if why:
             ax.plot([r["x"]], [shown], marker="o", ms=13, mfc="none", mec="#cc0000", mew=1.2, ls="none")
-            notes.append(f"{r['implementation']} at {r['shape']}: {significant(r['value'] * scale)} {unit}, " + ", ".join(why))
+            notes.append(f"{r['implementation']} at {r['shape']}: {format_number(r['value'] * scale)} {unit}, " + ", ".join(why))
         previous = r
     return notes
 
@@ -502,7 +570,7 @@ def history_figures(ratios: pd.DataFrame, fig_dir: Path) -> List[Tuple[Path, str
         if len(commits) < 2:
             continue
         for label, metric, methods in GLANCE_MEASURES:
-            rows = on_run[on_run["benchmark_class"].isin(HEADLINE_CLASSES) & (on_run["method"] == methods["cpu"])
+            rows = on_run[(on_run["comparison"] == HEADLINE) & (on_run["method"] == methods["cpu"])
                           & (on_run["dtype"] == "float32") & (on_run["shape"] == shape) & on_run["value"].notna()]
             if rows.empty:
                 continue
@@ -527,5 +595,43 @@ def history_figures(ratios: pd.DataFrame, fig_dir: Path) -> List[Tuple[Path, str
     return out
 
 
-def figure_html(items: List[Tuple[Path, str]], out_dir: Path, width: Optional[int] = None) -> str:
-    return "\n".join(figure(path.relative_to(out_dir).as_posix(), caption, width=width) for path, caption in items)
+def figure_html(items: List[Tuple[Path, str]], out_dir: Path, width: Optional[int] = None) -> Markup:
+    return Markup("\n").join(figure(path.relative_to(out_dir).as_posix(), caption, width=width) for path, caption in items)
+
+
+def glance_figure(fact: dict, fig_dir: Path) -> Optional[Tuple[Path, str]]:
+    """The first screen's one figure: how many times faster fused is than each peer at each headline
+    shape (float32, one stored run), Dice+CE included; quartile intervals as error bars, unstable
+    bars hatched, and the peak memory against MONAI's written beside the bars."""
+    from .plotting import plt, save_figure, style
+
+    bars = [(s.shape, f"vs {s.slow}", s) for s in fact["speed"]] + [(s.shape, "Dice+CE vs MONAI DiceCELoss", s)
+                                                                    for s in fact["compound"]]
+    if not bars:
+        return None
+    colours = {"vs MONAI": style("monai")["color"], "vs kornia": style("kornia")["color"],
+               "vs torch.compile": style("vectorized_compiled")["color"]}
+    fig, ax = plt.subplots(figsize=(7.2, 0.9 + 0.32 * len(bars)))
+    y = np.arange(len(bars))
+    values = [s.value for _, _, s in bars]
+    errors = [[s.value - s.low for _, _, s in bars], [s.high - s.value for _, _, s in bars]]
+    drawn = ax.barh(y, values, color=[colours.get(what, "#009E73") for _, what, _ in bars], height=0.7,
+                    xerr=errors, error_kw=dict(ecolor="#333333", lw=0.8, capsize=2))
+    for bar, (_, _, s) in zip(drawn, bars):
+        if s.unstable:
+            bar.set_hatch("///")
+            bar.set_edgecolor("white")
+        ax.text(bar.get_width() * 1.04 + 0.05, bar.get_y() + bar.get_height() / 2, f"{format_number(s.value, 2)}×",
+                va="center", fontsize=8)
+    ax.set_yticks(y, [f"{shape}  {what}" for shape, what, _ in bars], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(1, color="k", lw=1)
+    ax.set_xlim(0, max(s.high if np.isfinite(s.high) else s.value for _, _, s in bars) * 1.18)
+    ax.set_xlabel("times faster than the peer: forward+backward, float32 (1 = parity)")
+    ax.set_title(f"fused against each peer — {fact['run']} ({fact['cpu']})", fontsize=9)
+    fig.tight_layout()
+    path = save_figure(fig, fig_dir, f"glance_{_slug(fact['run'])}")[0]
+    return path, (f"Forward+backward speed-up of fused over each peer at the headline shapes, float32, measured side by "
+                  f"side in one asv run on {esc(fact['run'])} at commit {esc(fact['commit'])}; error bars are the "
+                  "quartile intervals, hatched bars unstable. The tables in “Implementations compared with MONAI” "
+                  "have every shape, dtype and measure.")

@@ -4,23 +4,23 @@ Inputs (each optional; what is absent is shown as "n/a — not measured", never 
 
 - experiments: ``<results>/<name>/results.parquet``, ``claims.json``, ``manifest.json``
   (``analysis.storage``); figures are redrawn from the parquet by each experiment's ``figures``;
-- asv: the stored results folder (default the curated ``results/asv``), which the "At a glance"
-  block and the tables read, and optionally a fresh run's folder (``dicebench run`` passes its
+- asv: the stored results folder (default the curated ``results/asv``), which the first screen
+  and the tables read, and optionally a fresh run's folder (``dicebench run`` passes its
   ``reports/asv``), shown beside it and compared with it (``analysis.benchmark_report``);
-- pytest-benchmark JSON files (``make bench``);
+- the fused path's targets (``benchmarks/targets.py``) and pytest-benchmark JSON files (``make bench``);
 - a comparison with another run folder (``analysis.compare``).
 
-The page is rendered from the jinja2 templates in ``analysis/templates`` (``report_template``).
-By default it is one self-contained file, its figures embedded as data URIs; with
-``inline_figures=False`` they are PNG files in ``figures/`` beside it. Either way it loads nothing
-else and opens from the file system, offline.
+This module collects and shapes the data; each section's prose and markup is a jinja2 template in
+``analysis/templates`` (``section_<id>.html.j2``, the first screen ``glance.html.j2``), rendered by
+``report_template``. By default the page is one self-contained file, its figures embedded as data
+URIs; with ``inline_figures=False`` they are PNG files in ``figures/`` beside it. Either way it
+loads nothing else and opens from the file system, offline.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
+from markupsafe import Markup
 
-from . import benchmark_report as asv_page
-from .benchmark_report import MISSING, SHORT_MISSING, display_path
+from . import benchmark_report
+from .benchmark_report import display_path
 from .errors import UsageError
-from .report_template import Cell, code, esc, figure, inline_images, page, table
+from .report_template import (MISSING, SHORT_MISSING, Cell, figure, format_number, inline_images, page, render, table)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO / "results" / "experiments"
@@ -76,27 +77,16 @@ class ReportData:
     targets: Optional[dict] = None
 
 
-def format_number(value: object) -> str:
-    """How the report prints a stored number (the exact value rides along in ``data-value``)."""
-    if value is None:
-        return MISSING
-    if isinstance(value, bool):
-        return str(value)
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return f"{value:.3g}"
-
-
 def number_cell(value: object, short: bool = False) -> Cell:
     """A stored number; None/NaN shows as not measured (``short``: "n/a", for dense tables)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, float) and value != value):
         return Cell(SHORT_MISSING if short else MISSING, css="missing")
     return Cell(format_number(value), value=float(value))
+
+
+def shown(path: Path) -> str:
+    """A path as the page prints it (never the absolute paths of the machine that wrote it)."""
+    return display_path(path, REPO)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,8 +127,8 @@ def collect(results_dir: Path = DEFAULT_RESULTS, asv_dir: Path = DEFAULT_ASV_RES
     from; ``fresh_asv_dir``: a new run's, shown as a comparison against them."""
     data = ReportData(Path(results_dir), Path(asv_dir), Path(fresh_asv_dir) if fresh_asv_dir else None)
     data.experiments = load_experiments(data.results_dir)
-    frames = [asv_page.load_benchmarks(folder, origin, display_path(folder, REPO))
-              for folder, origin in ((data.asv_dir, asv_page.STORED), (data.fresh_asv_dir, asv_page.FRESH)) if folder]
+    frames = [benchmark_report.load_benchmarks(folder, origin, shown(folder))
+              for folder, origin in ((data.asv_dir, benchmark_report.STORED), (data.fresh_asv_dir, benchmark_report.FRESH)) if folder]
     frames = [f for f in frames if f is not None]
     data.asv = pd.concat(frames, ignore_index=True) if frames else None
     data.pytest_benchmarks = load_pytest_benchmarks(bench_json)
@@ -148,7 +138,8 @@ def collect(results_dir: Path = DEFAULT_RESULTS, asv_dir: Path = DEFAULT_ASV_RES
 
 
 # --------------------------------------------------------------------------------------------
-# Sections: each returns its HTML body; figures go to ``fig_dir`` (linked relative to the page).
+# Sections: each collects its data and renders its template; figures go to ``fig_dir`` (linked
+# relative to the page).
 
 
 def claims_table(claims: List[dict], caption: str) -> str:
@@ -186,11 +177,9 @@ ENVIRONMENT_FIELDS = ("python", "torch", "numpy", "pandas", "platform", "cpu", "
 
 
 def section_run(data: ReportData) -> str:
-    folders = " and, as this run, ".join(f"<code>{esc(display_path(d, REPO))}</code>"
-                                         for d in (data.asv_dir, data.fresh_asv_dir) if d)
-    parts = [f"<p>Experiments were read from <code>{esc(display_path(data.results_dir, REPO))}</code> and benchmarks "
-             f"from {folders}. Each experiment's manifest records its scale, seed, "
-             "implementation, thread count, commit and wall time; the table lists them.</p>"]
+    values = dict(results_path=shown(data.results_dir), asv_path=shown(data.asv_dir),
+                  asv_folders=[shown(d) for d in (data.asv_dir, data.fresh_asv_dir) if d],
+                  experiments_table="", environment_table="", machines_table="", pytest_table="")
     if data.experiments:
         rows = []
         for result in data.experiments.values():
@@ -199,21 +188,18 @@ def section_run(data: ReportData) -> str:
             rows.append([result.name, m.get("scale", MISSING), m.get("seed", MISSING), m.get("impl", MISSING),
                          m.get("threads", MISSING), commit, m.get("started_at", MISSING),
                          number_cell(m.get("wall_time_s")), _claims_tally(result.claims)])
-        parts.append(table(["experiment", "scale", "seed", "impl", "threads", "commit", "started (UTC)",
-                            "wall time (s)", "claims passed"], rows,
-                           "Table 1. The experiments in this report, from their manifests.", text_columns=7))
-        parts.append(_environment_table(data))
-    else:
-        parts.append(f'<p class="note">Experiments: {MISSING} — no stored results under '
-                     f"<code>{esc(display_path(data.results_dir, REPO))}</code>.</p>")
-    parts.append(_asv_machine_table(data))
+        values["experiments_table"] = table(
+            ["experiment", "scale", "seed", "impl", "threads", "commit", "started (UTC)", "wall time (s)", "claims passed"],
+            rows, "Table 1. The experiments in this report, from their manifests.", text_columns=7)
+        values["environment_table"] = _environment_table(data)
+    if data.asv is not None:
+        values["machines_table"] = _asv_machine_table(data)
     if data.pytest_benchmarks is not None:
-        pb = data.pytest_benchmarks
         rows = [[r.file, r.name, number_cell(r.median_s), number_cell(r.iqr_s), number_cell(r.rounds), r.cpu,
-                 str(r.commit)[:10]] for r in pb.itertuples()]
-        parts.append(table(["file", "benchmark", "median (s)", "IQR (s)", "rounds", "CPU", "commit"], rows,
-                           "pytest-benchmark micro suite (<code>make bench</code>).", text_columns=2))
-    return "\n".join(parts)
+                 str(r.commit)[:10]] for r in data.pytest_benchmarks.itertuples()]
+        values["pytest_table"] = table(["file", "benchmark", "median (s)", "IQR (s)", "rounds", "CPU", "commit"], rows,
+                                       "pytest-benchmark micro suite (<code>make bench</code>).", text_columns=2)
+    return render("section_run.html.j2", **values)
 
 
 def _environment_table(data: ReportData) -> str:
@@ -235,18 +221,15 @@ def _environment_table(data: ReportData) -> str:
 
 
 def _asv_machine_table(data: ReportData) -> str:
-    if data.asv is None:
-        return (f'<p class="note">Benchmarks: {MISSING} — no asv results under '
-                f"<code>{esc(display_path(data.asv_dir, REPO))}</code>.</p>")
     rows = []
-    folders = {asv_page.STORED: data.asv_dir, asv_page.FRESH: data.fresh_asv_dir}
+    folders = {benchmark_report.STORED: data.asv_dir, benchmark_report.FRESH: data.fresh_asv_dir}
     for (origin, run, machine), group in data.asv.groupby(["origin", "run", "machine"], sort=False):
-        info = asv_page.machine_info(folders[origin], machine)
+        info = benchmark_report.machine_info(folders[origin], machine)
         newest = group[group["latest"]]
         devices = ", ".join(sorted(newest.loc[newest["value"].notna(), "device"].unique())) or "none"
         rows.append([origin, run, info.get("cpu", MISSING), info.get("num_cpu", MISSING), info.get("ram", MISSING),
                      str(newest["commit"].iloc[0])[:8], number_cell(group["commit"].nunique()),
-                     asv_page.environment_label(newest["env"].iloc[0]),
+                     benchmark_report.environment_label(newest["env"].iloc[0]),
                      devices, number_cell(int(newest["value"].notna().sum())),
                      number_cell(int((newest["unstable"]).sum()))])
     return table(["origin", "asv run (machine · folder)", "CPU", "cores", "RAM", "newest commit", "commits stored",
@@ -262,9 +245,9 @@ def _docstring_parts(module) -> Tuple[str, str]:
     return paragraphs[0], paragraphs[1]
 
 
-def _prose(text: str) -> str:
+def _prose(text: str) -> Markup:
     """Docstring text as HTML: escaped, with ``literals`` as code."""
-    return re.sub(r"``(.+?)``", r"<code>\1</code>", esc(text))
+    return Markup(re.sub(r"``(.+?)``", r"<code>\1</code>", str(Markup.escape(text))))
 
 
 def experiment_block(result: ExperimentResult, fig_dir: Path, out_dir: Path, heading: bool = True) -> str:
@@ -272,110 +255,78 @@ def experiment_block(result: ExperimentResult, fig_dir: Path, out_dir: Path, hea
     from .experiments import EXPERIMENTS
 
     module = EXPERIMENTS.get(result.name)
-    parts = []
     title, text = _docstring_parts(module) if module else (result.name, "")
-    if heading:
-        parts.append(f'<h3 id="exp-{esc(result.name)}">{_prose(title or result.name)}</h3>')
-    elif title:
-        parts.append(f"<p><b>{_prose(title)}</b></p>")
-    if text:
-        parts.append(f"<p>{_prose(text)}</p>")
     m = result.manifest
-    where = f"Dask cluster {m['scheduler']}" if m.get("scheduler") else f"{m.get('workers', MISSING)} local worker(s)"
-    parts.append(f"<p>Scale <b>{esc(m.get('scale', MISSING))}</b>, seed {esc(m.get('seed', MISSING))}, "
-                 f"implementation <code>{esc(m.get('impl', MISSING))}</code>, {esc(m.get('tasks', MISSING))} tasks on "
-                 f"{esc(where)}, {len(result.df)} stored rows, wall time {esc(format_number(m.get('wall_time_s')))} s. "
-                 f"Claims: {esc(claims_summary(result.claims))}.</p>")
+    figures = []
     if module is not None and hasattr(module, "figures"):
-        paths = module.figures(result.df, fig_dir / result.name) or []
-        for path in (Path(p) for p in paths):
+        for path in (Path(p) for p in module.figures(result.df, fig_dir / result.name) or []):
             if path.suffix == ".png":
-                parts.append(figure(path.relative_to(out_dir).as_posix(),
-                                    f"{esc(result.name)}: {esc(path.stem.replace('_', ' '))} (redrawn from results.parquet)."))
-    else:
-        parts.append(f'<p class="note">Figures: {MISSING} — no figure code registered for {esc(result.name)}.</p>')
-    parts.append(claims_table(result.claims, f"Claims of {esc(result.name)}, each computed from the stored data "
-                              "with its threshold fixed in code beforehand."))
-    return "\n".join(parts)
+                figures.append(Markup(figure(path.relative_to(out_dir).as_posix(),
+                                             f"{result.name}: {path.stem.replace('_', ' ')} (redrawn from results.parquet).")))
+    return render("experiment.html.j2", name=result.name, heading=heading, title=_prose(title or result.name),
+                  text=_prose(text), m={k: m.get(k, MISSING) for k in ("scale", "seed", "impl", "tasks")},
+                  where=f"Dask cluster {m['scheduler']}" if m.get("scheduler") else f"{m.get('workers', MISSING)} local worker(s)",
+                  rows=len(result.df), wall_time=format_number(m.get("wall_time_s")),
+                  claims_summary=claims_summary(result.claims), has_figure_code=module is not None and hasattr(module, "figures"),
+                  figures=figures, claims_table=Markup(claims_table(
+                      result.claims, f"Claims of {result.name}, each computed from the stored data with its threshold "
+                      "fixed in code beforehand.")))
 
 
 def section_implementations(data: ReportData, ratios: Optional[pd.DataFrame], fig_dir: Path, out_dir: Path) -> str:
-    parts = ["<p>Every implementation (ours and the peers: MONAI, kornia, and <code>torch.compile</code> of our "
-             "vectorized loss) computes the same loss — softmax, one Dice per image and class, background included "
-             "(<code>DiceSpec.preset(\"monai\")</code>) — on the same seeded inputs, in one asv run. Each table "
-             "gives one measure per device and run: the number itself and its ratio to MONAI's, so that the noise of a "
-             "shared machine, which moves both, largely cancels. Runs of different machines or results folders "
-             "stand side by side, never merged.</p>"]
-    if ratios is None:
-        return "\n".join(parts + [f'<p class="note">{MISSING}: no asv results under '
-                                  f"<code>{esc(display_path(data.asv_dir, REPO))}</code>; run <code>dicebench run</code>.</p>",
-                                  targets_block(data)])
-    shown = set()
-    for number, (label, metric, methods) in enumerate(asv_page.MEASURES, start=4):
-        rows = asv_page.measure_rows(ratios, methods)
-        shown.update(rows["benchmark"])
-        parts.append(f"<h3>{esc(label[0].upper() + label[1:])}</h3>")
-        if rows.empty:
-            parts.append(f'<p class="note">{MISSING}: no benchmark measured it.</p>')
-            continue
-        parts.append(asv_page.measure_table(ratios, label, metric, methods, number))
-        parts.append(asv_page.figure_html(asv_page.ratio_figure(ratios, label, methods, fig_dir), out_dir))
-    parts.append(targets_block(data))
-    history = asv_page.history_figures(ratios, fig_dir)
-    parts.append("<h3>History over commits</h3>")
-    parts.append(asv_page.figure_html(history, out_dir) if history else
-                 '<p class="note">Every run here holds one commit: no history to draw (<code>make asv-range</code> '
-                 "benchmarks a range of commits).</p>")
-    others = sorted(set(ratios.loc[ratios["module"] != asv_page.SCALING_MODULE, "benchmark"]) - shown)
-    if others:
-        parts.append("<p>Other benchmarks in these results (see asv's own pages): " + ", ".join(esc(o) for o in others) + ".</p>")
-    return "\n".join(parts)
+    values = dict(has_asv=ratios is not None, asv_path=shown(data.asv_dir), targets=Markup(targets_block(data)))
+    if ratios is not None:
+        measures, measured = [], set()
+        for number, (label, metric, methods) in enumerate(benchmark_report.MEASURES, start=4):
+            rows = benchmark_report.measure_rows(ratios, methods)
+            measured.update(rows["benchmark"])
+            measures.append(dict(title=label[0].upper() + label[1:], table=Markup(
+                benchmark_report.measure_table(ratios, label, metric, methods, number)) if len(rows) else "",
+                figures=Markup(benchmark_report.figure_html(benchmark_report.ratio_figure(ratios, label, methods, fig_dir),
+                                                            out_dir)) if len(rows) else ""))
+        history = benchmark_report.history_figures(ratios, fig_dir)
+        values.update(headline_tables=[Markup(t) for t in benchmark_report.headline_tables(ratios)],
+                      fresh_tables=[Markup(t) for t in benchmark_report.fresh_comparison(ratios)],
+                      fresh_path=shown(data.fresh_asv_dir) if data.fresh_asv_dir else "", measures=measures,
+                      history=Markup(benchmark_report.figure_html(history, out_dir)) if history else "",
+                      others=sorted(set(ratios.loc[ratios["module"] != benchmark_report.SCALING_MODULE, "benchmark"])
+                                    - measured))
+    return render("section_implementations.html.j2", **values)
 
 
 def targets_block(data: ReportData) -> str:
     """The fused path at its target shapes: speed-up over MONAI, its floor, memory, accuracy."""
-    heading = "<h3>The fused path against MONAI and against its floor</h3>"
-    if data.targets is None:
-        return heading + (f'<p class="note">{MISSING}: no results of <code>python -m benchmarks.targets</code> '
-                          f"(expected at <code>{esc(display_path(DEFAULT_TARGETS, REPO))}</code>).</p>")
-    t, m = data.targets, data.targets.get("machine", {})
-    memory = {(r["shape"], r["impl"]): r for r in t.get("memory", [])}
-    rows = []
-    for r in t.get("speed", []):
-        peak = memory.get((r["shape"], r["impl"]), {})
-        rows.append([r["shape"], r["impl"], number_cell(r["seconds"] * 1e3), number_cell(r["vs_monai"]),
-                     number_cell(r["floor_s"] * 1e3), number_cell(r["floor_ratio"]), number_cell(peak.get("x_logits"))])
-    text = (f"<p>From <code>{esc(display_path(data.targets_path, REPO))}</code> (<code>python -m benchmarks.targets</code>; CPU "
-            f"{esc(m.get('cpu', MISSING))}, {esc(m.get('threads', MISSING))} threads, torch {esc(m.get('torch', MISSING))}). "
-            "The floor of forward+backward is reading logits and labels twice and writing the gradient once at the "
-            "read bandwidth measured in the same interleaved rounds. Rows ending in _dice_ce are Dice + cross-entropy "
-            "(their speed-up is still over MONAI's DiceLoss; docs/performance.md has the ratio over DiceCELoss). "
-            "GPU: n/a — not measured.</p>")
-    speed = table(["shape", "implementation", "time (ms)", "speed-up over MONAI", "floor (ms)", "time / floor",
-                   "peak memory / logits"], rows,
-                  "Forward+backward in float32, medians of interleaved repetitions. Time / floor is how many times "
-                  "slower than the hardware limit a path runs (1 = at the floor; below 1 means the floor itself was "
-                  "measured low, e.g. on a busy machine). Peak memory is the growth of the peak resident set during "
-                  "one call, in logits' sizes.", text_columns=2)
-    accuracy = table(["dtype", "voxels", "loss relative error", "gradient-norm relative error", "target", "met"],
-                     [[r["dtype"], number_cell(r["voxels"]), number_cell(r["loss_error"]), number_cell(r.get("grad_norm_error")),
-                       number_cell(r["target"]), Cell("yes", css="pass") if r["met"] else Cell("no", css="fail")]
-                      for r in t.get("accuracy", [])],
-                     "Accuracy of fused against float64 sums at the largest size.", text_columns=1)
-    return heading + text + speed + accuracy
+    values = dict(targets=data.targets, targets_path=shown(data.targets_path or DEFAULT_TARGETS))
+    if data.targets is not None:
+        t = data.targets
+        memory = {(r["shape"], r["impl"]): r for r in t.get("memory", [])}
+        rows = []
+        for r in t.get("speed", []):
+            peak = memory.get((r["shape"], r["impl"]), {})
+            rows.append([r["shape"], r["impl"], number_cell(r["seconds"] * 1e3), number_cell(r["vs_monai"]),
+                         number_cell(r["floor_s"] * 1e3), number_cell(r["floor_ratio"]), number_cell(peak.get("x_logits"))])
+        values.update(machine={k: t.get("machine", {}).get(k, MISSING) for k in ("cpu", "threads", "torch")}, speed=Markup(table(
+            ["shape", "implementation", "time (ms)", "speed-up over MONAI", "floor (ms)", "time / floor",
+             "peak memory / logits"], rows,
+            "Forward+backward in float32, medians of interleaved repetitions. Time / floor is how many times slower "
+            "than the hardware limit a path runs (1 = at the floor; below 1 means the floor itself was measured low, "
+            "e.g. on a busy machine). Peak memory is the growth of the peak resident set during one call, in logits' "
+            "sizes.", text_columns=2)), accuracy=Markup(table(
+                ["dtype", "voxels", "loss relative error", "gradient-norm relative error", "target", "met"],
+                [[r["dtype"], number_cell(r["voxels"]), number_cell(r["loss_error"]), number_cell(r.get("grad_norm_error")),
+                  number_cell(r["target"]), Cell("yes", css="pass") if r["met"] else Cell("no", css="fail")]
+                 for r in t.get("accuracy", [])],
+                "Accuracy of fused against float64 sums at the largest size.", text_columns=1)))
+    return render("targets.html.j2", **values)
 
 
 def section_scaling(data: ReportData, ratios: Optional[pd.DataFrame], fig_dir: Path, out_dir: Path) -> str:
-    intro = ("<p>How time and memory grow with the number of logit elements, one line per implementation "
-             "(MONAI dashed), one figure per run. Memory that grows faster than the inputs reveals stored "
-             "intermediates (one-hot targets, probabilities). Points that cannot be read at face value are circled "
-             "and explained under each figure.</p>")
-    if ratios is None:
-        return intro + f'<p class="note">{MISSING}: no asv results.</p>'
-    figures = asv_page.scaling_figures(ratios, fig_dir)
-    if not figures:
-        return intro + f'<p class="note">{MISSING}: no benchmark was measured at three or more sizes.</p>'
-    return intro + asv_page.figure_html(figures, out_dir, width=620)
+    figures = benchmark_report.scaling_figures(ratios, fig_dir) if ratios is not None else []
+    return render("section_scaling.html.j2", has_asv=ratios is not None,
+                  figures=Markup(benchmark_report.figure_html(figures, out_dir, width=620)) if figures else "")
+
+
+PRECISION_COLUMNS = {"impl", "dtype", "voxels", "rel_error", "finite"}
 
 
 def precision_table(df: pd.DataFrame) -> str:
@@ -398,30 +349,21 @@ def precision_table(df: pd.DataFrame) -> str:
 
 def section_precision(data: ReportData, fig_dir: Path, out_dir: Path) -> str:
     result = data.experiments.get(PRECISION_EXPERIMENT)
-    if result is None:
-        return (f'<p class="note">{MISSING}: no stored results for {PRECISION_EXPERIMENT} under '
-                f"<code>{esc(display_path(data.results_dir, REPO))}</code>.</p>")
-    summary = ""
-    if {"impl", "dtype", "voxels", "rel_error", "finite"} <= set(result.df.columns):
-        summary = precision_table(result.df)
-    return summary + experiment_block(result, fig_dir, out_dir, heading=False)
+    values = dict(name=PRECISION_EXPERIMENT, results_path=shown(data.results_dir),
+                  experiment="", summary="")
+    if result is not None:
+        values["experiment"] = Markup(experiment_block(result, fig_dir, out_dir, heading=False))
+        if PRECISION_COLUMNS <= set(result.df.columns):
+            values["summary"] = Markup(precision_table(result.df))
+    return render("section_precision.html.j2", **values)
 
 
 def section_experiments(data: ReportData, fig_dir: Path, out_dir: Path) -> str:
     from .experiments import EXPERIMENTS
 
     others = [r for n, r in data.experiments.items() if n != PRECISION_EXPERIMENT]
-    parts = ["<p>Seeded synthetic experiments on a controlled foreground/background imbalance. Each one stores "
-             "its raw measurements; its figures are redrawn here from them, and its claims are computed from them. "
-             "A claim is either a <b>verification</b> (an identity, a precision or exactness bound: it must PASS, "
-             "and a FAIL is a bug) or a <b>hypothesis</b> from the literature, with its source and threshold fixed "
-             "in code before the data were seen. A hypothesis is SUPPORTED only when its value and its whole 95% "
-             "confidence interval lie on the stated side of the threshold, and FAILED otherwise; a FAILED "
-             "hypothesis is a finding, shown as it came out. Its stage says whether it was measured after a fixed "
-             "training budget or at convergence.</p>"]
     every = [c for r in data.experiments.values() for c in r.claims]
-    if every:
-        parts.append(f"<p><b>All stored experiments ({len(data.experiments)}): {esc(claims_summary(every))}.</b></p>")
+    overview = ""
     if others:
         rows = []
         for r in others:
@@ -431,77 +373,69 @@ def section_experiments(data: ReportData, fig_dir: Path, out_dir: Path) -> str:
                          f"{sum(c['passed'] for c in kinds['verification'])}/{len(kinds['verification'])}",
                          f"{len(kinds['hypothesis']) - failed}/{len(kinds['hypothesis'])}",
                          Cell(str(failed), css="fail") if failed else Cell("0")])
-        parts.append(table(["experiment", "question", "verifications passed", "hypotheses supported",
-                            "hypotheses FAILED"], rows, "Overview of the experiments.", text_columns=2))
-    missing = [n for n in EXPERIMENTS if n not in data.experiments and n != PRECISION_EXPERIMENT]
-    if missing:
-        parts.append(f'<p class="note">{MISSING}: ' + ", ".join(esc(n) for n in missing) + " (no stored results).</p>")
-    parts.extend(experiment_block(r, fig_dir, out_dir) for r in others)
-    return "\n".join(parts)
+        overview = Markup(table(["experiment", "question", "verifications passed", "hypotheses supported",
+                                 "hypotheses FAILED"], rows, "Overview of the experiments.", text_columns=2))
+    return render("section_experiments.html.j2", summary=claims_summary(every) if every else "",
+                  count=len(data.experiments), overview=overview,
+                  missing=[n for n in EXPERIMENTS if n not in data.experiments and n != PRECISION_EXPERIMENT],
+                  blocks=[Markup(experiment_block(r, fig_dir, out_dir)) for r in others])
 
 
 def section_reproduce(data: ReportData) -> str:
-    parts = ["<p>From a fresh clone, <code>make report</code> installs everything and runs <code>dicebench run</code>: "
-             "the CPU asv grid in this environment (results in <code>reports/asv</code>), every experiment, and this "
-             "page, which compares the fresh numbers with the curated ones. Each number can also be reproduced on its "
-             "own, at the commit it was measured at (given with each command):</p>"]
-    results = display_path(data.results_dir, REPO)
-    for result in data.experiments.values():
-        m = result.manifest
-        parts.append(f"<p>{esc(result.name)} (commit {esc(str(m.get('git_commit', 'unknown'))[:10])}"
-                     f"{', uncommitted changes' if m.get('git_dirty') else ''}):</p>")
-        parts.append(code(f"dicebench experiment {result.name} --scale {m.get('scale', 'small')} --seed {m.get('seed', 0)} "
-                          f"--impl {m.get('impl', 'vectorized')} --out {results}"))
-    if data.asv is not None:
-        for commit in sorted(data.asv.loc[data.asv["latest"], "commit"].unique()):
-            parts.append(f"<p>The CPU benchmark grid at commit {esc(str(commit)[:10])}, in an environment asv builds for "
-                         "it (results in <code>reports/asv</code>, asv's HTML in <code>reports/asv-html</code>):</p>")
-            parts.append(code(f"git checkout {commit}\nmake asv"))
-        parts.append("<p>A timing regression check between two commits (on a quiet machine):</p>")
-        parts.append(code("make asv-continuous BASE=HEAD~1 FACTOR=1.2"))
-    if data.targets is not None:
-        parts.append("<p>The fused path's targets (speed-up, floor, memory, accuracy):</p>")
-        parts.append(code(f"python -m benchmarks.targets --out {display_path(data.targets_path, REPO)}"))
-    parts.append("<p>This page, from the stored results:</p>")
-    parts.append(code(f"dicebench report --results {results} --asv-results {display_path(data.asv_dir, REPO)} --out reports"))
-    parts.append("<p>Two runs (two machines or two commits) compared number by number; exit status 1 when "
-                 "something moved beyond the tolerance:</p>")
-    parts.append(code("dicebench compare RUN_A RUN_B --rtol 1e-3 --time-rtol 0.25"))
-    return "\n".join(parts)
+    experiments = [dict(name=r.name, commit=str(r.manifest.get("git_commit", "unknown"))[:10],
+                        dirty=bool(r.manifest.get("git_dirty")), scale=r.manifest.get("scale", "small"),
+                        seed=r.manifest.get("seed", 0), impl=r.manifest.get("impl", "vectorized"))
+                   for r in data.experiments.values()]
+    commits = sorted(data.asv.loc[data.asv["latest"], "commit"].unique()) if data.asv is not None else []
+    return render("section_reproduce.html.j2", experiments=experiments, asv_commits=[str(c) for c in commits],
+                  results_path=shown(data.results_dir), asv_path=shown(data.asv_dir),
+                  targets_path=shown(data.targets_path) if data.targets is not None else "")
 
 
-def headline(data: ReportData, ratios: Optional[pd.DataFrame]) -> str:
-    """The "At a glance" block: the findings, each computed from the stored results shown below;
-    the benchmark headline per stored machine with its interval, and a fresh run against it."""
-    claims = [(r.name, c) for r in data.experiments.values() for c in r.claims]
-    failed = [c["id"] for _, c in claims if not c["passed"]]
-    items = [f"{len(data.experiments)} experiments stored; {len(claims) - len(failed)}/{len(claims)} claims passed"
-             + (f" (failed: {', '.join(failed)})" if failed else "") + "."]
-    tables = []
-    if ratios is not None:
-        items += asv_page.headline_sentences(ratios)
-        gpu = ratios[(ratios["device"] == "cuda") & ratios["value"].notna()]
-        items.append("GPU: " + (f"{len(gpu)} numbers measured." if len(gpu) else f"{MISSING} (no GPU results in these runs)."))
-        tables += asv_page.glance_tables(ratios)
-        fresh = asv_page.fresh_comparison(ratios)
-        if fresh:
-            tables.append("<h3>This run against the stored results</h3>")
-            tables += fresh
-        elif data.fresh_asv_dir is not None:
-            tables.append(f'<p class="note">This run: {MISSING} — no headline benchmark in '
-                          f"<code>{esc(display_path(data.fresh_asv_dir, REPO))}</code>.</p>")
-    else:
-        items.append(f"Benchmarks: {MISSING}.")
-    precision = data.experiments.get(PRECISION_EXPERIMENT)
-    if precision is not None and {"impl", "dtype", "voxels", "rel_error", "finite"} <= set(precision.df.columns):
-        df = precision.df
-        broken = df[~df["finite"]].groupby(["impl", "dtype"])["voxels"].min()
-        sound = df[~df["impl"].isin({i for i, _ in broken.index})]
-        text = "; ".join(f"{i} in {d} from {format_number(v)} voxels" for (i, d), v in broken.items()) or "none"
-        items.append(f"Precision (P1, up to {format_number(df['voxels'].max())} voxels): inf/NaN statistics: {text}. "
-                     f"Worst relative error of the others ({', '.join(dict.fromkeys(sound['impl']))}): "
-                     f"{format_number(sound['rel_error'].max())}.")
-    return "<ul>" + "".join(f"<li>{esc(item)}</li>" for item in items) + "</ul>\n" + "\n".join(tables)
+def study_summary(data: ReportData) -> Optional[dict]:
+    """The study in one sentence: claims tallied and the main finding (``experiments.MAIN_FINDING``)."""
+    from .experiments import MAIN_FINDING, Claim
+
+    claims = [c for r in data.experiments.values() for c in r.claims]
+    if not claims:
+        return None
+    of_kind = lambda kind: [c for c in claims if c["kind"] == kind]  # noqa: E731
+    main = next((Claim.from_dict(c) for c in claims if c["id"] == MAIN_FINDING), None)
+    scales = sorted({str(r.manifest.get("scale", "?")) for r in data.experiments.values()})
+    return dict(experiments=len(data.experiments), scales=" and ".join(f"{s} scale" for s in scales),
+                verifications=len(of_kind("verification")),
+                verifications_passed=sum(bool(c["passed"]) for c in of_kind("verification")),
+                hypotheses=len(of_kind("hypothesis")), supported=sum(bool(c["passed"]) for c in of_kind("hypothesis")),
+                main=main)
+
+
+def precision_sentence(data: ReportData) -> str:
+    result = data.experiments.get(PRECISION_EXPERIMENT)
+    if result is None or not PRECISION_COLUMNS <= set(result.df.columns):
+        return ""
+    df = result.df
+    broken = df[~df["finite"]].groupby(["impl", "dtype"])["voxels"].min()
+    sound = df[~df["impl"].isin({i for i, _ in broken.index})]
+    text = "; ".join(f"{i} in {d} from {format_number(v)} voxels" for (i, d), v in broken.items()) or "none"
+    return (f"inf/NaN statistics up to {format_number(df['voxels'].max())} voxels: {text}; worst relative error of "
+            f"the others ({', '.join(dict.fromkeys(sound['impl']))}): {format_number(sound['rel_error'].max())}")
+
+
+def glance(data: ReportData, ratios: Optional[pd.DataFrame], fig_dir: Path, out_dir: Path) -> str:
+    """The first screen: the headline numbers with their intervals, the study's finding, the audit
+    and GPU coverage, and one figure; the detailed tables are in the sections."""
+    facts = benchmark_report.glance_facts(ratios) if ratios is not None else []
+    drawn = benchmark_report.glance_figure(facts[0], fig_dir) if facts else None
+    fresh = None
+    if ratios is not None and data.fresh_asv_dir is not None:
+        verdicts = benchmark_report.fresh_verdicts(ratios)
+        fresh = dict(total=len(verdicts), **{v: verdicts.count(v) for v in ("agree", "differ", "unstable")})
+    gpu = ratios[(ratios["device"] == "cuda") & ratios["value"].notna()] if ratios is not None else []
+    return render("glance.html.j2", facts=facts,
+                  unstable_mark=benchmark_report.UNSTABLE_MARK,
+                  unstable_any=any(s.unstable for f in facts for s in f["speed"] + f["compound"]),
+                  figure=Markup(benchmark_report.figure_html([drawn], out_dir)) if drawn else "", fresh=fresh,
+                  study=study_summary(data), precision=precision_sentence(data), audit="", gpu_count=len(gpu))
 
 
 def write_report(data: ReportData, out_dir: Path, comparison_html: Optional[str] = None,
@@ -513,7 +447,7 @@ def write_report(data: ReportData, out_dir: Path, comparison_html: Optional[str]
     if fig_dir.exists():
         shutil.rmtree(fig_dir)  # figures are redrawn every time; stale ones must not linger
     fig_dir.mkdir(parents=True)
-    ratios = asv_page.with_baseline_ratio(data.asv) if data.asv is not None else None
+    ratios = benchmark_report.with_baseline_ratio(data.asv) if data.asv is not None else None
     bodies = {
         "run": section_run(data),
         "implementations": section_implementations(data, ratios, fig_dir, out_dir),
@@ -525,7 +459,7 @@ def write_report(data: ReportData, out_dir: Path, comparison_html: Optional[str]
     sections = [(sid, title, bodies[sid]) for sid, title in SECTIONS]
     if comparison_html is not None:
         sections.append((*COMPARISON_SECTION, comparison_html))
-    document = page("dicebench: soft Dice loss — results", headline(data, ratios), sections)
+    document = page("dicebench: soft Dice loss — results", glance(data, ratios, fig_dir, out_dir), sections)
     if inline_figures:
         document = inline_images(document, out_dir)
         shutil.rmtree(fig_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,42 @@ _ENV = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefine
                    keep_trailing_newline=True)
 
 
+MISSING = "n/a — not measured"
+SHORT_MISSING = "n/a"  # in dense tables, whose captions spell it out
+
+
+def format_number(value: object, digits: int = 3) -> str:
+    """How the page prints every number: ``digits`` significant digits, integers whole, plain
+    decimals (no exponent) from 1e-4 up; None is not measured."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return str(value)
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    text = f"{value:.{digits}g}"
+    if "e" in text and abs(value) >= 1e-4:
+        text = f"{float(text):f}".rstrip("0").rstrip(".")
+    return text
+
+
+# What every template may use: the wording of an absent measurement and the number formatter.
+_ENV.globals.update(missing_text=MISSING, fmt=format_number)
+
+
 def esc(value: object) -> str:
     """``value`` as escaped HTML (for the prose that report.py writes around the templates)."""
     return str(Markup.escape(str(value)))
 
 
-def render(template: str, **values) -> str:
-    return _ENV.get_template(template).render(**values)
+def render(template: str, **values) -> Markup:
+    """A template rendered: HTML, marked safe so that the templates that include it never escape it."""
+    return Markup(_ENV.get_template(template).render(**values))
 
 
 def page(title: str, lede: str, sections: Sequence[Tuple[str, str, str]]) -> str:
@@ -42,12 +72,14 @@ def page(title: str, lede: str, sections: Sequence[Tuple[str, str, str]]) -> str
 @dataclass
 class Cell:
     """A table cell: text shown, plus the exact stored number (``data-value``) when it shows one;
-    ``title`` is a tooltip (e.g. why a number is flagged)."""
+    ``title`` is a tooltip (e.g. why a number is flagged); ``key`` (``data-key``) names the stored
+    result a cell stands for, shown or missing."""
 
     text: str
     value: Optional[float] = None
     css: str = ""
     title: str = ""
+    key: str = ""
 
     @property
     def value_text(self) -> str:
@@ -69,10 +101,6 @@ def figure(src: str, caption: str, width: Optional[int] = None) -> str:
     """An image with its caption (HTML); ``src`` is relative to the page."""
     alt = html.unescape(re.sub(r"<[^>]+>", "", caption))
     return render("figure.html.j2", src=src, alt=alt, caption=Markup(caption), width=width)
-
-
-def code(command: str) -> str:
-    return str(Markup("<pre><code>{}</code></pre>").format(command))
 
 
 _IMG_SRC = re.compile(r'(<img src=")([^"]+)(")')

@@ -35,6 +35,8 @@ NAMES = (
     "s5_multiclass", "s6_balls3d", "s7_sgd",
 )
 SCALE_NAMES = ("small", "paper")
+# The claim the report's first screen states as the study's main finding (whatever its outcome).
+MAIN_FINDING = "s4.dice_ce_more_robust_than_dice.converged"
 KINDS = ("verification", "hypothesis")
 STAGES = ("budget", "convergence", "")
 OUTCOMES = {("verification", True): "PASS", ("verification", False): "FAIL",
