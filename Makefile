@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ASV := $(BIN)/asv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test report experiments targets asv asv-range asv-continuous asv-quick asv-curated asv-gpu memory-gate \
+.PHONY: install test report screenshot experiments targets asv asv-range asv-continuous asv-quick asv-curated asv-gpu memory-gate \
 	gpu-compile gpu-check bench clean
 
 $(BIN)/python:
@@ -31,13 +31,25 @@ $(INSTALLED): pyproject.toml setup.py $(wildcard dice_impls/fused/*.cpp dice_imp
 install: $(INSTALLED)
 
 # Triton kernels run on the CPU through its interpreter in tests. The micro benchmarks are skipped
-# (--benchmark-skip in pyproject's addopts; make bench runs them).
+# (--benchmark-skip in pyproject's addopts; make bench runs them). --dist loadgroup keeps the tests
+# of one xdist_group (the main job's: one quick run for all of them) on one worker.
 test: install
-	TRITON_INTERPRET=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q
+	TRITON_INTERPRET=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 # The main job: CPU asv grid, experiments, precision study -> reports/index.html.
 report: install
 	$(BIN)/dicebench run
+
+# docs/report.png, the README's picture of the page: the page built from the committed results,
+# its first screen rendered by headless Chromium (Debian's package: apt-get install -y chromium).
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
+screenshot: install
+	$(BIN)/dicebench report --out reports/shipped
+	$(if $(CHROMIUM),,$(error screenshot needs Chromium: apt-get install -y chromium))
+	$(CHROMIUM) --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+	    --disable-component-update --disable-sync --hide-scrollbars --window-size=1280,900 \
+	    --screenshot=$(CURDIR)/docs/report.png file://$(CURDIR)/reports/shipped/index.html 2>/dev/null
+	@echo "docs/report.png: the first screen of reports/shipped/index.html"
 
 # Every experiment at paper scale into the committed results folder (about 25 minutes).
 experiments: install

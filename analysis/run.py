@@ -18,6 +18,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import List
@@ -33,10 +34,10 @@ def banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def asv_config(results_dir: Path) -> Path:
-    """A copy of the project's asv.conf.json that stores results in ``results_dir`` (and the HTML
-    beside it, in ``asv-html``), written next to ``results_dir``: a run never writes into the
-    repository's committed results."""
+def asv_config(results_dir: Path, folder: Path) -> Path:
+    """A copy of the project's asv.conf.json in ``folder`` (a temporary one: the run folder keeps no
+    machine path) that stores results in ``results_dir``: a run never writes into the repository's
+    committed results."""
     from asv.util import load_json
 
     config = load_json(str(ASV_CONFIG), js_comments=True)
@@ -45,7 +46,7 @@ def asv_config(results_dir: Path) -> Path:
         config[key] = str((REPO / config.get(key, ".")).resolve())
     config["results_dir"] = str(results_dir.resolve())
     config["html_dir"] = str((results_dir.parent / "asv-html").resolve())
-    path = results_dir.parent / "asv.conf.json"
+    path = folder / "asv.conf.json"
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
 
@@ -67,18 +68,39 @@ def asv_command(config: Path, machine: str, commit: str, selection: str) -> List
             "--set-commit-hash", commit, "--show-stderr", "--launch-method=forkserver", "--bench", selection]
 
 
+def name_environment_without_paths(results_dir: Path) -> None:
+    """asv names the running environment (``--python=same``) after its interpreter's path, in the
+    results' file names and fields (``existing-py_work_..._bin_python``); a run folder is shared
+    and shown, so it is renamed after the Python version, as asv names the environments it builds."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for path in results_dir.glob("*/*-existing-py_*.json"):
+        result = json.loads(path.read_text())
+        result["env_name"] = f"existing-py{version}"
+        result["python"] = version
+        result.get("params", {})["python"] = version
+        path.with_name(f"{path.name.split('-', 1)[0]}-{result['env_name']}.json").write_text(json.dumps(result))
+        path.unlink()
+    for path in results_dir.glob("*/machine.json"):
+        machine = json.loads(path.read_text())
+        if "python" in machine:
+            machine["python"] = version
+            path.write_text(json.dumps(machine, indent=4))
+
+
 def run_asv(results_dir: Path, quick: bool) -> int:
     """The CPU grid (or the quick headline subset) in this environment; asv's exit status."""
     from benchmarks.asv_machine import define
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    config = asv_config(results_dir)
     machine = define()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    command_line = asv_command(config, machine, commit, asv_selection(quick))
-    print("$ " + " ".join(command_line[2:]), flush=True)
-    # asv prints its own progress ([ 12%] ··· name  time); it exits non-zero when a benchmark fails.
-    return subprocess.run(command_line, cwd=REPO).returncode
+    with tempfile.TemporaryDirectory() as folder:
+        command_line = asv_command(asv_config(results_dir, Path(folder)), machine, commit, asv_selection(quick))
+        print("$ asv run " + " ".join(command_line[command_line.index("run") + 1:]), flush=True)
+        # asv prints its own progress ([ 12%] ··· name  time); it exits non-zero when a benchmark fails.
+        status = subprocess.run(command_line, cwd=REPO).returncode
+    name_environment_without_paths(results_dir)
+    return status
 
 
 def run_experiments(out_dir: Path, names: List[str], scale: str, seed: int) -> int:
