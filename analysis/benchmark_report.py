@@ -635,3 +635,33 @@ def glance_figure(fact: dict, fig_dir: Path) -> Optional[Tuple[Path, str]]:
                   f"side in one asv run on {esc(fact['run'])} at commit {esc(fact['commit'])}; error bars are the "
                   "quartile intervals, hatched bars unstable. The tables in “Implementations compared with MONAI” "
                   "have every shape, dtype and measure.")
+
+
+TRAINING = "bench_training.TrainingStep.time_step"  # one training step, MONAI's loss against its drop-in
+TRAINING_LOSSES = ("DiceLoss", "DiceCELoss")
+
+
+def training_speedups(ratios: pd.DataFrame) -> List[Tuple[str, Speedup, object, object]]:
+    """Per stored CPU run, shape and loss class: (run, the drop-in's speed-up over MONAI's loss in
+    one training step, MONAI's row, the drop-in's row)."""
+    rows = ratios[(ratios["benchmark"] == TRAINING) & (ratios["origin"] == STORED) & ratios["latest"]
+                  & ratios["value"].notna()]
+    out = []
+    for (run, shape), group in rows.groupby(["run", "shape"], sort=False):
+        cells = {r["implementation"]: r for _, r in group.iterrows()}
+        for loss in TRAINING_LOSSES:
+            monai, drop_in = cells.get(f"monai {loss}"), cells.get(f"drop-in {loss}")
+            if monai is not None and drop_in is not None:
+                out.append((run, Speedup.of(drop_in, monai, f"drop-in {loss}", f"MONAI {loss}"), monai, drop_in))
+    return out
+
+
+def training_table(ratios: pd.DataFrame) -> str:
+    rows = [[run, s.shape, s.slow.split(" ", 1)[1], value_cell(monai, 1e3), value_cell(drop_in, 1e3),
+             Cell(s.text, value=s.value, css="unstable" if s.unstable else "")]
+            for run, s, monai, drop_in in training_speedups(ratios)]
+    return table(["run", "shape", "loss", "MONAI (ms)", "drop-in (ms)", "drop-in speed-up"], rows,
+                 "One training step of a small U-Net (MONAI's BasicUNet, features 8-64, one input channel; forward, "
+                 "loss, backward, Adam), with MONAI's loss and with its drop-in from <code>dice_impls.compat.monai</code> "
+                 "(softmax, one-hot labels), float32, medians; the speed-up's quartile interval in brackets. "
+                 f"Shapes are the network's output, N×C×spatial. {UNSTABLE_NOTE}", text_columns=3)

@@ -285,7 +285,10 @@ def section_implementations(data: ReportData, ratios: Optional[pd.DataFrame], fi
                 figures=Markup(benchmark_report.figure_html(benchmark_report.ratio_figure(ratios, label, methods, fig_dir),
                                                             out_dir)) if len(rows) else ""))
         history = benchmark_report.history_figures(ratios, fig_dir)
-        values.update(headline_tables=[Markup(t) for t in benchmark_report.headline_tables(ratios)],
+        training = benchmark_report.training_speedups(ratios)
+        measured.add(benchmark_report.TRAINING)
+        values.update(training=Markup(benchmark_report.training_table(ratios)) if training else "",
+                      headline_tables=[Markup(t) for t in benchmark_report.headline_tables(ratios)],
                       fresh_tables=[Markup(t) for t in benchmark_report.fresh_comparison(ratios)],
                       fresh_path=shown(data.fresh_asv_dir) if data.fresh_asv_dir else "", measures=measures,
                       history=Markup(benchmark_report.figure_html(history, out_dir)) if history else "",
@@ -431,11 +434,13 @@ def glance(data: ReportData, ratios: Optional[pd.DataFrame], fig_dir: Path, out_
         verdicts = benchmark_report.fresh_verdicts(ratios)
         fresh = dict(total=len(verdicts), **{v: verdicts.count(v) for v in ("agree", "differ", "unstable")})
     gpu = ratios[(ratios["device"] == "cuda") & ratios["value"].notna()] if ratios is not None else []
+    training = [s for _, s, _, _ in benchmark_report.training_speedups(ratios)] if ratios is not None else []
     return render("glance.html.j2", facts=facts,
                   unstable_mark=benchmark_report.UNSTABLE_MARK,
                   unstable_any=any(s.unstable for f in facts for s in f["speed"] + f["compound"]),
                   figure=Markup(benchmark_report.figure_html([drawn], out_dir)) if drawn else "", fresh=fresh,
-                  study=study_summary(data), precision=precision_sentence(data), audit="", gpu_count=len(gpu))
+                  study=study_summary(data), precision=precision_sentence(data), audit="", gpu_count=len(gpu),
+                  training=training)
 
 
 def write_report(data: ReportData, out_dir: Path, comparison_html: Optional[str] = None,

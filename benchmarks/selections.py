@@ -14,7 +14,7 @@ HEADLINE_SHAPE_2D = "4x4x512x512"  # benchmarks.benchmarks.common.HEADLINE_SHAPE
 
 SELECTIONS = {
     # make asv, make asv-curated, dicebench run: the CPU grid.
-    "cpu": r"^bench_(loss|scaling)\.",
+    "cpu": r"^bench_(loss|scaling|training)\.",
     # make asv-gpu: the CUDA grid.
     "gpu": r"^bench_cuda\.",
     # make asv-quick (CI): one quick pass over the loss grid, every implementation and dtype.

@@ -115,6 +115,7 @@ def asv_definitions():
         ("bench_loss.Headline.time_forward_backward", "seconds", [impls[1:], ["float32", "bfloat16"], HEADLINE_SHAPES[:1]]),
         ("bench_loss.Headline.track_peak_bytes_forward_backward", "bytes", [impls, ["float32", "bfloat16"], HEADLINE_SHAPES[:1]]),
         ("bench_scaling.Voxels.time_forward_backward", "seconds", [["vectorized", "fused", "monai"], SCALING_VOXELS[:3]]),
+        ("bench_training.TrainingStep.time_step", "seconds", [["monai DiceLoss", "drop-in DiceLoss"], ["4x4x256x256"]]),
     ]
     return [dict(name=name, unit=unit, type="track", version="1", code="", timeout=60,
                  param_names=["implementation", "dtype", "shape"][: len(params)] if len(params) == 3 else ["implementation", "shape"],
@@ -287,6 +288,19 @@ def test_benchmark_numbers_and_ratios_match_the_stored_results(run_folder, built
                 assert text == SHORT_MISSING
             else:
                 assert float(value) == r.value / baseline
+
+
+def test_the_training_step_states_what_the_drop_in_gains(run_folder, built_report):
+    from benchmarks.results import load_asv_results
+
+    stored = load_asv_results(run_folder / "asv")
+    step = stored[stored["benchmark"] == "bench_training.TrainingStep.time_step"].set_index("implementation")["value"]
+    (row,) = Tables(built_report[1]).rows_of_tables("One training step of a small U-Net")[1:]
+    assert [c[0] for c in row[1:3]] == ["4x4x256x256", "DiceLoss"]
+    assert stored_value(row[3]) == step["monai DiceLoss"] * 1e3 and stored_value(row[4]) == step["drop-in DiceLoss"] * 1e3
+    assert stored_value(row[5]) == pytest.approx(step["monai DiceLoss"] / step["drop-in DiceLoss"])
+    glance = built_report[1].split('<section id="glance"', 1)[1].split("</section>", 1)[0]
+    assert "One training step of a small U-Net" in glance
 
 
 def test_missing_devices_and_dtypes_are_shown(run_folder, built_report):

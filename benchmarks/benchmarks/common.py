@@ -40,6 +40,11 @@ SPEC = DiceSpec.preset("monai")
 SHAPES_2D = ["4x4x128x128", "4x4x512x512", "8x4x512x512"]
 SHAPES_3D = ["2x4x32x32x32", "1x4x96x96x96", "2x4x128x128x128"]
 SHAPES_MANY_CLASSES = ["4x16x256x256", "2x32x64x64x64"]
+# Whole-body CT label sets have 100+ classes: one 3-D patch at C = 104 (logits 109 MB in float32),
+# where a loss that keeps several logits-sized intermediates decides whether a batch fits.
+SHAPES_WHOLE_BODY = ["1x104x64x64x64"]
+# One training step of a small U-Net: N x classes x spatial of its output (one input channel).
+TRAINING_SHAPES = ["4x4x256x256", "1x4x64x64x64"]
 # The full CPU grid uses small shapes (every implementation x dtype in minutes on 2 cores); the
 # headline ratios use large ones; the GPU grid uses all of them.
 GRID_SHAPES = [SHAPES_2D[0], SHAPES_3D[0]]
@@ -170,9 +175,32 @@ LOSSES.update(monai=monai_dice, kornia=kornia_dice, vectorized_compiled=vectoriz
 COMPOUND_LOSSES: Dict[str, LossFn] = {"fused": DiceCELoss(impl="fused", spec=SPEC), "monai": monai_dice_ce}
 
 
+def nnunet_dice(logits: Tensor, labels: Tensor) -> Tensor:
+    """nnU-Net's MemoryEfficientSoftDiceLoss (softmax, one Dice per image and class, background
+    included, smooth 1e-5) as ``1 + its negative Dice``, the "monai" semantics up to its clamp."""
+    return 1 + _nnunet_module()(logits, labels.unsqueeze(1))
+
+
+@functools.lru_cache(maxsize=None)
+def _nnunet_module():
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    return MemoryEfficientSoftDiceLoss(apply_nonlin=lambda x: torch.softmax(x, 1), batch_dice=False, do_bg=True,
+                                       smooth=1e-5, ddp=False)
+
+
+# Peak memory at many classes: fused against MONAI and nnU-Net (nnunetv2 is installed by the
+# Makefile, not in asv's own environments, where its cells are n/a).
+MANY_CLASS_LOSSES: Dict[str, LossFn] = {"fused": LOSSES["fused"], "monai": monai_dice, "nnunet": nnunet_dice}
+
+
 def check_supported(name: str, shape: str, dtype: str, device: str = "cpu", losses: Dict[str, LossFn] = LOSSES) -> None:
     """NotImplementedError for combinations that cannot run (asv: n/a), never a fake number."""
     require(name in losses, f"{name!r} is not available (not registered in dice_impls)")
+    if name == "nnunet":
+        import importlib.util
+
+        require(importlib.util.find_spec("nnunetv2") is not None, "nnunetv2 is not installed in this environment")
     require_device(device)
     require(name != "kornia" or len(parse_shape(shape)) == 4, "kornia's dice_loss takes (B, C, H, W) only")
     require(name != "naive" or voxels(shape) <= 2**22, "naive is only timed on small shapes (Python loops)")
