@@ -68,9 +68,11 @@ def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str 
 
 
 def claim_line(claim) -> str:
-    """``OUTCOME id [stage]: statement: value v (95% CI lo..hi), required op threshold``."""
+    """``OUTCOME id (primary) [stage]: statement: value v (95% CI lo..hi), p, Holm-adjusted p, required op threshold``."""
     ci = f" (95% CI {claim.ci_low:.4g}..{claim.ci_high:.4g})" if claim.ci_low is not None else ""
     p = f", p = {claim.p_value:.3g}" if claim.p_value is not None else ""
+    p += f", Holm-adjusted p = {claim.p_adjusted:.3g}" if claim.p_adjusted is not None else ""
     stage = f" [{claim.stage}]" if claim.stage else ""
-    return (f"{claim.outcome} {claim.id}{stage}: {claim.statement}: value {claim.value:.4g}{ci}{p}, "
+    primary = " (primary)" if claim.primary else ""
+    return (f"{claim.outcome} {claim.id}{primary}{stage}: {claim.statement}: value {claim.value:.4g}{ci}{p}, "
             f"required {claim.op} {claim.threshold:g}")
