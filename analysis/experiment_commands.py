@@ -43,8 +43,10 @@ def main(args: argparse.Namespace) -> int:
 
 def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str = "vectorized", workers: int = 1,
                   scheduler: Optional[str] = None, figures: bool = True) -> int:
-    """Run and store each experiment, print every claim; 1 when a verification failed."""
-    from .storage import run_experiment
+    """Run and store each experiment, print every claim, then Holm-adjust the primary hypotheses of
+    every experiment stored under ``out`` as one family (the study's) and print them; 1 when a
+    verification failed."""
+    from .storage import adjust_stored_primaries, run_experiment
 
     failed = []
     start = time.perf_counter()
@@ -59,6 +61,11 @@ def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str 
             print("  " + claim_line(claim))
         failed += [c for c in claims if c.kind == "verification" and not c.passed]
     print(f"{len(names)} experiment(s) in {time.perf_counter() - start:.1f} s; results in {out}")
+    primaries = adjust_stored_primaries(out)
+    if primaries:
+        print(f"primary hypotheses: Holm over the {len(primaries)} stored under {out}")
+        for claim in primaries:
+            print("  " + claim_line(claim))
     if failed:
         print(f"{len(failed)} verification(s) failed:")
         for claim in failed:

@@ -85,6 +85,21 @@ def recheck_claims(out_dir: Path, name: str) -> List[Claim]:
     return claims
 
 
+def adjust_stored_primaries(out_dir: Path) -> List[Claim]:
+    """Holm over the primary hypotheses of every experiment stored under ``out_dir`` as one family
+    (the study's), rewriting the ``claims.json`` files whose claims change; returns the primaries."""
+    files = sorted(Path(out_dir).glob("*/claims.json"))
+    stored = [[Claim.from_dict(c) for c in json.loads(path.read_text())] for path in files]
+    adjusted = iter(adjust_primaries([claim for claims in stored for claim in claims]))
+    primaries = []
+    for path, claims in zip(files, stored):
+        updated = [next(adjusted) for _ in claims]
+        primaries += [c for c in updated if c.primary]
+        if updated != claims:
+            path.write_text(json.dumps([c.to_dict() for c in updated], indent=2) + "\n")
+    return primaries
+
+
 def run_experiment(name: str, out_dir: Path, *, scale: str = "small", seed: int = 0, impl: str = "vectorized",
                    workers: int = 1, scheduler: Optional[str] = None,
                    progress: bool = True) -> Tuple[pd.DataFrame, List[Claim], dict]:

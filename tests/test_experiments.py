@@ -166,6 +166,21 @@ def test_primary_hypotheses_need_their_holm_adjusted_p(p_values, supported):
     assert adjusted[0].n_seeds == 20 and adjusted[0].primary
 
 
+def test_primaries_of_every_stored_experiment_form_one_family(tmp_path):
+    from analysis.storage import adjust_stored_primaries, checked_claims
+
+    for name, p in (("a", 0.015), ("b", 0.02)):  # each alone: SUPPORTED (Holm of one p is the p)
+        claims = checked_claims(name, [hypothesis(f"{name}.h", "d", "src", 0.5, (0.2, 0.8), ">", 0.0, p_value=p,
+                                                  primary=True, n_seeds=20), verification(f"{name}.v", "v", 1.0, "<", 2.0)])
+        assert claims[0].passed and claims[0].p_adjusted == p
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "claims.json").write_text(json.dumps([c.to_dict() for c in claims]))
+    primaries = adjust_stored_primaries(tmp_path)
+    assert [(c.id, c.p_adjusted, c.passed) for c in primaries] == [("a.h", 0.03, False), ("b.h", 0.03, False)]
+    stored = json.loads((tmp_path / "a" / "claims.json").read_text())
+    assert stored[0]["p_adjusted"] == 0.03 and not stored[0]["passed"] and stored[1]["passed"]
+
+
 def test_claims_stored_before_the_primary_fields_still_load():
     stored = verification("v", "s", 1.0, "<", 2.0).to_dict()
     for key in ("primary", "n_seeds", "p_adjusted"):
