@@ -228,7 +228,7 @@ def fit(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], train: Sy
             group["lr"] = lr * _lr_factor(step, max_steps, schedule, lr_warmup)
         opt.zero_grad(set_to_none=True)
         logits = model(train.images[index])
-        loss = loss_fn(logits, train.masks[index])
+        loss = loss_fn(logits, train.masks[index]) if torch.isfinite(logits).all() else logits.new_tensor(math.nan)
         if not torch.isfinite(loss):
             stopped_by = "diverged"
             break
@@ -275,6 +275,8 @@ def collapse_state(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor]
     state (a network that predicts one class but still has a gradient is only untrained)."""
     params = [p for p in model.parameters() if p.requires_grad]
     logits = model(data.images)
+    if not torch.isfinite(logits).all():  # diverged weights: the losses refuse such logits
+        return dict(fg_share=math.nan, grad_norm=math.nan, collapsed=False)
     loss = loss_fn(logits, data.masks)
     share = predicted_foreground_share(logits.detach())
     if not torch.isfinite(loss):
@@ -297,6 +299,8 @@ def validation_point(model: nn.Module, loss_fn, val: SyntheticBatch, probe=None)
     """The loss and the DSC on the validation split and, with ``probe``, its measurements of the logit gradient."""
     with torch.no_grad():
         logits = model(val.images)
+    if not torch.isfinite(logits).all():  # diverged weights: the losses refuse such logits
+        return dict(val_loss=math.nan, val_dsc=math.nan)
     logits.requires_grad_(True)
     loss = loss_fn(logits, val.masks)
     point = dict(val_loss=float(loss.detach()), val_dsc=validation_dsc(logits.detach(), val.masks))

@@ -184,6 +184,17 @@ def test_a_non_finite_loss_stops_the_run_as_diverged():
     assert result.selected_step == 0 and math.isnan(result.final_grad_norm)  # no step was taken
 
 
+def test_diverged_weights_end_the_run_without_an_error():
+    train = make_batch(8, (16, 16), area=6, sigma=0.5, generator=generator_for(0, 0))
+    model = UNet(2, width=4, generator=generator_for(0, 2))
+    with torch.no_grad():
+        model.dec1[-1].bias.fill_(math.inf)  # the losses refuse non-finite logits with a ValueError
+    result = fit(model, make_loss("dice_ce"), train, train, lr=1e-3, generator=generator_for(0, 3), batch_size=4,
+                 budget_steps=2, max_steps=10, eval_every=2)
+    assert (result.stopped_by, result.collapsed) == ("diverged", False) and math.isnan(result.final_fg_share)
+    assert math.isnan(result.trajectory[0]["val_dsc"])
+
+
 @pytest.mark.parametrize("bias, share", [(-1e3, 0.0), (1e3, 1.0)])
 def test_collapse_needs_one_class_everywhere_and_no_gradient(bias, share):
     data = make_batch(4, (16, 16), area=6, sigma=0.5, generator=generator_for(0, 1))
