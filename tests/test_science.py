@@ -205,7 +205,7 @@ def test_collapse_needs_one_class_everywhere_and_no_gradient(bias, share):
         model.dec1[-1].bias.fill_(bias)
     dice = collapse_state(model, make_loss("dice"), data)
     assert dice == dict(fg_share=share, grad_norm=0.0, collapsed=True)
-    for loss in ("ce", "dice_ce"):  # the same network under a CE term: one class everywhere, but a gradient
+    for loss in ("ce", "dice_ce", "dice_focal"):  # under a CE or focal term: one class everywhere, but a gradient
         state = collapse_state(model, make_loss(loss), data)
         assert state["fg_share"] == share and state["grad_norm"] > 1e-3 and not state["collapsed"]
 
