@@ -128,7 +128,8 @@ def run_task(config: Config, task: dict) -> pd.DataFrame:
         p = torch.sigmoid(z)
         rows.append(dict(stage="run", seed=seed, collapsed=result.collapsed, stopped_by=result.stopped_by,
                          selected_step=result.selected_step, final_fg_share=result.final_fg_share,
-                         final_grad_norm=result.final_grad_norm, val_dsc=result.trajectory[-1]["val_dsc"],
+                         final_grad_norm=result.final_grad_norm,
+                         val_dsc=math.nan if result.diverged else result.trajectory[-1]["val_dsc"],
                          mean_logit=float(z.mean()), max_p1mp=float((p * (1 - p)).max()),
                          # the same state under Dice+CE: does a CE term still push? (E2: it must)
                          ce_term_grad_norm=collapse_state(model, ce_term, val)["grad_norm"]))
