@@ -320,7 +320,8 @@ def test_saturation_experiment_records_collapse_and_trajectories(small_runs):
     run_rows = df[df["stage"] == "run"]
     assert len(run_rows) == len(s8_saturation.tasks(config)) * config.seeds
     assert set(run_rows["stopped_by"]) == {"schedule"} and (run_rows["selected_step"] == config.steps).all()
-    collapsed = run_rows[run_rows["collapsed"]]
+    collapsed = run_rows[run_rows["collapsed"].astype(bool)]
+    assert len(collapsed) > 0  # the small scale reaches the saturated state (Dice, Adam 3e-2)
     assert ((collapsed["final_fg_share"].isin([0.0, 1.0])) & (collapsed["final_grad_norm"] < 1e-9)).all()
     assert (collapsed["ce_term_grad_norm"] > 1e-6).all()  # a CE term still pushes a collapsed network
     trace = df[df["stage"] == "trace"]

@@ -88,7 +88,7 @@ class Config:
 
 SCALES = {
     "small": Config(seeds=2, size=16, fg_fractions=(0.01,), adam_lrs=(1e-3, 3e-2), sgd_lrs=(1.0,), steps=12,
-                    train_images=8, val_images=4, batch_size=4, width=4, remedy_lrs=(3e-2,), lr_warmup=4,
+                    train_images=8, val_images=4, batch_size=4, width=8, remedy_lrs=(3e-2,), lr_warmup=4,
                     trace_seeds=1),
     "paper": Config(),
 }
@@ -268,7 +268,8 @@ def _trajectory_figure(df, trace, plt, save_figure, out_dir) -> list:
             ax.plot(line["step"], values, color=colour(loss), label=label(loss) + state)
     axes[0].set_yscale("symlog")
     axes[2].set_yscale("log")
-    for ax, title in zip(axes, ("mean logit of the mini-batch", "share predicted foreground", "parameter-gradient norm")):
+    for ax, title in zip(axes, ("mean logit of the mini-batch", "share predicted foreground",
+                                "parameter-gradient norm (exactly 0 drawn at 1e-45)")):
         ax.set_title(title)
         ax.set_xlabel("training step")
     axes[0].legend()
