@@ -43,8 +43,10 @@ def main(args: argparse.Namespace) -> int:
 
 def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str = "vectorized", workers: int = 1,
                   scheduler: Optional[str] = None, figures: bool = True) -> int:
-    """Run and store each experiment, print every claim; 1 when a verification failed."""
-    from .storage import run_experiment
+    """Run and store each experiment, print every claim, then Holm-adjust the primary hypotheses of
+    every experiment stored under ``out`` as one family (the study's) and print them; 1 when a
+    verification failed."""
+    from .storage import adjust_stored_primaries, run_experiment
 
     failed = []
     start = time.perf_counter()
@@ -59,6 +61,11 @@ def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str 
             print("  " + claim_line(claim))
         failed += [c for c in claims if c.kind == "verification" and not c.passed]
     print(f"{len(names)} experiment(s) in {time.perf_counter() - start:.1f} s; results in {out}")
+    primaries = adjust_stored_primaries(out)
+    if primaries:
+        print(f"primary hypotheses: Holm over the {len(primaries)} stored under {out}")
+        for claim in primaries:
+            print("  " + claim_line(claim))
     if failed:
         print(f"{len(failed)} verification(s) failed:")
         for claim in failed:
@@ -68,9 +75,11 @@ def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str 
 
 
 def claim_line(claim) -> str:
-    """``OUTCOME id [stage]: statement: value v (95% CI lo..hi), required op threshold``."""
+    """``OUTCOME id (primary) [stage]: statement: value v (95% CI lo..hi), p, Holm-adjusted p, required op threshold``."""
     ci = f" (95% CI {claim.ci_low:.4g}..{claim.ci_high:.4g})" if claim.ci_low is not None else ""
     p = f", p = {claim.p_value:.3g}" if claim.p_value is not None else ""
+    p += f", Holm-adjusted p = {claim.p_adjusted:.3g}" if claim.p_adjusted is not None else ""
     stage = f" [{claim.stage}]" if claim.stage else ""
-    return (f"{claim.outcome} {claim.id}{stage}: {claim.statement}: value {claim.value:.4g}{ci}{p}, "
+    primary = " (primary)" if claim.primary else ""
+    return (f"{claim.outcome} {claim.id}{primary}{stage}: {claim.statement}: value {claim.value:.4g}{ci}{p}, "
             f"required {claim.op} {claim.threshold:g}")

@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.benchmarks.common import cpu_model
 
-from .experiments import EXPERIMENTS, Claim, config_for, config_from_dict
+from .experiments import EXPERIMENTS, Claim, adjust_primaries, config_for, config_from_dict
 from .runner import code_identity, run_tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +57,8 @@ def load_results(out_dir: Path, name: str) -> Tuple[pd.DataFrame, List[dict], di
 
 
 def checked_claims(name: str, claims) -> List[Claim]:
-    """``claims`` as a list of :class:`Claim` with distinct ids (what ``claims(df, config)`` must return)."""
+    """``claims`` as a list of :class:`Claim` with distinct ids (what ``claims(df, config)`` must return),
+    the experiment's primary hypotheses Holm-adjusted as one family (:func:`adjust_primaries`)."""
     claims = list(claims)
     if not all(isinstance(c, Claim) for c in claims):
         raise TypeError(f"{name}.claims must return Claim objects (analysis.experiments.verification/hypothesis)")
@@ -65,7 +66,7 @@ def checked_claims(name: str, claims) -> List[Claim]:
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
         raise ValueError(f"{name}: claim ids must be distinct, repeated: {repeated}")
-    return claims
+    return adjust_primaries(claims)
 
 
 def recheck_claims(out_dir: Path, name: str) -> List[Claim]:
@@ -82,6 +83,21 @@ def recheck_claims(out_dir: Path, name: str) -> List[Claim]:
                                         git_commit=_git("rev-parse", "HEAD"))
     _write_claims_and_manifest(folder, claims, manifest)
     return claims
+
+
+def adjust_stored_primaries(out_dir: Path) -> List[Claim]:
+    """Holm over the primary hypotheses of every experiment stored under ``out_dir`` as one family
+    (the study's), rewriting the ``claims.json`` files whose claims change; returns the primaries."""
+    files = sorted(Path(out_dir).glob("*/claims.json"))
+    stored = [[Claim.from_dict(c) for c in json.loads(path.read_text())] for path in files]
+    adjusted = iter(adjust_primaries([claim for claims in stored for claim in claims]))
+    primaries = []
+    for path, claims in zip(files, stored):
+        updated = [next(adjusted) for _ in claims]
+        primaries += [c for c in updated if c.primary]
+        if updated != claims:
+            path.write_text(json.dumps([c.to_dict() for c in updated], indent=2) + "\n")
+    return primaries
 
 
 def run_experiment(name: str, out_dir: Path, *, scale: str = "small", seed: int = 0, impl: str = "vectorized",
@@ -104,6 +120,8 @@ def run_experiment(name: str, out_dir: Path, *, scale: str = "small", seed: int 
         code_digest=code_identity(module.__name__),  # the sources and library versions the numbers came from
         started_at=started_at, wall_time_s=round(wall, 3), **environment(),
     )
+    if hasattr(config, "seed_sets"):  # the training experiments: evaluation and learning-rate selection seeds
+        manifest.update(config.seed_sets())
     save_results(out_dir, name, df, claims, manifest)
     return df, claims, manifest
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import fake_experiment
-from analysis.experiments import EXPERIMENTS, Claim, config_for, config_from_dict, hypothesis, verification
+from analysis.experiments import (EXPERIMENTS, Claim, adjust_primaries, config_for, config_from_dict, hypothesis,
+                                  verification)
 from analysis.experiments import e2_gradients
 from analysis.storage import load_results, recheck_claims, run_experiment
 from analysis.synthetic import generator_for, make_batch, object_masks
@@ -147,6 +148,47 @@ def test_hypothesis_is_supported_only_when_the_whole_interval_clears(value, ci, 
 def test_bad_claims_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("p_values, supported", [
+    ((0.001, 0.01, 0.02), [True, True, True]),  # Holm: 0.003, 0.02, 0.02
+    ((0.01, 0.02, 0.02), [False, False, False]),  # Holm: 0.03, 0.04, 0.04 > 0.025 though every interval clears
+])
+def test_primary_hypotheses_need_their_holm_adjusted_p(p_values, supported):
+    claims = [hypothesis(f"h{i}", "d", "src", 0.5, (0.2, 0.8), ">", 0.0, p_value=p, primary=True, n_seeds=20)
+              for i, p in enumerate(p_values)]
+    exploratory = hypothesis("x", "d", "src", 0.5, (0.2, 0.8), ">", 0.0, p_value=0.04)
+    assert not any(c.passed for c in claims) and exploratory.passed  # a primary waits for its adjustment
+    adjusted = adjust_primaries([*claims, exploratory])
+    assert [c.passed for c in adjusted[:3]] == supported and adjusted[3] == exploratory
+    assert [c.p_adjusted for c in adjusted[:3]] == pytest.approx(
+        sorted([min(1, (3 - r) * p) for r, p in enumerate(sorted(p_values))]) if supported[0] else [0.03, 0.04, 0.04])
+    assert adjusted[0].n_seeds == 20 and adjusted[0].primary
+
+
+def test_primaries_of_every_stored_experiment_form_one_family(tmp_path):
+    from analysis.storage import adjust_stored_primaries, checked_claims
+
+    for name, p in (("a", 0.015), ("b", 0.02)):  # each alone: SUPPORTED (Holm of one p is the p)
+        claims = checked_claims(name, [hypothesis(f"{name}.h", "d", "src", 0.5, (0.2, 0.8), ">", 0.0, p_value=p,
+                                                  primary=True, n_seeds=20), verification(f"{name}.v", "v", 1.0, "<", 2.0)])
+        assert claims[0].passed and claims[0].p_adjusted == p
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "claims.json").write_text(json.dumps([c.to_dict() for c in claims]))
+    primaries = adjust_stored_primaries(tmp_path)
+    assert [(c.id, c.p_adjusted, c.passed) for c in primaries] == [("a.h", 0.03, False), ("b.h", 0.03, False)]
+    stored = json.loads((tmp_path / "a" / "claims.json").read_text())
+    assert stored[0]["p_adjusted"] == 0.03 and not stored[0]["passed"] and stored[1]["passed"]
+
+
+def test_claims_stored_before_the_primary_fields_still_load():
+    stored = verification("v", "s", 1.0, "<", 2.0).to_dict()
+    for key in ("primary", "n_seeds", "p_adjusted"):
+        del stored[key]
+    claim = Claim.from_dict(stored)
+    assert (claim.primary, claim.n_seeds, claim.p_adjusted, claim.outcome) == (False, None, None, "PASS")
+    with pytest.raises(ValueError, match="only a hypothesis"):
+        dataclasses.replace(claim, primary=True)
 
 
 def test_claims_round_trip_through_storage_and_recheck(fake, tmp_path):

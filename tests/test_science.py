@@ -16,12 +16,13 @@ from analysis.bayes import multiclass_posterior, posterior
 from analysis.evaluation import (average_precision, best_threshold, calibration_error, fit_temperature,
                                  recall_at_precision, saturation_probe)
 from analysis.experiments import EXPERIMENTS, config_for
+from analysis.experiments.common import TrainingConfig
 from analysis.storage import load_results, run_experiment
 from analysis.synthetic import (generator_for, make_batch, make_multiclass_batch, object_masks, placements, shapes,
                                 stamp)
-from analysis.training import LOSSES, UNet, fit, make_loss, predict
+from analysis.training import LOSSES, UNet, collapse_state, fit, make_loss, predict, set_prior_bias
 
-TRAINING_EXPERIMENTS = [name for name in EXPERIMENTS if name.startswith("s")]
+TRAINING_EXPERIMENTS = [name for name in EXPERIMENTS if issubclass(EXPERIMENTS[name].Config, TrainingConfig)]
 VERIFICATIONS = ["e2_gradients", "p1_precision", "d1_distributed"]
 
 
@@ -135,13 +136,86 @@ def _fit(seed):
 def test_training_is_deterministic_and_keeps_both_checkpoints():
     (m1, r1), (m2, r2), (_, r3) = _fit(0), _fit(0), _fit(1)
     assert r1.trajectory == r2.trajectory
-    for key in r1.converged_state:
-        assert torch.equal(r1.converged_state[key], r2.converged_state[key])
+    for key in r1.selected_state:
+        assert torch.equal(r1.selected_state[key], r2.selected_state[key])
         assert torch.equal(r1.budget_state[key], r2.budget_state[key])
     assert r1.trajectory != r3.trajectory
     assert [p["step"] for p in r1.trajectory][:3] == [0, 3, 6]
     assert r1.trajectory[-1]["val_loss"] < r1.trajectory[0]["val_loss"]
     assert math.isfinite(r1.initial_grad_norm) and 0 <= r1.trajectory[-1]["cw_grad_share"] <= 1
+
+
+def _frozen_fit(**options):
+    """A run whose validation DSC never changes (learning rate 0): only the stopping rule acts."""
+    train = make_batch(8, (16, 16), area=6, sigma=0.5, generator=generator_for(0, 0))
+    val = make_batch(4, (16, 16), area=6, sigma=0.5, generator=generator_for(0, 1))
+    model = UNet(2, width=4, generator=generator_for(0, 2))
+    settings = dict(lr=0.0, generator=generator_for(0, 3), batch_size=4, budget_steps=2, max_steps=40, eval_every=2,
+                    patience=2, plateau_warmup=6)
+    return fit(model, make_loss("dice"), train, val, **{**settings, **options})
+
+
+def test_stopping_rule_never_keeps_step_0_and_counts_patience_after_the_warm_up():
+    result = _frozen_fit()
+    # Evaluations at 2 (the first after step 0: selected), 4 and 6 (inside the warm-up: not counted),
+    # 8 and 10 (stale twice = patience): the plateau stops the run at step 10.
+    assert [p["step"] for p in result.trajectory] == [0, 2, 4, 6, 8, 10]
+    assert (result.stopped_by, result.steps, result.selected_step) == ("plateau", 10, 2)
+    later = _frozen_fit(plateau_warmup=20)
+    assert (later.stopped_by, later.steps, later.selected_step) == ("plateau", 24, 2)
+    assert not result.collapsed and result.final_grad_norm > 0
+
+
+@pytest.mark.parametrize("options, stopped_by, steps", [
+    (dict(patience=100), "cap", 40), (dict(schedule="constant", max_steps=7), "schedule", 7),
+    (dict(schedule="cosine", max_steps=7, lr=1e-3), "schedule", 7),
+])
+def test_stopped_by_says_how_the_run_ended(options, stopped_by, steps):
+    result = _frozen_fit(**options)
+    assert (result.stopped_by, result.steps) == (stopped_by, steps) and result.selected_step > 0
+
+
+def test_a_non_finite_loss_stops_the_run_as_diverged():
+    train = make_batch(8, (16, 16), area=6, sigma=0.5, generator=generator_for(0, 0))
+    model = UNet(2, width=4, generator=generator_for(0, 2))
+    result = fit(model, lambda logits, labels: logits.sum() * math.nan, train, train, lr=1e-3,
+                 generator=generator_for(0, 3), batch_size=4, budget_steps=2, max_steps=10, eval_every=2)
+    assert (result.stopped_by, result.diverged, result.steps, result.collapsed) == ("diverged", True, 0, False)
+    assert result.selected_step == 0 and math.isnan(result.final_grad_norm)  # no step was taken
+
+
+def test_diverged_weights_end_the_run_without_an_error():
+    train = make_batch(8, (16, 16), area=6, sigma=0.5, generator=generator_for(0, 0))
+    model = UNet(2, width=4, generator=generator_for(0, 2))
+    with torch.no_grad():
+        model.dec1[-1].bias.fill_(math.inf)  # the losses refuse non-finite logits with a ValueError
+    result = fit(model, make_loss("dice_ce"), train, train, lr=1e-3, generator=generator_for(0, 3), batch_size=4,
+                 budget_steps=2, max_steps=10, eval_every=2)
+    assert (result.stopped_by, result.collapsed) == ("diverged", False) and math.isnan(result.final_fg_share)
+    assert math.isnan(result.trajectory[0]["val_dsc"])
+
+
+@pytest.mark.parametrize("bias, share", [(-1e3, 0.0), (1e3, 1.0)])
+def test_collapse_needs_one_class_everywhere_and_no_gradient(bias, share):
+    data = make_batch(4, (16, 16), area=6, sigma=0.5, generator=generator_for(0, 1))
+    model = UNet(2, width=4, generator=generator_for(0, 2))
+    assert not collapse_state(model, make_loss("dice"), data)["collapsed"]
+    with torch.no_grad():  # the saturated state: a constant logit far beyond the sigmoid's range
+        model.dec1[-1].weight.zero_()
+        model.dec1[-1].bias.fill_(bias)
+    dice = collapse_state(model, make_loss("dice"), data)
+    assert dice == dict(fg_share=share, grad_norm=0.0, collapsed=True)
+    for loss in ("ce", "dice_ce", "dice_focal"):  # under a CE or focal term: one class everywhere, but a gradient
+        state = collapse_state(model, make_loss(loss), data)
+        assert state["fg_share"] == share and state["grad_norm"] > 1e-3 and not state["collapsed"]
+
+
+def test_prior_bias_sets_the_initial_foreground_probability():
+    model = UNet(2, width=4, generator=generator_for(0, 2))
+    set_prior_bias(model, 0.01)
+    assert float(torch.sigmoid(model.dec1[-1].bias.detach())) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="strictly between"):
+        set_prior_bias(model, 1.0)
 
 
 def test_measurements_on_known_cases():
@@ -189,7 +263,8 @@ def test_hypotheses_are_computed_and_finite_with_budget_and_convergence(small_ru
         assert hypotheses, name
         for claim in hypotheses:
             assert claim.source and math.isfinite(claim.value), (name, claim.id, claim.value)
-            assert math.isfinite(claim.ci_low) and math.isfinite(claim.ci_high) and claim.ci_low <= claim.ci_high
+            # two seeds: the sign-flip interval is the whole line (4 sign patterns cannot reject at 2.5 %)
+            assert not math.isnan(claim.ci_low) and not math.isnan(claim.ci_high) and claim.ci_low <= claim.ci_high
         assert {"budget", "convergence"} <= {c.stage for c in hypotheses}, name
         assert {"budget", "convergence"} <= set(df["stage"]), name
 
@@ -200,8 +275,26 @@ def test_training_experiments_hold_out_their_test_split(small_runs):
     evaluated = df[df["stage"] == "convergence"]
     assert evaluated["seed"].nunique() == config_for(EXPERIMENTS["s1_imbalance"], "small").seeds
     assert np.isfinite(evaluated["bayes_dsc"]).all() and (evaluated["bayes_dsc"] > 0).all()
-    selection = runs["s3_empty"][0]
-    assert (selection["stage"] == "selection").any()  # the learning rate was chosen on the validation split
+    selection, _, manifest = runs["s3_empty"]
+    chosen_on = selection.loc[selection["stage"] == "selection", "seed"]
+    evaluated_on = selection.loc[selection["stage"] == "convergence", "seed"]
+    # the learning rate was chosen on the validation split of >= 3 seeds that are never evaluated
+    assert chosen_on.nunique() >= 3 and not set(chosen_on) & set(evaluated_on)
+    assert manifest["lr_selection_seeds"] == sorted(set(chosen_on)) and manifest["seeds"] == sorted(set(evaluated_on))
+    assert {"selected_step", "stopped_by", "collapsed"} <= set(evaluated.columns)
+    assert (evaluated["selected_step"] > 0).all() and set(evaluated["stopped_by"]) <= {"plateau", "cap", "diverged"}
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(seeds=1001), "seeds \\[1000\\] are also evaluation seeds"), (dict(lr_selection_seeds=(1000, 1001)), "at least 3"),
+])
+def test_learning_rate_selection_seeds_are_disjoint_from_the_evaluation_seeds(changes, message):
+    import dataclasses
+
+    config = config_for(EXPERIMENTS["s1_imbalance"], "paper")
+    assert len(config.lr_selection_seeds) >= 3 and not set(config.lr_selection_seeds) & set(range(config.seeds))
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(config, **changes)
 
 
 def test_same_seed_gives_identical_parquet(small_runs, tmp_path):
@@ -217,3 +310,38 @@ def test_figures_render_from_stored_results(small_runs, tmp_path):
         df, _, _ = load_results(out, name)
         paths = EXPERIMENTS[name].figures(df, tmp_path / name)
         assert paths and all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_saturation_experiment_records_collapse_and_trajectories(small_runs):
+    from analysis.experiments import s8_saturation
+
+    df, claims, manifest = small_runs[1]["s8_saturation"]
+    config = config_for(s8_saturation, "small")
+    run_rows = df[df["stage"] == "run"]
+    assert len(run_rows) == len(s8_saturation.tasks(config)) * config.seeds
+    assert set(run_rows["stopped_by"]) == {"schedule"} and (run_rows["selected_step"] == config.steps).all()
+    collapsed = run_rows[run_rows["collapsed"].astype(bool)]
+    assert len(collapsed) > 0  # the small scale reaches the saturated state (Dice, Adam 3e-2)
+    assert ((collapsed["final_fg_share"].isin([0.0, 1.0])) & (collapsed["final_grad_norm"] < 1e-9)).all()
+    assert (collapsed["ce_term_grad_norm"] > 1e-6).all()  # a CE term still pushes a collapsed network
+    trace = df[df["stage"] == "trace"]
+    assert set(trace["step"]) == set(range(config.steps)) and set(trace["optimizer"]) == {"adam"}
+    assert {"mean_logit", "fg_share", "grad_norm"} <= set(trace.columns)
+    primaries = [c for c in claims if c.primary]
+    assert 3 <= len(primaries) <= 12 and all(c.p_adjusted is not None for c in primaries)
+    ce_runs = int(((run_rows["loss"] == "ce") & (run_rows["remedy"] == "")).sum())
+    assert {c.id: c.n_seeds for c in primaries}["s8.ce_never_collapses"] == ce_runs
+    assert {c.n_seeds for c in primaries if c.id != "s8.ce_never_collapses"} == {config.seeds}
+    assert manifest["seeds"] == [0, 1] and manifest["lr_selection_seeds"] == []
+
+
+def test_saturation_experiment_paper_grid_meets_the_protocol():
+    from analysis.experiments import s8_saturation
+
+    config = config_for(s8_saturation, "paper")
+    assert config.seeds >= 20 and set(config.losses) == {"ce", "dice", "dice_squared", "log_dice", "tversky",
+                                                         "dice_ce", "dice_focal"}
+    assert len(config.adam_lrs) >= 4 and min(config.adam_lrs) <= 1e-4 and max(config.adam_lrs) >= 3e-2
+    assert len(config.sgd_lrs) >= 4 and len(config.fg_fractions) >= 2
+    assert {s8_saturation.HIGH_RATE, s8_saturation.LOW_RATE} <= set(config.adam_lrs)
+    assert set(config.remedies) == {"clip", "lr_warmup", "prior_bias"} and "dice_ce" in config.losses

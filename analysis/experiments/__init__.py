@@ -17,7 +17,10 @@ must pass: its failure is a bug, and ``dicebench experiment`` exits 1. A *hypoth
 statement from the literature, with its threshold and citation fixed in code before the data are
 seen; it is SUPPORTED only when its value **and its whole confidence interval** satisfy
 ``<op> threshold``, and FAILED otherwise (including a NaN anywhere). A FAILED hypothesis is a
-finding: it is reported, and the command still exits 0.
+finding: it is reported, and the command still exits 0. A *primary* hypothesis (one of the few
+fixed before the paper-scale run) must also pass a multiplicity control: its one-sided p-value
+against the threshold, Holm-adjusted over the family of primaries (:func:`adjust_primaries`), must
+be at most :data:`PRIMARY_ALPHA`; every other hypothesis is exploratory.
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ import operator
 from dataclasses import dataclass
 from importlib import import_module
 from types import ModuleType
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 NAMES = (
     "e2_gradients", "p1_precision", "d1_distributed", "s1_imbalance", "s2_tiny", "s3_empty", "s4_compound_lr",
-    "s5_multiclass", "s6_balls3d", "s7_sgd",
+    "s5_multiclass", "s6_balls3d", "s7_sgd", "s8_saturation",
 )
 SCALE_NAMES = ("small", "paper")
 # The claim the report's first screen states as the study's main finding (whatever its outcome).
@@ -42,6 +45,7 @@ STAGES = ("budget", "convergence", "")
 OUTCOMES = {("verification", True): "PASS", ("verification", False): "FAIL",
             ("hypothesis", True): "SUPPORTED", ("hypothesis", False): "FAILED"}
 _OPERATORS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+PRIMARY_ALPHA = 0.025  # one-sided, family-wise: the tail a 95 % two-sided interval leaves on each side
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,10 @@ class Claim:
 
     ``stage`` says where in training a hypothesis was measured: ``"budget"`` (a fixed step
     budget), ``"convergence"`` (at the stated convergence criterion) or ``""`` (not about
-    training). ``p_value`` is the paired test's, where a claim compares two losses.
+    training). ``p_value`` is the one-sided test of the threshold in the claimed direction (the
+    paired sign-flip test, or the exact binomial test of a rate), ``n_seeds`` the number of seeds
+    (pairs, runs) it rests on, and ``p_adjusted`` the Holm-adjusted p-value of a ``primary``
+    hypothesis over its family (:func:`adjust_primaries`).
     """
 
     id: str
@@ -65,6 +72,9 @@ class Claim:
     passed: bool
     stage: str = ""
     p_value: Optional[float] = None
+    primary: bool = False
+    n_seeds: Optional[int] = None
+    p_adjusted: Optional[float] = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -79,6 +89,8 @@ class Claim:
             raise ValueError(f"claim {self.id!r}: give both ends of the confidence interval or neither")
         if self.kind == "hypothesis" and self.ci_low is None:
             raise ValueError(f"hypothesis {self.id!r} needs a confidence interval (analysis.stats)")
+        if self.primary and self.kind != "hypothesis":
+            raise ValueError(f"claim {self.id!r}: only a hypothesis can be primary")
 
     @property
     def outcome(self) -> str:
@@ -116,17 +128,41 @@ def verification(claim_id: str, statement: str, value: float, op: str, threshold
 
 
 def hypothesis(claim_id: str, statement: str, source: str, value: float, ci: Tuple[float, float], op: str,
-               threshold: float, stage: str = "", p_value: Optional[float] = None) -> Claim:
+               threshold: float, stage: str = "", p_value: Optional[float] = None, *, primary: bool = False,
+               n_seeds: Optional[int] = None) -> Claim:
     """A hypothesis from ``source`` (a citation): SUPPORTED only when ``value`` and both ends of its
     confidence interval ``ci = (low, high)`` satisfy ``<op> threshold`` (the whole interval lies on
-    the claimed side), FAILED otherwise. NaN anywhere fails."""
+    the claimed side), FAILED otherwise. NaN anywhere fails. A ``primary`` one also needs its
+    Holm-adjusted p-value, set by :func:`adjust_primaries` (until then it is FAILED)."""
     low, high = _number(ci[0]), _number(ci[1])
     value, threshold = float(value), float(threshold)
     if low is not None and high is not None and low > high:
         raise ValueError(f"hypothesis {claim_id!r}: confidence interval ({low}, {high}) has low > high")
-    passed = op in _OPERATORS and all(_satisfies(x, op, threshold) for x in (value, low, high))
-    return Claim(claim_id, "hypothesis", statement, source, value, low, high, op, threshold, passed, stage,
-                 _number(p_value))
+    claim = Claim(claim_id, "hypothesis", statement, source, value, low, high, op, threshold, False, stage,
+                  _number(p_value), primary, None if n_seeds is None else int(n_seeds))
+    return dataclasses.replace(claim, passed=_hypothesis_passes(claim))
+
+
+def _hypothesis_passes(claim: Claim) -> bool:
+    clears = claim.op in _OPERATORS and all(_satisfies(x, claim.op, claim.threshold)
+                                            for x in (claim.value, claim.ci_low, claim.ci_high))
+    if not claim.primary:
+        return clears
+    return clears and claim.p_adjusted is not None and claim.p_adjusted <= PRIMARY_ALPHA
+
+
+def adjust_primaries(claims: Sequence[Claim]) -> List[Claim]:
+    """``claims`` with ``p_adjusted`` (Holm over the primary hypotheses among them: one family) and
+    their outcome set; the other claims unchanged. A primary without a p-value counts as p = 1."""
+    from ..stats import holm
+
+    claims = list(claims)
+    index = [i for i, c in enumerate(claims) if c.primary]
+    adjusted = holm([claims[i].p_value if claims[i].p_value is not None else 1.0 for i in index])
+    for i, p in zip(index, adjusted):
+        claim = dataclasses.replace(claims[i], p_adjusted=float(p))
+        claims[i] = dataclasses.replace(claim, passed=_hypothesis_passes(claim))
+    return claims
 
 
 def config_for(module: ModuleType, scale: str, **changes):

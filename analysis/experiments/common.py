@@ -4,9 +4,12 @@ claims, and the figures' fixed colours. Not an experiment itself (it is not in `
 A *setting* is a JSON-plain dict: ``shape`` (list), ``area`` (binary) or ``areas`` (one per
 foreground class), ``sigma``, ``empty_fraction``, the Dice terms' ``smooth`` and ``batch``, the
 ``optimizer`` and ``lrs``, the learning-rate grid. One task trains one loss in one setting for
-``seeds`` seeds. With more than one learning rate in ``lrs``, seed 0 is first trained at each
-of them and the rate with the best validation DSC (converged checkpoint; the first on ties) is
-kept for every seed; seed 0's run at that rate is reused, so the test split never informs the choice.
+``seeds`` evaluation seeds (0 .. seeds - 1). With more than one learning rate in ``lrs``, the
+``lr_selection_seeds`` (at least 3, disjoint from the evaluation seeds) are first trained at each
+rate and the rate with the best **median** validation DSC (selected checkpoint; the first on
+ties) is used for every evaluation seed, so neither the evaluation seeds nor the test split
+inform the choice. Every run records how it stopped (``stopped_by``), its ``selected_step`` and
+whether it ``collapsed`` (``analysis.training.fit``).
 
 Random streams: the test split depends on the data settings alone (every loss and seed of a
 setting is scored on the same test images, so losses compare paired); the training and
@@ -29,9 +32,9 @@ import torch
 from ..bayes import multiclass_posterior, posterior
 from ..evaluation import (binary_metrics, best_threshold, binary_nll, calibration_error, f1_counts, fp_recall_curve,
                           multiclass_metrics, saturation_probe)
-from ..stats import paired_difference
+from ..stats import binomial_p_value, clopper_pearson, paired_difference
 from ..synthetic import SyntheticBatch, generator_for, make_batch, make_multiclass_batch
-from ..training import UNet, fit, make_loss, predict
+from ..training import UNet, fit, make_loss, predict, validation_dsc
 from . import Claim, hypothesis
 
 TEST_STREAM = 1_000_003
@@ -39,12 +42,14 @@ FP_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 0.99)
 
 # One colour per loss (and Dice variant) in every figure.
 LOSS_COLOURS = {
-    "ce": "#1f77b4", "wce": "#17becf", "focal": "#9467bd", "dice": "#d62728", "log_dice": "#ff9896",
+    "ce": "#1f77b4", "wce": "#17becf", "focal": "#9467bd", "dice": "#d62728", "dice_squared": "#e7969c",
+    "log_dice": "#ff9896",
     "gen_dice": "#8c564b", "tversky": "#e377c2", "focal_tversky": "#bcbd22", "dice_ce": "#2ca02c",
     "dice_focal": "#98df8a", "dice_batch": "#ff7f0e", "dice_smooth1": "#7f7f7f", "dice_smooth10": "#393b79", "bayes": "#000000",
 }
 LOSS_LABELS = {
-    "ce": "CE", "wce": "weighted CE", "focal": "focal", "dice": "Dice", "log_dice": "log-Dice", "gen_dice": "generalized Dice",
+    "ce": "CE", "wce": "weighted CE", "focal": "focal", "dice": "Dice", "dice_squared": "squared Dice",
+    "log_dice": "log-Dice", "gen_dice": "generalized Dice",
     "tversky": "Tversky", "focal_tversky": "focal Tversky", "dice_ce": "Dice+CE", "dice_focal": "Dice+focal",
     "dice_batch": "batch Dice", "dice_smooth1": "Dice, smooth 1", "dice_smooth10": "Dice, smooth 10", "bayes": "Bayes",
 }
@@ -66,12 +71,28 @@ class TrainingConfig:
     max_steps: int = 400
     eval_every: int = 25
     patience: int = 3
-    min_delta: float = 0.01
+    min_delta: float = 0.005  # validation DSC
+    plateau_warmup: int = 100  # steps before the patience counts
+    lr_selection_seeds: Tuple[int, ...] = (1000, 1001, 1002)  # disjoint from the evaluation seeds 0 .. seeds - 1
+
+    def __post_init__(self):
+        if len(set(self.lr_selection_seeds)) < 3:
+            raise ValueError(f"the learning rate is chosen on at least 3 distinct seeds, got {self.lr_selection_seeds}")
+        shared = sorted(set(self.lr_selection_seeds) & set(self.evaluation_seeds()))
+        if shared:
+            raise ValueError(f"learning-rate selection seeds {shared} are also evaluation seeds (0 .. {self.seeds - 1})")
+
+    def evaluation_seeds(self) -> List[int]:
+        return list(range(self.seeds))
+
+    def seed_sets(self) -> Dict[str, List[int]]:
+        """The seeds for the manifest: ``seeds`` (evaluated) and ``lr_selection_seeds`` (choose the rate)."""
+        return dict(seeds=self.evaluation_seeds(), lr_selection_seeds=list(self.lr_selection_seeds))
 
 
 # The small scale (CI, tests): two seeds, tiny splits, a few dozen steps; claims computed, not meaningful.
 SMALL = dict(seeds=2, train_images=16, val_images=8, test_images=16, budget_steps=10, max_steps=20, eval_every=5,
-             patience=1)
+             patience=1, plateau_warmup=10)
 
 
 def setting(shape: Sequence[int], *, area: Optional[int] = None, areas: Optional[Sequence[int]] = None,
@@ -128,7 +149,7 @@ def bayes_reference(s: dict, test: SyntheticBatch) -> dict:
 
 
 def run_setting(config: TrainingConfig, s: dict, loss: str, variant: str = "") -> pd.DataFrame:
-    """All rows of one task: ``stage`` "selection" (seed 0 at each rate), "budget" and "convergence"
+    """All rows of one task: ``stage`` "selection" (each selection seed at each rate), "budget" and "convergence"
     (one per seed: held-out measurements of that checkpoint) and "trajectory" (validation points).
     ``variant`` names the (loss, options) pair in the rows (default: the loss)."""
     binary = s["areas"] is None
@@ -144,38 +165,37 @@ def run_setting(config: TrainingConfig, s: dict, loss: str, variant: str = "") -
     def train(seed: int, lr: float):
         train_split, val = make_data(config, s, config.train_images, seed, 0), make_data(config, s, config.val_images, seed, 1)
         model = UNet(ndim, in_channels, classes, config.width, generator=generator_for(config.seed, seed, 2))
-
-        def probe(logits, grad):
-            point = saturation_probe(logits, grad, val.masks)
-            point["val_dsc"] = _val_dsc(logits, val.masks, classes)
-            return point
-
         result = fit(model, loss_fn, train_split, val, lr=lr, generator=generator_for(config.seed, seed, 3),
                      optimizer=s["optimizer"], batch_size=config.batch_size, budget_steps=config.budget_steps,
                      max_steps=config.max_steps, eval_every=config.eval_every, patience=config.patience,
-                     min_delta=config.min_delta, probe=probe)
+                     min_delta=config.min_delta, plateau_warmup=config.plateau_warmup,
+                     probe=lambda logits, grad: saturation_probe(logits, grad, val.masks))
         return model, result, val
 
     rows: List[dict] = []
-    runs = {}
     if len(s["lrs"]) > 1:
-        scores = []
+        medians = []
         for lr in s["lrs"]:
-            runs[lr] = train(0, lr)
-            model, result, val = runs[lr]
-            model.load_state_dict(result.converged_state)
-            score = _val_dsc(predict(model, val.images), val.masks, classes)
-            scores.append(score if math.isfinite(score) else -math.inf)
-            rows.append(dict(stage="selection", seed=0, lr=lr, val_dsc=score))
-        chosen = s["lrs"][int(np.argmax(scores))]
+            scores = []
+            for seed in config.lr_selection_seeds:
+                model, result, val = train(seed, lr)
+                model.load_state_dict(result.selected_state)
+                score = validation_dsc(predict(model, val.images), val.masks)
+                scores.append(score if math.isfinite(score) else -math.inf)
+                rows.append(dict(stage="selection", seed=seed, lr=lr, val_dsc=score, stopped_by=result.stopped_by,
+                                 selected_step=result.selected_step, collapsed=result.collapsed))
+            medians.append(float(np.median(scores)))
+        chosen = s["lrs"][int(np.argmax(medians))]
     else:
         chosen = s["lrs"][0]
     base = dict(loss=loss, variant=variant or loss, **_setting_columns(s), **reference)
-    for seed in range(config.seeds):
-        model, result, val = runs[chosen] if seed == 0 and chosen in runs else train(seed, chosen)
-        common = dict(seed=seed, lr=chosen, steps=result.steps, converged=result.converged, diverged=result.diverged,
-                      converged_step=result.converged_step, initial_grad_norm=result.initial_grad_norm)
-        for stage, state in (("budget", result.budget_state), ("convergence", result.converged_state)):
+    for seed in config.evaluation_seeds():
+        model, result, val = train(seed, chosen)
+        common = dict(seed=seed, lr=chosen, steps=result.steps, stopped_by=result.stopped_by, diverged=result.diverged,
+                      selected_step=result.selected_step, collapsed=result.collapsed,
+                      final_fg_share=result.final_fg_share, final_grad_norm=result.final_grad_norm,
+                      initial_grad_norm=result.initial_grad_norm)
+        for stage, state in (("budget", result.budget_state), ("convergence", result.selected_state)):
             model.load_state_dict(state)
             logits, val_logits = predict(model, test.images), predict(model, val.images)
             if not (torch.isfinite(logits).all() and torch.isfinite(val_logits).all()):  # a diverged run
@@ -187,18 +207,12 @@ def run_setting(config: TrainingConfig, s: dict, loss: str, variant: str = "") -
                     metrics.update(fp_recall_curve(torch.sigmoid(logits.double()[:, 0]), test.masks, empty, FP_THRESHOLDS))
             else:
                 metrics = multiclass_metrics(logits, test.masks, classes)
-            step = config.budget_steps if stage == "budget" else result.converged_step
+            step = config.budget_steps if stage == "budget" else result.selected_step
             point = next((p for p in result.trajectory if p["step"] == step), {})  # none: diverged before it
             rows.append(dict(stage=stage, **common, **metrics,
                              **{k: point.get(k, math.nan) for k in ("cw_grad_share", "cw_pixel_share", "val_loss", "val_dsc")}))
         rows += [dict(stage="trajectory", seed=seed, lr=chosen, **p) for p in result.trajectory]
     return pd.DataFrame([{**base, **row} for row in rows])
-
-
-def _val_dsc(logits: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
-    if classes == 1:
-        return f1_counts(torch.sigmoid(logits.double()[:, 0]) > 0.5, labels)["dsc"]
-    return multiclass_metrics(logits, labels, classes)["dsc"]
 
 
 def _setting_columns(s: dict) -> dict:
@@ -221,15 +235,31 @@ def _seeded(df: pd.DataFrame, stage: str, where: dict, metric: str) -> pd.Series
     return rows(df, stage, **where).set_index("seed")[metric].astype(float)
 
 
-def series_claim(claim_id, statement, source, stage, a: pd.Series, b: pd.Series, op, threshold) -> Claim:
-    """Hypothesis on the paired mean of ``a - b`` (aligned on seed), with its bootstrap CI and the
-    one-sided sign-flip p-value in the claimed direction."""
+def series_claim(claim_id, statement, source, stage, a: pd.Series, b: pd.Series, op, threshold, *,
+                 primary: bool = False) -> Claim:
+    """Hypothesis on the paired mean of ``a - b`` (aligned on seed), with its sign-flip interval and
+    the one-sided sign-flip p-value of the threshold in the claimed direction."""
     seeds = sorted(set(a.index) & set(b.index))
     if len(seeds) < 2:
-        return hypothesis(claim_id, statement, source, math.nan, (math.nan, math.nan), op, threshold, stage)
+        return hypothesis(claim_id, statement, source, math.nan, (math.nan, math.nan), op, threshold, stage,
+                          primary=primary, n_seeds=len(seeds))
     diff = paired_difference(a.loc[seeds].to_numpy(), b.loc[seeds].to_numpy(),
-                             alternative="greater" if op in (">", ">=") else "less")
-    return hypothesis(claim_id, statement, source, diff.mean, diff.ci, op, threshold, stage, diff.p_value)
+                             alternative="greater" if op in (">", ">=") else "less", threshold=threshold)
+    return hypothesis(claim_id, statement, source, diff.mean, diff.ci, op, threshold, stage, diff.p_value,
+                      primary=primary, n_seeds=diff.n)
+
+
+def rate_claim(claim_id: str, statement: str, source: str, outcomes: Sequence[bool], op: str, threshold: float, *,
+               stage: str = "", primary: bool = False) -> Claim:
+    """Hypothesis on a failure rate (e.g. the share of collapsed runs): ``k / n`` with its
+    Clopper-Pearson interval and the exact one-sided binomial test of ``threshold``."""
+    k, n = int(np.count_nonzero(outcomes)), len(outcomes)
+    if n == 0:
+        return hypothesis(claim_id, statement, source, math.nan, (math.nan, math.nan), op, threshold, stage,
+                          primary=primary, n_seeds=0)
+    p = binomial_p_value(k, n, threshold, "greater" if op in (">", ">=") else "less")
+    return hypothesis(claim_id, statement, source, k / n, clopper_pearson(k, n), op, threshold, stage, p,
+                      primary=primary, n_seeds=n)
 
 
 def paired_claim(df: pd.DataFrame, claim_id: str, statement: str, source: str, stage: str, metric: str,
