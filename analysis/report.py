@@ -151,12 +151,15 @@ def claims_table(claims: List[dict], caption: str) -> str:
     for c in map(Claim.from_dict, claims):
         ci = (Cell(f"{format_number(c.ci_low)} .. {format_number(c.ci_high)}") if c.ci_low is not None
               else Cell("—", css="missing"))
-        rows.append([c.id, c.kind, c.stage or "—", c.statement, c.source or "—", number_cell(c.value, short=True), ci,
-                     Cell(f"{c.op} {format_number(c.threshold)}", value=c.threshold),
-                     number_cell(c.p_value, short=True) if c.p_value is not None else Cell("—", css="missing"),
+        optional = lambda value: number_cell(value, short=True) if value is not None else Cell("—", css="missing")  # noqa: E731
+        rows.append([c.id, c.kind + (" (primary)" if c.primary else ""), c.stage or "—", c.statement, c.source or "—",
+                     number_cell(c.value, short=True), ci, Cell(f"{c.op} {format_number(c.threshold)}", value=c.threshold),
+                     optional(c.n_seeds), optional(c.p_value), optional(c.p_adjusted),
                      Cell(c.outcome, css="pass" if c.passed else "fail")])
-    return table(["claim", "kind", "stage", "statement", "source", "value", "95% CI", "required", "p", "outcome"],
-                 rows, caption, text_columns=5)
+    return table(["claim", "kind", "stage", "statement", "source", "value", "95% CI", "required", "n", "p",
+                  "p (Holm)", "outcome"], rows,
+                 caption + " p: one-sided, against the threshold; p (Holm): adjusted over the primary hypotheses.",
+                 text_columns=5)
 
 
 def claims_summary(claims: List[dict]) -> str:
