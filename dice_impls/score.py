@@ -49,7 +49,9 @@ def loss_from_statistics(stats: DiceStatistics, spec: DiceSpec) -> Tensor:
         weight = weight.new_ones(1)
 
     numerator = numerator + spec.smooth_nr
-    denominator = (denominator + spec.smooth_dr).clamp_min(spec.min_denominator)
+    denominator = denominator + spec.smooth_dr
+    if spec.min_denominator > 0:  # 0: no clamp, so a negative denominator (scores outside [0, 1]) is MONAI's value
+        denominator = denominator.clamp_min(spec.min_denominator)
     empty = denominator == 0
     score = torch.where(empty, torch.ones_like(numerator), numerator / torch.where(empty, 1.0, denominator))
     if spec.log_loss:

@@ -16,10 +16,11 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_label_smoothing
 from ..compound import binary_cross_entropy, cross_entropy, focal_loss
 from ..fused import compound_loss as fused_compound_loss
 from ..spec import DiceSpec
-from .dispatch import activation_of, apply_activation, dice, label_map, warn_ignored
+from .dispatch import activation_of, apply_activation, check_tensors, dice, label_map, warn_ignored
 
 Weight = Union[Sequence[float], float, int, Tensor, None]
 REDUCTIONS = ("mean", "sum", "none")
@@ -66,6 +67,7 @@ class _RegionLoss(nn.Module):
         self.class_weight = _as_weights(weight)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        check_tensors(input=input, target=target)
         return self.loss(input, self.target(input, target))
 
     def loss(self, input: Tensor, target: Tensor) -> Tensor:
@@ -181,6 +183,7 @@ class TverskyLoss(_RegionLoss):
 
 
 def _check_compound_inputs(input: Tensor, target: Tensor) -> None:
+    check_tensors(input=input, target=target)
     if input.dim() != target.dim():
         raise ValueError(
             "the number of dimensions for input and target should be the same, "
@@ -205,7 +208,9 @@ class DiceCELoss(nn.Module):
 
     CE is ``F.cross_entropy`` on the label map (no one-hot) or on the one-hot / soft target, with
     ``weight`` and ``label_smoothing``; one channel: binary cross-entropy with ``pos_weight=weight``.
-    The Dice part gets ``weight[1:]`` when ``include_background=False``, as in MONAI.
+    The Dice part gets ``weight[1:]`` when ``include_background=False``, as in MONAI. An input
+    without pixels (empty batch or spatial size) gives NaN with ``reduction="mean"``, MONAI's value
+    (CE's mean over nothing).
     """
 
     def __init__(self, include_background: bool = True, to_onehot_y: bool = False, sigmoid: bool = False,
@@ -215,6 +220,7 @@ class DiceCELoss(nn.Module):
                  lambda_ce: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
         reduction = _choice("reduction", reduction, ("mean", "sum"))
+        check_label_smoothing(label_smoothing)
         weight = _as_weights(weight)
         dice_weight = weight[1:] if weight is not None and not include_background else weight
         self.dice = DiceLoss(include_background, to_onehot_y, sigmoid, softmax, other_act, squared_pred, jaccard,
@@ -226,7 +232,10 @@ class DiceCELoss(nn.Module):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         _check_compound_inputs(input, target)
         if target.shape[1] == 1 and input.shape[1] != 1 and target.is_floating_point():
-            target = target.long()  # MONAI's CE takes .long() of a float label map; the Dice term reads it too
+            target = label_map(target)  # MONAI's CE takes .long() of a float label map; the Dice term reads it too
+        if self.reduction == "mean" and input.numel() == 0:
+            # MONAI's CE is torch's mean over no pixel, NaN (compound.cross_entropy gives 0 there)
+            return self.lambda_dice * self.dice(input, target) + self.lambda_ce * float("nan")
         fused = self.fused(input, target)
         if fused is not None:
             return fused

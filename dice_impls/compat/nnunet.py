@@ -17,11 +17,12 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_class_weight, check_label_smoothing
 from ..compound import cross_entropy
 from ..distributed import global_dice_loss, is_distributed
 from ..fused import compound_loss as fused_compound_loss
 from ..spec import DiceSpec
-from .dispatch import activation_of, apply_activation, dice, implementation_for, label_map
+from .dispatch import activation_of, apply_activation, check_tensors, dice, implementation_for, label_map
 
 _MASKED = -1  # the label given to pixels that loss_mask excludes (never a class)
 CE_ARGUMENTS = ("weight", "ignore_index", "reduction", "label_smoothing")
@@ -43,6 +44,7 @@ class _SoftDice(nn.Module):
                              batch=batch_dice, include_background=do_bg, min_denominator=1e-8, negate=True)
 
     def forward(self, x: Tensor, y: Tensor, loss_mask: Optional[Tensor] = None) -> Tensor:
+        check_tensors(x=x, y=y, **({} if loss_mask is None else {"loss_mask": loss_mask}))
         target, ignore_index = self.target(x, y, loss_mask)
         return self.loss(x, target, ignore_index)
 
@@ -58,11 +60,19 @@ class _SoftDice(nn.Module):
 
     @staticmethod
     def target(x: Tensor, y: Tensor, loss_mask: Optional[Tensor]):
-        """``(target, ignore_index)``: a label map (masked pixels labelled ``_MASKED``) or a one-hot."""
-        if y.shape == x.shape:  # one-hot
+        """``(target, ignore_index)``: a label map (masked pixels labelled ``_MASKED``) or a one-hot.
+
+        With one channel a y of x's shape is both; with ``loss_mask`` it is read as the label map
+        (0/1), which the mask can label."""
+        binary_with_mask = x.shape[1] == 1 and loss_mask is not None
+        if y.shape == x.shape and not binary_with_mask:  # one-hot
             if loss_mask is not None:
-                raise ValueError("loss_mask with a one-hot y is not supported here; pass the label map (b, 1, ...)")
+                raise ValueError(f"loss_mask with a one-hot y {tuple(y.shape)} is not supported here; pass the label "
+                                 f"map of shape (b, 1, *spatial) = {(x.shape[0], 1, *x.shape[2:])}")
             return (y if y.is_floating_point() else y.to(x.dtype)), None
+        if binary_with_mask and y.is_floating_point() and not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError("with one channel and loss_mask, y must hold 0 and 1 only (a soft y with loss_mask is "
+                             "not supported here)")
         labels = label_map(y)
         if loss_mask is None:
             return labels, None
@@ -116,13 +126,17 @@ class DC_and_CE_loss(nn.Module):  # noqa: N801 (nnU-Net's name)
             self.ce_kwargs["ignore_index"] = ignore_label
         weight = self.ce_kwargs.get("weight")
         self.ce_kwargs["weight"] = None if weight is None else torch.as_tensor(weight, dtype=torch.float64)
+        check_label_smoothing(float(self.ce_kwargs.get("label_smoothing", 0.0)))
         self.weight_dice, self.weight_ce, self.ignore_label = weight_dice, weight_ce, ignore_label
         self.dc = _dice_class(dice_class)(apply_nonlin=softmax_helper_dim1, **soft_dice_kwargs)
 
     def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
+        check_tensors(net_output=net_output, target=target)
         if target.ndim != net_output.ndim or target.shape[1] != 1:
             raise ValueError(f"target must be a label map of shape (b, 1, *spatial), got {tuple(target.shape)} "
                              "(nnU-Net's cross-entropy and ignore label take no one-hot target)")
+        if self.ce_kwargs["weight"] is not None:
+            check_class_weight(self.ce_kwargs["weight"], net_output.shape[1], "ce_kwargs['weight']")
         labels = label_map(target, self.ignore_label)
         fused = self.fused(net_output, labels)
         if fused is not None:

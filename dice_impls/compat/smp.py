@@ -20,7 +20,7 @@ from typing import List, Optional
 from torch import Tensor, nn
 
 from ..spec import DiceSpec
-from .dispatch import dice
+from .dispatch import check_tensors, dice
 
 MODES = ("binary", "multiclass", "multilabel")
 
@@ -49,6 +49,7 @@ class _SmpRegionLoss(nn.Module):
         )
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        check_tensors(y_pred=y_pred, y_true=y_true)
         if y_true.size(0) != y_pred.size(0):
             raise ValueError(f"y_true has {y_true.size(0)} images, y_pred {y_pred.size(0)}")
         return dice(y_pred, self.target(y_pred, y_true), self.spec_for(y_pred.shape[1]))

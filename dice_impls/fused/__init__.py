@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..checks import check_finite_logits, check_label_range, comparable_labels, prepare_inputs
+from ..checks import (check_class_weight, check_finite_logits, check_focal_parameters, check_label_range,
+                      check_label_smoothing, comparable_labels, label_range_flag, prepare_inputs)
 from ..registry import Implementation, register
 from ..score import DiceStatistics, loss_from_statistics
 from ..spec import DiceSpec
@@ -54,16 +55,14 @@ def _kernel_args(spec: DiceSpec, validate: bool):
 
 
 def _validate_on_host(logits: Tensor, labels: Tensor, probe: Tensor, spec: DiceSpec) -> None:
-    """The checks of kernels that do not validate themselves, with one host sync."""
-    values = [probe.float()]
-    check_labels = spec.out_of_range == "error" and labels.numel() > 0 and labels.dtype != torch.uint8
-    if check_labels:
-        values += [t.float() for t in torch.aminmax(labels)]
-    probe_value, *label_range = torch.stack(values).tolist()
+    """The checks of kernels that do not validate themselves, with one host sync. Labels of every
+    dtype are range-checked (uint8 too: 255 is no class unless it is ``ignore_index``)."""
+    label_flag = label_range_flag(labels, logits.shape[1], spec)
+    values = [probe.float()] + ([] if label_flag is None else [label_flag.float()])
+    probe_value, *labels_ok = torch.stack(values).tolist()
     if probe_value != probe_value or abs(probe_value) == float("inf"):
         check_finite_logits(logits)
-    low, high = (0, 2) if logits.shape[1] == 1 else (0, logits.shape[1])
-    if check_labels and not (low <= label_range[0] and label_range[1] < high):
+    if labels_ok and not labels_ok[0]:
         check_label_range(labels, logits.shape[1], spec)
 
 
@@ -175,8 +174,11 @@ def compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, lambda_dice
     others; ``d = class_weight`` when ``normalize_by_weight`` (``F.cross_entropy``'s mean) else 1
     (a mean over the counted pixels, as ``compound.focal_loss``); ``label_smoothing`` as in
     ``F.cross_entropy`` (cross-entropy only)."""
+    check_focal_parameters(gamma, alpha)
+    check_label_smoothing(label_smoothing)
     logits, target = prepare(logits, target, spec, validate)
     channels = logits.shape[1]
+    check_class_weight(class_weight, channels)
     weights = None if class_weight is None else [float(w) for w in class_weight]
     numerator = weights
     if alpha is not None:
@@ -228,10 +230,13 @@ def _triton_compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, lambda
         _validate_on_host(x, labels, probe, spec)
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     dice = loss_from_statistics(DiceStatistics(*stats[:3].to(dtype).unbind(0)), spec)
-    weighted = lambda sums, w: sums.sum() if w is None else (sums * w).sum()  # noqa: E731
+    # Classes without a counted pixel leave the sums whatever their weight (a NaN weight too, as in
+    # F.cross_entropy); a normaliser of 0 gives a term of 0, any other F.cross_entropy's weighted mean.
+    present = stats[2] != 0
+    weighted = lambda sums, w: sums.sum() if w is None else torch.where(present, sums * w, 0).sum()  # noqa: E731
     term_sum = weighted(stats[3], numerator) * (1 - eps) + eps / channels * stats[4, :, 0].sum()
     norm = weighted(stats[2], normalizer)
-    term = torch.where(norm > 0, term_sum / norm.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    term = torch.where(norm != 0, term_sum / torch.where(norm != 0, norm, 1.0), 0.0)
     return lambda_dice * dice + (pixel.weight * term).to(dtype)
 
 

@@ -223,6 +223,7 @@ Sums run_statistics(const KernelArgs& P, const at::Tensor& logits, const at::Ten
     for (int64_t s = 0; s < 3; ++s)
       for (int64_t c = 0; c < C; ++c) sums.dice[(s * P.N + n) * C + c] += acc[s * C + c];
     for (int64_t c = 0; c < C && P.pixel; ++c) {
+      if (acc[2 * C + c] == 0) continue;  // no pixel of class c: its weight (NaN too) leaves the sums
       sums.pixel[0] += P.pixel_weight[c] * (1 - P.smoothing) * acc[3 * C + c];
       sums.pixel[2] += P.norm_weight[c] * acc[2 * C + c];
     }
@@ -400,11 +401,13 @@ double score(const Scoring& S, const double* stats, int64_t N, int64_t C, double
     for (int64_t k = 0; k < classes; ++k) {
       const double numerator = (1 + S.beta2) * t[k] + S.smooth_nr;
       const double raw = p[k] + S.beta2 * g[k] + S.smooth_dr;
-      const double denominator = std::max(raw, S.min_denominator);
+      // min_denominator 0 clamps nothing: a negative denominator is divided by (score.py).
+      const bool clamped = S.min_denominator > 0 && raw < S.min_denominator;
+      const double denominator = clamped ? S.min_denominator : raw;
       const bool empty = denominator == 0;
       const double value = empty ? 1.0 : numerator / denominator;
       const double ds_dt = empty ? 0.0 : (1 + S.beta2) / denominator;
-      const double ds_dp = empty || raw < S.min_denominator ? 0.0 : -numerator / (denominator * denominator);
+      const double ds_dp = empty || clamped ? 0.0 : -numerator / (denominator * denominator);
       double l, dl_ds;
       if (S.log_loss) {
         l = -std::log(std::max(value, tiny));
@@ -536,7 +539,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss(const at::Tensor& logits, co
   double value = T.lambda_dice * score(S, sums.dice.data(), P.N, P.C, a, b);
   for (int64_t i = 0; i < 2 * P.N * P.C; ++i) a[i] *= T.lambda_dice;
   double pixel_scale = 0;
-  if (P.pixel && sums.pixel[2] > 0) {
+  if (P.pixel && sums.pixel[2] != 0) {  // F.cross_entropy's weighted mean, any sign; 0 when nothing counts
     const double pixel = ((sums.pixel[0]) + T.smoothing / P.C * sums.pixel[1]) / sums.pixel[2];
     value += T.lambda_pixel * pixel;
     pixel_scale = T.lambda_pixel / sums.pixel[2];
