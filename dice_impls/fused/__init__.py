@@ -3,9 +3,10 @@
 Importing this package registers ``IMPLEMENTATIONS["fused"]``. The kernels are ``torch.library``
 operators (``ops``), so ``torch.compile(fullgraph=True)`` sees them without a graph break. On
 the CPU, ``dice_loss(..., impl="fused")`` runs one folded operator forward (the sums, their
-scoring and the coefficients of the gradient) and one backward, whenever the spec's scoring is
-one the C++ code knows (``foldable``); otherwise the sums go through ``loss_from_statistics``.
-``compound_loss`` adds cross-entropy or focal terms inside the same two passes.
+scoring for every ``DiceSpec``, and the coefficients of the gradient) and one backward; on the GPU
+the Triton sums go through ``loss_from_statistics``. ``routing.fusion`` decides which, for every
+caller. ``compound_loss`` adds cross-entropy or focal terms inside the same two passes; its
+arguments to the C++ operator are named in ``op_args.FoldedLossArgs``.
 
 ``fused_statistics`` also takes an explicit ``backend`` (``"cpp"``, ``"chunked"``, ``"triton"``;
 the Triton kernels run on CPU tensors under ``TRITON_INTERPRET=1``) and ``deterministic``
@@ -15,7 +16,6 @@ the Triton kernels run on CPU tensors under ``TRITON_INTERPRET=1``) and ``determ
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -29,29 +29,19 @@ from ..score import DiceStatistics, loss_from_statistics
 from ..spec import DiceSpec
 from . import cpu, ops
 from .autograd import Backend, KernelParams
+from .op_args import FoldedLossArgs, PixelTerm
+from .routing import FOLDED, TRITON, fusion
 
 # Read without a copy; other integer dtypes (uint16/32/64) are converted to int64 once
 # (``checks.comparable_labels``; validation has usually done it already).
 NATIVE_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 BACKENDS = tuple(ops.FAMILIES)
-# The DiceSpec fields the C++ scoring implements; any other field must keep its default to fold.
-FOLDED_FIELDS = {
-    "activation", "smooth_nr", "smooth_dr", "beta", "squared", "batch", "include_background", "ignore_index",
-    "weight", "reduction", "log_loss", "average", "min_denominator", "absent_classes", "negate", "out_of_range",
-    "resize_logits",
-}
-ABSENT_CLASSES = ("include", "zero", "exclude")
 
 
 def label_codes(target: Tensor) -> Tensor:
     if target.dtype == torch.bool:
         return target.view(torch.uint8)
     return target if target.dtype in NATIVE_LABEL_DTYPES else comparable_labels(target)
-
-
-def _kernel_args(spec: DiceSpec, validate: bool):
-    params = KernelParams.from_spec(spec)
-    return (*params, validate, validate and spec.out_of_range == "error")
 
 
 def _validate_on_host(logits: Tensor, labels: Tensor, probe: Tensor, spec: DiceSpec) -> None:
@@ -80,7 +70,8 @@ def fused_statistics(
     x = logits.contiguous()
     labels = label_codes(target).contiguous()
     if family.validates:
-        stats, _ = family.statistics(x, labels, *_kernel_args(spec, validate))
+        stats, _ = family.statistics(x, labels, *KernelParams.from_spec(spec), validate,
+                                     validate and spec.out_of_range == "error")
     else:
         if deterministic is None:
             deterministic = torch.are_deterministic_algorithms_enabled()
@@ -91,59 +82,15 @@ def fused_statistics(
     return DiceStatistics(*stats.to(dtype).unbind(0))
 
 
-def foldable(spec: DiceSpec) -> bool:
-    """Whether the C++ ``loss`` operator implements this spec's scoring (else: ``loss_from_statistics``)."""
-    return spec.reduction != "none" and all(
-        getattr(spec, field.name) == field.default for field in dataclasses.fields(spec) if field.name not in FOLDED_FIELDS
-    )
-
-
-@dataclass(frozen=True)
-class PixelTerm:
-    """A per-pixel term of the loss: ``weight * sum_i u_{y_i} (1 - p_{y_i})**gamma (-log p_{y_i})
-    / sum_i d_{y_i}`` over the counted pixels (not ignored, label in range); ``u``, ``d``: per-class
-    weights (None: ones); ``label_smoothing`` mixes in ``eps/C sum_c u_c (-log p_c)``
-    (cross-entropy only), as ``F.cross_entropy`` does."""
-
-    weight: float = 1.0
-    gamma: float = 0.0
-    numerator_weight: Optional[Sequence[float]] = None
-    normalizer_weight: Optional[Sequence[float]] = None
-    label_smoothing: float = 0.0
-
-
-def _loss_config(spec: DiceSpec, lambda_dice: float, pixel: Optional[PixelTerm]):
-    flags = [int(spec.batch), int(spec.include_background), int(spec.average == "micro"), int(spec.log_loss),
-             int(spec.negate), ABSENT_CLASSES.index(spec.absent_classes), int(spec.reduction == "mean")]
-    pixel = pixel or PixelTerm(weight=0.0)
-    scalars = [float(spec.beta), float(spec.smooth_nr), float(spec.smooth_dr), float(spec.min_denominator),
-               float(lambda_dice), float(pixel.weight), float(pixel.gamma), float(pixel.label_smoothing)]
-    as_list = lambda values: None if values is None else [float(v) for v in values]  # noqa: E731
-    return flags, scalars, as_list(spec.weight), as_list(pixel.numerator_weight), as_list(pixel.normalizer_weight)
-
-
 def folded_loss(logits: Tensor, labels: Tensor, spec: DiceSpec, *, validate: bool = True, lambda_dice: float = 1.0,
                 pixel: Optional[PixelTerm] = None) -> Tensor:
-    """``lambda_dice * Dice (+ the pixel term)`` by the C++ ``loss`` operator (CPU, foldable specs)."""
+    """``lambda_dice * Dice (+ the pixel term)`` by the C++ ``loss`` operator (``routing.FOLDED``)."""
     x = logits.contiguous()
     codes = label_codes(labels).contiguous()
-    config = (*_kernel_args(spec, validate), *_loss_config(spec, lambda_dice, pixel))
+    args = FoldedLossArgs.from_spec(spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel).to_op_args()
     if torch.compiler.is_compiling():  # the operator whose autograd formula the compiler traces
-        return torch.ops.dice_fused.loss(x, codes, *config)[0]
-    return torch.ops.dice_fused.eager_loss(x, codes, *config)
-
-
-def pixel_term_applies(logits: Tensor, spec: DiceSpec, pixel: PixelTerm) -> bool:
-    """Whether the kernels (C++ and Triton) compute this per-pixel term: softmax over two or more
-    channels, label smoothing for cross-entropy only."""
-    return spec.activation == "softmax" and logits.shape[1] >= 2 and (pixel.label_smoothing == 0 or pixel.gamma == 0)
-
-
-def can_fold(logits: Tensor, spec: DiceSpec, pixel: Optional[PixelTerm] = None) -> bool:
-    # An empty batch has no unit to average: loss_from_statistics defines its loss (0, on the graph).
-    if logits.device.type != "cpu" or logits.shape[0] == 0 or not foldable(spec) or ops.cpp() is None:
-        return False
-    return pixel is None or pixel_term_applies(logits, spec, pixel)
+        return torch.ops.dice_fused.loss(x, codes, *args)[0]
+    return torch.ops.dice_fused.eager_loss(x, codes, *args)
 
 
 def prepare(logits: Tensor, target: Tensor, spec: DiceSpec, validate: bool):
@@ -163,9 +110,9 @@ def compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, lambda_dice
                   validate: bool = True, backend: Optional[str] = None,
                   deterministic: Optional[bool] = None) -> Optional[Tensor]:
     """``lambda_dice * Dice + lambda_pixel * focal(gamma, alpha)`` (cross-entropy at gamma = 0) in
-    the fused kernels' two passes, or None where they cannot (the caller then adds the term in
-    torch: sigmoid, one channel, a reduction other than "mean", smoothing with focal, the chunked
-    backend). On the CPU the C++ ``loss`` operator does it all (for the specs it scores, ``foldable``);
+    the fused kernels' two passes, or None where they cannot (``routing.fusion``; the caller then
+    adds the term in torch: sigmoid, one channel, a reduction other than "mean", smoothing with
+    focal, float targets, the chunked backend). On the CPU the C++ ``loss`` operator does it all;
     the Triton kernels (CUDA, or ``backend="triton"``) return the term's sums with the Dice sums, and
     the loss is scored from them in torch.
 
@@ -176,22 +123,21 @@ def compound_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, lambda_dice
     ``F.cross_entropy`` (cross-entropy only)."""
     check_focal_parameters(gamma, alpha)
     check_label_smoothing(label_smoothing)
+    path = fusion(logits, target, spec, PixelTerm(lambda_pixel, gamma, label_smoothing=label_smoothing), backend)
+    if path is None:
+        return None
     logits, target = prepare(logits, target, spec, validate)
     channels = logits.shape[1]
     check_class_weight(class_weight, channels)
-    weights = None if class_weight is None else [float(w) for w in class_weight]
+    weights = None if class_weight is None else tuple(float(w) for w in class_weight)
     numerator = weights
     if alpha is not None:
-        numerator = [(1 - alpha if c == 0 else alpha) * (1.0 if weights is None else weights[c]) for c in range(channels)]
-    if spec.reduction != "mean":
-        return None
+        numerator = tuple((1 - alpha if c == 0 else alpha) * (1.0 if weights is None else weights[c])
+                          for c in range(channels))
     pixel = PixelTerm(lambda_pixel, gamma, numerator, weights if normalize_by_weight else None, label_smoothing)
-    if backend in (None, "cpp") and can_fold(logits, spec, pixel):
+    if path == FOLDED:
         return folded_loss(logits, target, spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel)
-    on_triton = backend == "triton" or (backend is None and logits.device.type == "cuda")
-    if on_triton and pixel_term_applies(logits, spec, pixel):
-        return _triton_compound_loss(logits, target, spec, lambda_dice, pixel, validate, deterministic)
-    return None
+    return _triton_compound_loss(logits, target, spec, lambda_dice, pixel, validate, deterministic)
 
 
 # Class weights on the device, made once per (weights, device): creating them from Python floats on
@@ -247,7 +193,7 @@ class FusedImplementation(Implementation):
     def __call__(self, logits: Tensor, target: Tensor, spec: Optional[DiceSpec] = None, validate: bool = True) -> Tensor:
         spec = spec or DiceSpec()
         logits, target = prepare(logits, target, spec, validate)
-        if can_fold(logits, spec):
+        if fusion(logits, target, spec) == FOLDED:
             return folded_loss(logits, target, spec, validate=validate)
         return loss_from_statistics(fused_statistics(logits, target, spec, validate=validate), spec)
 
@@ -269,4 +215,5 @@ register(
     )
 )
 
-__all__ = ["Backend", "BACKENDS", "KernelParams", "PixelTerm", "compound_loss", "fused_statistics", "folded_loss"]
+__all__ = ["Backend", "BACKENDS", "FoldedLossArgs", "KernelParams", "PixelTerm", "compound_loss", "fused_statistics",
+           "folded_loss", "fusion"]

@@ -29,24 +29,12 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..spec import DiceSpec
+from .op_args import FoldedLossArgs, KernelParams  # noqa: F401 (KernelParams: the kernels' interface, named here too)
 
 DOUBLE_BACKWARD = (
     "impl='fused' has no double backward (create_graph=True through its gradient, gradgradcheck, "
     "gradient penalties); use impl='vectorized' for second-order gradients"
 )
-
-
-class KernelParams(NamedTuple):
-    """What the kernels need to know of the spec: the activation, k, the ignored label."""
-
-    activation: int  # 0 softmax, 1 sigmoid, 2 identity
-    squared: bool
-    ignore_index: Optional[int]
-
-    @classmethod
-    def from_spec(cls, spec: DiceSpec) -> "KernelParams":
-        return cls(("softmax", "sigmoid", "none").index(spec.activation), spec.squared, spec.ignore_index)
 
 
 class Backend(NamedTuple):
@@ -92,7 +80,8 @@ def loss_fake(logits: Tensor, labels: Tensor, *args):
     voxels = labels.numel() // n if n else 0
     coded = c <= MAX_CODED_CLASSES and labels.element_size() > 1  # as fused_dice.cpp decides
     codes = labels.new_empty((n if coded else 0, voxels), dtype=torch.uint8)
-    return logits.new_empty((), dtype=dtype), logits.new_empty((2 * n * c + 1,), dtype=torch.float64), codes
+    loss = logits.new_empty(FoldedLossArgs.from_op_args(args).loss_shape(n, c), dtype=dtype)
+    return loss, logits.new_empty((2 * n * c + 1,), dtype=torch.float64), codes
 
 
 def loss_backward_fake(grad: Tensor, logits: Tensor, *args) -> Tensor:
@@ -160,9 +149,8 @@ def loss_setup_context(ctx, inputs, output):
 
 def loss_backward(ctx, grad_loss: Tensor, _grad_saved, _grad_codes):
     logits, labels, saved, codes = ctx.saved_tensors
-    activation, squared, ignore_index, _check_finite, _check_labels, *scoring = ctx.config
-    grad = torch.ops.dice_fused.loss_backward(grad_loss, logits, labels, saved, codes, activation, squared,
-                                              ignore_index, *scoring)
+    grad = torch.ops.dice_fused.loss_backward(grad_loss, logits, labels, saved, codes,
+                                              *FoldedLossArgs.from_op_args(ctx.config).backward_op_args())
     return (grad,) + (None,) * (1 + len(ctx.config))
 
 

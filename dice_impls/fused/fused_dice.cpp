@@ -338,23 +338,59 @@ at::Tensor run_gradient(const KernelArgs& P, const at::Tensor& logits, const dou
 
 // --- the scoring of the sums (dice_impls/score.py: loss_from_statistics), with its gradient ---
 
-// flags: batch, include_background, micro, log_loss, negate, absent_classes (0 include, 1 zero,
-// 2 exclude), mean (1) or sum (0). scalars: beta, smooth_nr, smooth_dr, min_denominator.
+// The folded loss's configuration by name: the entries of its `flags` and `scalars`, in the order
+// dice_impls/fused/op_args.py (FoldedLossArgs) writes them; `folded_loss_layout()` returns these
+// names and Python compares them with its fields when it loads the extension.
+#define FOLDED_FLAGS(X) \
+  X(batch) X(include_background) X(micro) X(generalized) X(log_loss) X(negate) X(absent_classes) X(reduction)
+#define FOLDED_SCALARS(X)                                                                                  \
+  X(numerator_tp) X(denominator_tp) X(denominator_pred) X(denominator_target) X(smooth_nr) X(smooth_dr) \
+  X(min_denominator) X(focal_gamma) X(lambda_dice) X(lambda_pixel) X(pixel_gamma) X(label_smoothing)
+#define FOLDED_ENTRY(name) name,
+#define FOLDED_NAME(name) #name,
+enum class Flag : int { FOLDED_FLAGS(FOLDED_ENTRY) count };
+enum class Scalar : int { FOLDED_SCALARS(FOLDED_ENTRY) count };
+enum Generalized { NOT_GENERALIZED = 0, GENERALIZED_SQUARE = 1, GENERALIZED_SIMPLE = 2, GENERALIZED_UNIFORM = 3 };
+enum Absent { ABSENT_INCLUDE = 0, ABSENT_ZERO = 1, ABSENT_EXCLUDE = 2 };
+enum Reduction { REDUCTION_NONE = 0, REDUCTION_MEAN = 1, REDUCTION_SUM = 2 };
+
+std::vector<std::string> folded_loss_layout() {
+  std::vector<std::string> names{FOLDED_FLAGS(FOLDED_NAME) "|", FOLDED_SCALARS(FOLDED_NAME)};
+  return names;
+}
+
+// The score of every member of the family is (nt tp + smooth_nr) / (dt tp + dp P + dg G + smooth_dr)
+// (score.score_coefficients: F-beta, Tversky, Jaccard), clamped at min_denominator when that is > 0.
 struct Scoring {
-  bool batch, background, micro, log_loss, negate, mean;
-  int absent;
-  double beta2, smooth_nr, smooth_dr, min_denominator;
+  bool batch, background, micro, log_loss, negate;
+  int generalized, absent, reduction;
+  double nt, dt, dp, dg, smooth_nr, smooth_dr, min_denominator, focal_gamma;
   std::vector<double> weight;  // C
+  int64_t units(int64_t N) const { return batch ? 1 : N; }
+  int64_t first() const { return background ? 0 : 1; }
+  bool pooled() const { return micro || generalized != NOT_GENERALIZED; }
+  int64_t entries(int64_t C) const { return pooled() ? 1 : C - first(); }  // loss entries per unit
 };
 
 Scoring make_scoring(at::IntArrayRef flags, at::ArrayRef<double> scalars, std::optional<at::ArrayRef<double>> weight,
                      int64_t C) {
-  TORCH_CHECK(flags.size() == 7 && scalars.size() >= 4, "fused loss: flags needs 7 entries, scalars at least 4");
+  TORCH_CHECK(flags.size() == static_cast<size_t>(Flag::count) && scalars.size() == static_cast<size_t>(Scalar::count),
+              "fused loss: flags needs ", static_cast<int>(Flag::count), " entries, scalars ",
+              static_cast<int>(Scalar::count), " (FoldedLossArgs.to_op_args)");
+  const auto flag = [&](Flag f) { return flags[static_cast<int>(f)]; };
+  const auto scalar = [&](Scalar s) { return scalars[static_cast<int>(s)]; };
   Scoring S;
-  S.batch = flags[0], S.background = flags[1], S.micro = flags[2], S.log_loss = flags[3], S.negate = flags[4];
-  S.absent = static_cast<int>(flags[5]), S.mean = flags[6];
-  S.beta2 = scalars[0] * scalars[0], S.smooth_nr = scalars[1], S.smooth_dr = scalars[2];
-  S.min_denominator = scalars[3];
+  S.batch = flag(Flag::batch), S.background = flag(Flag::include_background), S.micro = flag(Flag::micro);
+  S.generalized = static_cast<int>(flag(Flag::generalized)), S.log_loss = flag(Flag::log_loss);
+  S.negate = flag(Flag::negate), S.absent = static_cast<int>(flag(Flag::absent_classes));
+  S.reduction = static_cast<int>(flag(Flag::reduction));
+  S.nt = scalar(Scalar::numerator_tp), S.dt = scalar(Scalar::denominator_tp), S.dp = scalar(Scalar::denominator_pred);
+  S.dg = scalar(Scalar::denominator_target), S.smooth_nr = scalar(Scalar::smooth_nr);
+  S.smooth_dr = scalar(Scalar::smooth_dr), S.min_denominator = scalar(Scalar::min_denominator);
+  S.focal_gamma = scalar(Scalar::focal_gamma);
+  TORCH_CHECK(S.reduction >= REDUCTION_NONE && S.reduction <= REDUCTION_SUM && S.absent >= ABSENT_INCLUDE &&
+                  S.absent <= ABSENT_EXCLUDE && S.generalized >= NOT_GENERALIZED && S.generalized <= GENERALIZED_UNIFORM,
+              "fused loss: a flag is out of its range");
   S.weight.assign(C, 1.0);
   if (weight.has_value()) {
     TORCH_CHECK(static_cast<int64_t>(weight->size()) == C, "fused loss: weight needs one entry per channel");
@@ -363,10 +399,50 @@ Scoring make_scoring(at::IntArrayRef flags, at::ArrayRef<double> scalars, std::o
   return S;
 }
 
-// The loss of (3, N, C) sums; writes dL/dpred_sum into a and dL/dintersection into b (N x C).
-double score(const Scoring& S, const double* stats, int64_t N, int64_t C, double* a, double* b) {
-  const int64_t units = S.batch ? 1 : N, first = S.background ? 0 : 1;  // batch: one pooled unit, even of no images
+// Sudre et al.'s weights of one unit's classes [first, C) from their G (score.generalized_weights): a
+// weight that is not finite becomes the largest finite one of the unit (0 if none).
+std::vector<double> generalized_weights(const Scoring& S, const double* g, int64_t C) {
+  std::vector<double> w(C, 0.0);
+  double largest = 0;
+  bool any_finite = false;
+  for (int64_t c = S.first(); c < C; ++c) {
+    const double raw = S.generalized == GENERALIZED_UNIFORM ? 1.0
+                       : S.generalized == GENERALIZED_SQUARE ? 1.0 / (g[c] * g[c]) : 1.0 / g[c];
+    if (std::isfinite(raw)) {
+      w[c] = raw;
+      largest = any_finite ? std::max(largest, raw) : raw;
+      any_finite = true;
+    } else {
+      w[c] = std::numeric_limits<double>::infinity();
+    }
+  }
+  for (int64_t c = S.first(); c < C; ++c)
+    if (!std::isfinite(w[c])) w[c] = any_finite ? largest : 0.0;
+  return w;
+}
+
+// The loss entry of one score: l(s) and dl/ds.
+void loss_form(const Scoring& S, double s, double* l, double* dl_ds) {
   const double tiny = std::numeric_limits<float>::min();
+  if (S.log_loss) {
+    *l = -std::log(std::max(s, tiny));
+    *dl_ds = s >= tiny ? -1.0 / s : 0.0;
+  } else if (S.negate) {
+    *l = -s, *dl_ds = -1.0;
+  } else if (S.focal_gamma != 1) {  // (1 - s)**gamma, base clamped at 0 (score.focal_power)
+    const double base = 1 - s;
+    *l = base > 0 ? std::pow(base, S.focal_gamma) : 0.0;
+    *dl_ds = base > 0 ? -S.focal_gamma * std::pow(base, S.focal_gamma - 1) : 0.0;
+  } else {
+    *l = 1 - s, *dl_ds = -1.0;
+  }
+}
+
+// The loss of (3, N, C) sums: a scalar (mean, sum) in out[0], or the (units, entries) weighted losses
+// (none) in out. Writes into a and b (N x C) dL/dpred_sum and dL/dintersection for a unit upstream
+// gradient (none: of the entry that class feeds, which loss_backward scales by that entry's gradient).
+void score(const Scoring& S, const double* stats, int64_t N, int64_t C, double* out, double* a, double* b) {
+  const int64_t units = S.units(N), first = S.first(), K = S.entries(C);  // batch: one pooled unit, even of no images
   std::vector<double> tp(units * C, 0.0), ps(units * C, 0.0), gs(units * C, 0.0);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) {
@@ -375,87 +451,69 @@ double score(const Scoring& S, const double* stats, int64_t N, int64_t C, double
       ps[u * C + c] += stats[(N + n) * C + c];
       gs[u * C + c] += stats[(2 * N + n) * C + c];
     }
-  std::fill(a, a + N * C, 0.0);
-  std::fill(b, b + N * C, 0.0);
-  const int64_t classes = S.micro ? 1 : C - first;
   std::vector<double> da(units * C, 0.0), db(units * C, 0.0);  // per unit, per class
   double total = 0;
+  std::vector<double> num(K), den(K), weight(K), loss(K), dl_dnum(K), dl_dden(K), pool(C, 1.0);
   for (int64_t u = 0; u < units; ++u) {
-    // The scored entries of this unit: one per kept class, or one pooled (micro) entry.
-    std::vector<double> t(classes), p(classes), g(classes), w(classes);
-    for (int64_t k = 0; k < classes; ++k) {
-      if (S.micro) {
-        t[k] = p[k] = g[k] = 0;
-        for (int64_t c = first; c < C; ++c) {
-          t[k] += S.weight[c] * tp[u * C + c];
-          p[k] += S.weight[c] * ps[u * C + c];
-          g[k] += S.weight[c] * gs[u * C + c];
-        }
-        w[k] = 1;
-      } else {
-        const int64_t c = first + k;
-        t[k] = tp[u * C + c], p[k] = ps[u * C + c], g[k] = gs[u * C + c], w[k] = S.weight[c];
-      }
+    const double *t = &tp[u * C], *p = &ps[u * C], *g = &gs[u * C];
+    if (S.generalized != NOT_GENERALIZED) pool = generalized_weights(S, g, C);
+    else if (S.micro) pool = S.weight;
+    std::fill(num.begin(), num.end(), 0.0);
+    std::fill(den.begin(), den.end(), 0.0);
+    for (int64_t c = first; c < C; ++c) {  // numerators and denominators are linear: pooling sums them
+      const int64_t k = S.pooled() ? 0 : c - first;
+      const double w = S.pooled() ? pool[c] : 1.0;
+      num[k] += w * S.nt * t[c];
+      den[k] += w * (S.dt * t[c] + S.dp * p[c] + S.dg * g[c]);
     }
-    std::vector<double> loss(classes), dl_dt(classes), dl_dp(classes), weights(classes);
-    for (int64_t k = 0; k < classes; ++k) {
-      const double numerator = (1 + S.beta2) * t[k] + S.smooth_nr;
-      const double raw = p[k] + S.beta2 * g[k] + S.smooth_dr;
+    for (int64_t k = 0; k < K; ++k) {
+      const double numerator = num[k] + S.smooth_nr, raw = den[k] + S.smooth_dr;
       // min_denominator 0 clamps nothing: a negative denominator is divided by (score.py).
       const bool clamped = S.min_denominator > 0 && raw < S.min_denominator;
       const double denominator = clamped ? S.min_denominator : raw;
       const bool empty = denominator == 0;
       const double value = empty ? 1.0 : numerator / denominator;
-      const double ds_dt = empty ? 0.0 : (1 + S.beta2) / denominator;
-      const double ds_dp = empty || clamped ? 0.0 : -numerator / (denominator * denominator);
       double l, dl_ds;
-      if (S.log_loss) {
-        l = -std::log(std::max(value, tiny));
-        dl_ds = value >= tiny ? -1.0 / std::max(value, tiny) : 0.0;
-      } else {
-        l = S.negate ? -value : 1 - value;
-        dl_ds = -1.0;
-      }
-      double weight = w[k];
-      if (S.absent == 1 && !(g[k] > 0)) l = 0, dl_ds = 0;
-      if (S.absent == 2 && !(g[k] > 0)) weight = 0;
-      loss[k] = l, weights[k] = weight, dl_dt[k] = dl_ds * ds_dt, dl_dp[k] = dl_ds * ds_dp;
+      loss_form(S, value, &l, &dl_ds);
+      double w = S.pooled() ? 1.0 : S.weight[first + k];
+      const bool absent = !S.pooled() && !(g[first + k] > 0);
+      if (S.absent == ABSENT_ZERO && absent) l = 0, dl_ds = 0;
+      if (S.absent == ABSENT_EXCLUDE && absent) w = 0;
+      loss[k] = l, weight[k] = w;
+      dl_dnum[k] = empty ? 0.0 : dl_ds / denominator;
+      dl_dden[k] = empty || clamped ? 0.0 : -dl_ds * value / denominator;
     }
-    // dL/dloss_k of the reduction.
+    // d(reduced loss)/d(entry loss k), and the reduced value.
     double normalizer = 0, weighted = 0;
-    for (int64_t k = 0; k < classes; ++k) normalizer += weights[k], weighted += loss[k] * weights[k];
-    double scale = 1.0;
-    if (S.mean) {
-      const bool no_class = normalizer == 0;
+    for (int64_t k = 0; k < K; ++k) normalizer += weight[k], weighted += loss[k] * weight[k];
+    std::vector<double> factor(weight);
+    if (S.reduction == REDUCTION_MEAN) {
+      const bool no_class = normalizer == 0;  // only with absent_classes="exclude": the unit scores 1
       total += no_class ? 1.0 : weighted / normalizer;
-      scale = no_class ? 0.0 : 1.0 / (normalizer * units);
-    } else {
+      for (double& f : factor) f = no_class ? 0.0 : f / (normalizer * units);
+    } else if (S.reduction == REDUCTION_SUM) {
       total += weighted;
+    } else {
+      for (int64_t k = 0; k < K; ++k) out[u * K + k] = loss[k] * weight[k];
     }
-    for (int64_t k = 0; k < classes; ++k) {
-      const double g_loss = scale * weights[k];
-      if (S.micro) {
-        for (int64_t c = first; c < C; ++c) {
-          db[u * C + c] = g_loss * dl_dt[k] * S.weight[c];
-          da[u * C + c] = g_loss * dl_dp[k] * S.weight[c];
-        }
-      } else {
-        db[u * C + first + k] = g_loss * dl_dt[k];
-        da[u * C + first + k] = g_loss * dl_dp[k];
-      }
+    for (int64_t c = first; c < C; ++c) {
+      const int64_t k = S.pooled() ? 0 : c - first;
+      const double w = S.pooled() ? pool[c] : 1.0, scale = factor[k] * w;
+      db[u * C + c] = scale * (dl_dnum[k] * S.nt + dl_dden[k] * S.dt);
+      da[u * C + c] = scale * dl_dden[k] * S.dp;
     }
   }
-  if (S.mean) total = units ? total / units : std::numeric_limits<double>::quiet_NaN();
+  if (S.reduction == REDUCTION_MEAN) out[0] = units ? total / units : std::numeric_limits<double>::quiet_NaN();
+  if (S.reduction == REDUCTION_SUM) out[0] = total;
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) {
       const int64_t u = S.batch ? 0 : n;
       a[n * C + c] = da[u * C + c];
       b[n * C + c] = db[u * C + c];
     }
-  return total;
 }
 
-// The per-pixel term's configuration: scalars[4..8) = lambda_dice, lambda_pixel, gamma,
+// The per-pixel term's configuration: the scalars lambda_dice, lambda_pixel, pixel_gamma,
 // label_smoothing; the per-class weights of its numerator and normaliser (None: ones).
 struct PixelTerm {
   double lambda_dice = 1, lambda_pixel = 0, gamma = 0, smoothing = 0, weight_sum = 0;
@@ -464,9 +522,10 @@ struct PixelTerm {
 
 PixelTerm make_pixel_term(KernelArgs& P, at::ArrayRef<double> scalars, std::optional<at::ArrayRef<double>> pixel_weight,
                           std::optional<at::ArrayRef<double>> norm_weight) {
-  TORCH_CHECK(scalars.size() == 8, "fused loss: scalars needs 8 entries");
   PixelTerm T;
-  T.lambda_dice = scalars[4], T.lambda_pixel = scalars[5], T.gamma = scalars[6], T.smoothing = scalars[7];
+  const auto scalar = [&](Scalar s) { return scalars[static_cast<int>(s)]; };
+  T.lambda_dice = scalar(Scalar::lambda_dice), T.lambda_pixel = scalar(Scalar::lambda_pixel);
+  T.gamma = scalar(Scalar::pixel_gamma), T.smoothing = scalar(Scalar::label_smoothing);
   T.weight.assign(P.C, 1.0);
   T.norm.assign(P.C, 1.0);
   if (pixel_weight.has_value()) {
@@ -515,6 +574,7 @@ at::Tensor gradient(const at::Tensor& logits, const at::Tensor& labels, const at
   return run_gradient(P, logits, a64.data_ptr<double>(), b64.data_ptr<double>(), 0.0);
 }
 
+// loss: a scalar, or (units, entries) with reduction "none" (Scoring::entries).
 // saved = [dL/dpred_sum (N C), dL/dintersection (N C), dL/dpixel_sum (1)] for unit upstream gradient;
 // codes = the labels' codes (N, V) uint8 for loss_backward to read instead of the labels (1 byte a
 // pixel instead of up to 8), or an empty tensor for one-byte labels or C > MAX_CODED_CLASSES.
@@ -528,6 +588,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss(const at::Tensor& logits, co
                            check_labels);
   const Scoring S = make_scoring(flags, scalars, weight, P.C);
   const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);
+  const bool unreduced = S.reduction == REDUCTION_NONE;
+  TORCH_CHECK(!(unreduced && P.pixel), "fused loss: the per-pixel term needs a reduced loss");
   // Codes pay where the labels are wider than them; one-byte labels are read as they are.
   const bool code = P.C <= MAX_CODED_CLASSES && labels.element_size() > 1;
   at::Tensor codes = at::empty({code ? P.N : 0, P.V}, labels.options().dtype(at::kByte));
@@ -536,17 +598,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss(const at::Tensor& logits, co
   auto saved = at::empty({2 * P.N * P.C + 1}, logits.options().dtype(at::kDouble));
   double* a = saved.data_ptr<double>();
   double* b = a + P.N * P.C;
-  double value = T.lambda_dice * score(S, sums.dice.data(), P.N, P.C, a, b);
+  std::vector<double> value(unreduced ? S.units(P.N) * S.entries(P.C) : 1);
+  score(S, sums.dice.data(), P.N, P.C, value.data(), a, b);
+  for (double& v : value) v *= T.lambda_dice;
   for (int64_t i = 0; i < 2 * P.N * P.C; ++i) a[i] *= T.lambda_dice;
   double pixel_scale = 0;
   if (P.pixel && sums.pixel[2] != 0) {  // F.cross_entropy's weighted mean, any sign; 0 when nothing counts
     const double pixel = ((sums.pixel[0]) + T.smoothing / P.C * sums.pixel[1]) / sums.pixel[2];
-    value += T.lambda_pixel * pixel;
+    value[0] += T.lambda_pixel * pixel;
     pixel_scale = T.lambda_pixel / sums.pixel[2];
   }
   b[P.N * P.C] = pixel_scale;
-  auto out = at::empty({}, logits.options().dtype(loss_dtype(logits)));
-  if (out.scalar_type() == at::kDouble) *out.data_ptr<double>() = value; else *out.data_ptr<float>() = static_cast<float>(value);
+  const auto options = logits.options().dtype(loss_dtype(logits));
+  at::Tensor out = unreduced ? at::empty({S.units(P.N), S.entries(P.C)}, options) : at::empty({}, options);
+  if (out.scalar_type() == at::kDouble) std::copy(value.begin(), value.end(), out.data_ptr<double>());
+  else std::transform(value.begin(), value.end(), out.data_ptr<float>(), [](double v) { return static_cast<float>(v); });
   return std::make_tuple(out, saved, codes);
 }
 
@@ -559,16 +625,23 @@ at::Tensor loss_backward(const at::Tensor& grad, const at::Tensor& logits, const
   const bool coded = codes.numel() == labels.numel() && codes.numel() > 0 && codes.scalar_type() == at::kByte;
   KernelArgs P = make_args(logits, coded ? codes : labels, activation, squared, ignore_index, false, false);
   if (coded) P.label_type = LABEL_CODES;
-  make_scoring(flags, scalars, weight, P.C);
-  const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);
-  TORCH_CHECK(grad.numel() == 1, "fused loss_backward: the loss is a scalar");
+  const Scoring S = make_scoring(flags, scalars, weight, P.C);
+  const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);  // owns the weights P points to
+  const bool unreduced = S.reduction == REDUCTION_NONE;
+  const int64_t K = S.entries(P.C);
+  TORCH_CHECK(grad.numel() == (unreduced ? S.units(P.N) * K : 1),
+              "fused loss_backward: grad must have the loss's shape");
   TORCH_CHECK(saved.scalar_type() == at::kDouble && saved.numel() == 2 * P.N * P.C + 1,
               "fused loss_backward: saved must come from fused loss");
-  const double g = grad.to(at::kDouble).item<double>();
+  const at::Tensor g64 = grad.to(at::kDouble).contiguous();
+  const double* g = g64.data_ptr<double>();
   const at::Tensor s = saved.contiguous();
   std::vector<double> ab(s.data_ptr<double>(), s.data_ptr<double>() + 2 * P.N * P.C);
-  for (double& value : ab) value *= g;
-  return run_gradient(P, logits, ab.data(), ab.data() + P.N * P.C, g * s.data_ptr<double>()[2 * P.N * P.C]);
+  for (int64_t i = 0; i < 2 * P.N * P.C; ++i) {  // times the gradient of the loss entry each class feeds
+    const int64_t n = (i / P.C) % P.N, c = i % P.C, entry = S.pooled() ? 0 : std::max<int64_t>(c - S.first(), 0);
+    ab[i] *= unreduced ? g[(S.batch ? 0 : n) * K + entry] : g[0];
+  }
+  return run_gradient(P, logits, ab.data(), ab.data() + P.N * P.C, unreduced ? 0.0 : g[0] * s.data_ptr<double>()[2 * P.N * P.C]);
 }
 
 // Eager mode: `loss` and `loss_backward` joined by a C++ autograd node. Python's autograd.Function
@@ -688,6 +761,7 @@ TORCH_LIBRARY(dice_fused, m) {
         " bool check_finite, bool check_labels, int[] flags, float[] scalars, float[]? weight,"
         " float[]? pixel_weight, float[]? norm_weight) -> Tensor");
   m.def("isa() -> str", &isa);
+  m.def("folded_loss_layout() -> str[]", &folded_loss_layout);
   m.def("pooled_buffers() -> int", &pooled_buffers);
 }
 

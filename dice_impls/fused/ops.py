@@ -25,8 +25,8 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import autograd, cpu
-from .autograd import KernelParams
+from . import autograd, cpu, op_args
+from .op_args import KernelParams
 
 
 class Family(NamedTuple):
@@ -67,6 +67,7 @@ def cpp() -> Optional[Family]:
     """The C++ operators, or None when the extension is not available."""
     if not cpu.extension_available():
         return None
+    op_args.check_layout(torch.ops.dice_fused.folded_loss_layout())
     _register("dice_fused::statistics", "dice_fused::gradient")
     torch.library.register_fake("dice_fused::loss", autograd.loss_fake)
     torch.library.register_fake("dice_fused::loss_backward", autograd.loss_backward_fake)
