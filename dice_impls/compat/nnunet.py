@@ -42,6 +42,7 @@ class _SoftDice(nn.Module):
         self.batch_dice, self.ddp = batch_dice, ddp
         self.spec = DiceSpec(activation=activation or "none", smooth_nr=float(smooth), smooth_dr=float(smooth),
                              batch=batch_dice, include_background=do_bg, min_denominator=1e-8, negate=True)
+        self.specs_by_ignored: dict = {None: self.spec}  # spec_ignoring's answers, built once each
 
     def forward(self, x: Tensor, y: Tensor, loss_mask: Optional[Tensor] = None) -> Tensor:
         check_tensors(x=x, y=y, **({} if loss_mask is None else {"loss_mask": loss_mask}))
@@ -50,13 +51,19 @@ class _SoftDice(nn.Module):
 
     def loss(self, x: Tensor, target: Tensor, ignore_index: Optional[int]) -> Tensor:
         """The loss of a target in the spec's encoding, pixels labelled ``ignore_index`` excluded."""
-        spec = self.spec if ignore_index is None else self.spec.replace(ignore_index=ignore_index)
+        spec = self.spec_ignoring(ignore_index)
         if self.apply_nonlin is not None:
             x = apply_activation(self.apply_nonlin, x, "apply_nonlin")
         if self.ddp and self.batch_dice and is_distributed():
             # nnU-Net all-gathers the batch sums; global_dice_loss all-reduces them (same value on every rank).
             return global_dice_loss(x, target, spec, impl=implementation_for(target))
         return dice(x, target, spec)
+
+    def spec_ignoring(self, ignore_index: Optional[int]) -> DiceSpec:
+        """The spec with ``ignore_index`` (a mask's or ``DC_and_CE_loss``'s ignore label)."""
+        if ignore_index not in self.specs_by_ignored:
+            self.specs_by_ignored[ignore_index] = self.spec.replace(ignore_index=ignore_index)
+        return self.specs_by_ignored[ignore_index]
 
     @staticmethod
     def target(x: Tensor, y: Tensor, loss_mask: Optional[Tensor]):
@@ -146,17 +153,18 @@ class DC_and_CE_loss(nn.Module):  # noqa: N801 (nnU-Net's name)
         return self.weight_ce * ce_loss + self.weight_dice * dc_loss
 
     def fused(self, net_output: Tensor, labels: Tensor) -> Optional[Tensor]:
-        """Both terms in the fused kernels' two passes where that is nnU-Net's loss: both weights
-        nonzero, softmax Dice (``softmax_helper_dim1``) without DDP's all-gather, mean CE ignoring the
-        Dice's ignored label (or, without ``ignore_label``, only CE's default -100, which no valid
-        label map holds); None elsewhere (and where the kernels cannot)."""
+        """Both terms in the fused kernels' two passes (``fused.compound_loss``, which asks
+        ``fused.routing.fusion``) where nnU-Net's loss is a spec plus its cross-entropy term: both
+        weights nonzero (nnU-Net skips a zero-weighted term), a mean CE ignoring the Dice's ignored
+        label (or, without ``ignore_label``, only CE's default -100, which no valid label map holds),
+        no DDP all-gather; None elsewhere and where the kernels cannot (a Dice activation other than
+        softmax, one channel, ...)."""
         ce_ignore = self.ce_kwargs.get("ignore_index", -100)
         same_ignored = ce_ignore == self.ignore_label or (self.ignore_label is None and ce_ignore == -100)
         if (self.weight_dice == 0 or self.weight_ce == 0 or self.ce_kwargs.get("reduction", "mean") != "mean"
-                or not same_ignored or self.dc.spec.activation != "softmax" or net_output.shape[1] < 2
-                or (self.dc.ddp and self.dc.batch_dice and is_distributed())):
+                or not same_ignored or (self.dc.ddp and self.dc.batch_dice and is_distributed())):
             return None
-        spec = self.dc.spec if self.ignore_label is None else self.dc.spec.replace(ignore_index=self.ignore_label)
+        spec = self.dc.spec_ignoring(self.ignore_label)
         weight = self.ce_kwargs["weight"]
         return fused_compound_loss(net_output, labels, spec, lambda_dice=self.weight_dice, lambda_pixel=self.weight_ce,
                                    class_weight=None if weight is None else weight.tolist(),
