@@ -2,7 +2,7 @@
 ``torch.ops.dice_fused.eager_loss`` per forward (counted by a spy), with the peer's value.
 
 The peers' values are checked at large in test_compat.py and test_conformance.py; here a spy
-proves that the one-line switch is the fast path.
+proves that the one-line switch is the fast path (``folded_calls``: tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,19 +19,6 @@ from dice_impls.compat import smp as ours_smp
 monai_losses = pytest.importorskip("monai.losses")
 nnunet_dice = pytest.importorskip("nnunetv2.training.loss.dice")
 nnunet_compound = pytest.importorskip("nnunetv2.training.loss.compound_losses")
-
-
-@pytest.fixture
-def folded_calls(monkeypatch):
-    calls = []
-    original = torch.ops.dice_fused.eager_loss
-
-    def spy(*args):
-        calls.append(args)
-        return original(*args)
-
-    monkeypatch.setattr(torch.ops.dice_fused, "eager_loss", spy)
-    return calls
 
 
 def inputs(channels=3, shape=(2, 6, 7), seed=0):
