@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import dice_impls
 from dice_impls import DiceSpec, DiceStatistics, dice_loss, loss_from_statistics
-from dice_impls.fused import autograd as fused_autograd
+from dice_impls.fused import interface as fused_interface
 from dice_impls.fused import fused_statistics
 from helpers import HALF_DTYPES, assert_matches_reference, error, random_inputs, refuses_float_target, tolerance
 
@@ -96,7 +96,7 @@ def test_family_float64_matches_reference(impl, case, batch):
 @pytest.fixture
 def poisoned(monkeypatch):
     """Every buffer a fused kernel must overwrite starts as NaN."""
-    monkeypatch.setattr(fused_autograd, "output_buffer",
+    monkeypatch.setattr(fused_interface, "output_buffer",
                         lambda shape, device, dtype: torch.full(shape, float("nan"), device=device, dtype=dtype))
 
 

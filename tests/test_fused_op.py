@@ -64,12 +64,12 @@ def test_fusion_refuses_what_the_kernels_do_not_compute():
 
 
 def test_folded_loss_args_match_the_extension():
-    from dice_impls.fused import op_args
+    from dice_impls.fused import interface
 
     layout = torch.ops.dice_fused.folded_loss_layout()
-    op_args.check_layout(layout)
+    interface.check_layout(layout)
     with pytest.raises(RuntimeError, match="rebuild it"):
-        op_args.check_layout(list(reversed(layout)))
+        interface.check_layout(list(reversed(layout)))
     args = FoldedLossArgs.from_spec(DiceSpec(weight=(1.0, 2.0, 3.0), reduction="none"), lambda_dice=0.5)
     assert FoldedLossArgs.from_op_args(args.to_op_args()) == args
 
@@ -154,10 +154,10 @@ def test_eager_loss_under_fake_tensors():
         assert loss.shape == () and x.grad.shape == x.shape
 
 
-def test_opcheck_chunked_family():
-    family = ops.chunked()
+def test_opcheck_chunked_backend():
+    operators = ops.chunked()
     logits, labels = random_inputs((2, 5, 7), 3, seed=2)
-    torch.library.opcheck(family.statistics.default, (logits.requires_grad_(), labels, 0, False, None, True, True))
+    torch.library.opcheck(operators.statistics.default, (logits.requires_grad_(), labels, 0, False, None, True, True))
 
 
 class SmallNet(torch.nn.Module):

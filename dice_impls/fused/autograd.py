@@ -1,4 +1,4 @@
-"""The kernel interface of ``fused`` and its autograd formulas (registered on the ops by ``ops``).
+"""The autograd formulas of ``fused``'s operators and their fake kernels (registered by ``ops``).
 
 Statistics return ``intersection = sum m p g``, ``pred_sum = sum m p**k`` and
 ``target_sum = sum m g**k`` (stacked, ``(3, N, C)`` float64); ``loss_from_statistics`` turns them
@@ -24,34 +24,17 @@ Reference: F. Milletari et al., "V-Net", 3DV 2016 (the soft Dice and its gradien
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from .op_args import FoldedLossArgs, KernelParams  # noqa: F401 (KernelParams: the kernels' interface, named here too)
+from .interface import FoldedLossArgs, KernelParams  # noqa: F401 (KernelParams: also imported from here)
 
 DOUBLE_BACKWARD = (
     "impl='fused' has no double backward (create_graph=True through its gradient, gradgradcheck, "
     "gradient penalties); use impl='vectorized' for second-order gradients"
 )
-
-
-class Backend(NamedTuple):
-    """A pair of kernels over ``logits (N, C, V)`` (contiguous) and ``labels (N, V)``.
-
-    ``statistics(logits, labels, params, deterministic) -> (stats (3, N, C) float64, probe)``, with
-    ``probe`` a scalar that is NaN or inf exactly when a logit is; ``gradient(logits, labels, a, b,
-    params) -> dlogits`` with ``a``, ``b`` contiguous ``(N, C)`` float64, in the logits' dtype.
-    """
-
-    statistics: Callable
-    gradient: Callable
-
-
-def output_buffer(shape, device, dtype) -> Tensor:
-    """Memory a kernel must overwrite entirely; tests replace this with NaN-filled buffers."""
-    return torch.empty(shape, device=device, dtype=dtype)
 
 
 # --- fake (shape-only) kernels -------------------------------------------------------------------

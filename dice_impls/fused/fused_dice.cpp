@@ -339,7 +339,7 @@ at::Tensor run_gradient(const KernelArgs& P, const at::Tensor& logits, const dou
 // --- the scoring of the sums (dice_impls/score.py: loss_from_statistics), with its gradient ---
 
 // The folded loss's configuration by name: the entries of its `flags` and `scalars`, in the order
-// dice_impls/fused/op_args.py (FoldedLossArgs) writes them; `folded_loss_layout()` returns these
+// dice_impls/fused/interface.py (FoldedLossArgs) writes them; `folded_loss_layout()` returns these
 // names and Python compares them with its fields when it loads the extension.
 #define FOLDED_FLAGS(X) \
   X(batch) X(include_background) X(micro) X(generalized) X(log_loss) X(negate) X(absent_classes) X(reduction)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..spec import DiceSpec
 from . import ops
-from .op_args import PixelTerm
+from .interface import PixelTerm
 
 FOLDED = "folded"  # the C++ loss operator: sums, scoring, pixel term and gradient coefficients in one pass
 TRITON = "triton"  # the Triton kernels' sums (with the pixel term), scored on the device by torch

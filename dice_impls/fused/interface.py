@@ -1,4 +1,8 @@
-"""The folded loss operator's arguments by name, built from a ``DiceSpec`` in one place.
+"""What the kernels and operators of ``fused`` take and return, by name.
+
+``KernelParams`` (what every kernel knows of the spec), ``KernelPair`` (a backend's statistics and
+gradient kernels), ``PixelTerm`` (the cross-entropy / focal term) and ``FoldedLossArgs``: the folded
+loss operator's arguments, built from a ``DiceSpec`` in one place.
 
 ``torch.ops.dice_fused.loss`` (and ``eager_loss``; ``loss_backward`` without the two checks) takes,
 after the logits and labels, the kernels' parameters, then the scoring as two arrays, ``flags``
@@ -13,7 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
 
 from ..score import score_coefficients
 from ..spec import DiceSpec
@@ -34,6 +41,23 @@ class KernelParams(NamedTuple):
     @classmethod
     def from_spec(cls, spec: DiceSpec) -> "KernelParams":
         return cls(("softmax", "sigmoid", "none").index(spec.activation), spec.squared, spec.ignore_index)
+
+
+class KernelPair(NamedTuple):
+    """A backend's two kernels over ``logits (N, C, V)`` (contiguous) and ``labels (N, V)``.
+
+    ``statistics(logits, labels, params, deterministic) -> (stats (3, N, C) float64, probe)``, with
+    ``probe`` a scalar that is NaN or inf exactly when a logit is; ``gradient(logits, labels, a, b,
+    params) -> dlogits`` with ``a``, ``b`` contiguous ``(N, C)`` float64, in the logits' dtype.
+    """
+
+    statistics: Callable
+    gradient: Callable
+
+
+def output_buffer(shape, device, dtype) -> Tensor:
+    """Memory a kernel must overwrite entirely; tests replace this with NaN-filled buffers."""
+    return torch.empty(shape, device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
