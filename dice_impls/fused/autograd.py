@@ -16,7 +16,7 @@ upstream gradient, and the labels as one-byte codes (ignored, no class, or 2 + t
 backward reads instead of the labels; its per-pixel term (cross-entropy, focal) adds
 ``k (p_c - [y = c]) h u_y`` per logit (``fused_kernels.h``). Its formula is registered here for
 ``torch.compile``; eager mode calls ``eager_loss``, the same two operators joined by a C++
-autograd node (``fused_dice.cpp``). The gradient ops are not differentiable again: double
+autograd node (``folded_autograd.cpp``). The gradient ops are not differentiable again: double
 backward raises (``refuse_double_backward``).
 
 Reference: F. Milletari et al., "V-Net", 3DV 2016 (the soft Dice and its gradient).
@@ -61,7 +61,7 @@ def loss_fake(logits: Tensor, labels: Tensor, *args):
     n, c = logits.shape[:2]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     voxels = labels.numel() // n if n else 0
-    coded = c <= MAX_CODED_CLASSES and labels.element_size() > 1  # as fused_dice.cpp decides
+    coded = c <= MAX_CODED_CLASSES and labels.element_size() > 1  # as fused_ops.cpp decides
     codes = labels.new_empty((n if coded else 0, voxels), dtype=torch.uint8)
     loss = logits.new_empty(FoldedLossArgs.from_op_args(args).loss_shape(n, c), dtype=dtype)
     return loss, logits.new_empty((2 * n * c + 1,), dtype=torch.float64), codes

@@ -1,6 +1,6 @@
 """The loader of ``fused``'s compiled C++ extension, the default CPU kernels (``torch.ops.dice_fused``).
 
-The C++ operators (``fused_dice.cpp``, hot loops in ``fused_kernels.h``) are compiled when the
+The C++ operators (``fused_ops.cpp`` and the files it names, hot loops in ``fused_kernels.h``) are compiled when the
 package is built (``setup.py``: ``dice_impls/fused/_C*.so``, a portable baseline plus AVX2 and
 AVX-512 variants picked at run time). Where no built library loads (a source checkout used
 without ``pip install``, or a torch other than the one the wheel was built against), they are

@@ -8,7 +8,7 @@ loss operator's arguments, built from a ``DiceSpec`` in one place.
 after the logits and labels, the kernels' parameters, then the scoring as two arrays, ``flags``
 and ``scalars``, and three optional per-class weight lists. ``FoldedLossArgs`` names every entry;
 ``to_op_args()`` writes them in the order of its fields, which the C++ side declares as well
-(``FOLDED_FLAGS`` / ``FOLDED_SCALARS`` in ``fused_dice.cpp``) and returns from
+(``FOLDED_FLAGS`` / ``FOLDED_SCALARS`` in ``fused_scoring.h``) and returns from
 ``folded_loss_layout()``: ``check_layout`` compares the two when the extension loads, so an index
 has one meaning, written here and there, and checked.
 """

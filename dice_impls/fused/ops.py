@@ -5,7 +5,7 @@ Three backends of the same two operators, ``statistics`` and ``gradient`` (and, 
 one, the folded ``loss``, ``loss_backward`` and ``eager_loss``; for the Triton one,
 ``compound_statistics`` and ``compound_gradient`` with the per-pixel term of Dice + CE / focal):
 
-- ``torch.ops.dice_fused``: the C++ CPU kernels (schemas and CPU kernels in ``fused_dice.cpp``);
+- ``torch.ops.dice_fused``: the C++ CPU kernels (schemas and CPU kernels in ``fused_ops.cpp``);
   they validate their inputs in their own pass (``check_finite``, ``check_labels``).
 - ``torch.ops.dice_fused_chunked``: the chunked torch formulation (``chunked.CHUNKED``) as
   ``custom_op``\\ s, opaque to the compiler; used when the C++ extension is not available.
