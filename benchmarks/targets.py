@@ -45,7 +45,7 @@ from tqdm import tqdm
 from benchmarks.benchmarks.common import (COMPOUND_LOSSES, LOSSES, SPEC, cpu_model, make_inputs, parse_shape, peak_rss_increase,
                                pin_threads)
 from dice_impls import DiceStatistics, loss_from_statistics
-from dice_impls.fused import fused_statistics, ops
+from dice_impls.fused import FoldedLossArgs, KernelParams, fused_statistics, ops
 from dice_impls.reference import reference_statistics
 
 THREADS = 2
@@ -169,15 +169,14 @@ def overhead(shape: str, repeats: int) -> dict:
     n, c = logits.shape[:2]
     x, y = logits.reshape(n, c, -1), labels.reshape(n, -1)
     a = torch.randn(n, c, dtype=torch.float64)
+    unvalidated = FoldedLossArgs.from_spec(SPEC, validate=False).to_op_args()
     kernels = {
-        "statistics_kernel": lambda: torch.ops.dice_fused.statistics(x, y, 0, False, None, True, True),
-        "gradient_kernel": lambda: torch.ops.dice_fused.gradient(x, y, a, a, 0, False, None),
+        "statistics_kernel": lambda: torch.ops.dice_fused.statistics(x, y, *KernelParams.from_spec(SPEC), True,
+                                                                     True),
+        "gradient_kernel": lambda: torch.ops.dice_fused.gradient(x, y, a, a, *KernelParams.from_spec(SPEC)),
         "fused_call": forward_backward(LOSSES["fused"], logits, labels),
         "fused_call_unvalidated": forward_backward(
-            lambda t, labels: torch.ops.dice_fused.eager_loss(t, labels, 0, False, None, False, False,
-                                                              [0, 1, 0, 0, 0, 0, 1],
-                                                              [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None,
-                                                              None),
+            lambda t, labels: torch.ops.dice_fused.eager_loss(t, labels, *unvalidated),
             logits, labels),
         "monai": forward_backward(LOSSES["monai"], logits, labels),
         "fused_unfolded": forward_backward(_fused_cpp_unfolded, logits, labels),

@@ -15,7 +15,8 @@ pixel instead of wrapping around.
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -252,3 +253,25 @@ def resize_to(logits: Tensor, spatial: tuple) -> Tensor:
     if len(spatial) not in modes:
         raise ValueError(f"resize_logits supports 1 to 3 spatial dims, got {len(spatial)}")
     return F.interpolate(logits, size=spatial, mode=modes[len(spatial)], align_corners=True)
+
+
+# --- parameters of the per-pixel terms (cross-entropy, focal) -----------------------------------
+
+def check_focal_parameters(gamma: float, alpha: Optional[float]) -> None:
+    """``gamma >= 0`` (finite) and ``alpha`` in ``[0, 1]`` or None; a ValueError names the bad one."""
+    if not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"focal gamma must be finite and >= 0, got {gamma}")
+    if alpha is not None and not 0 <= alpha <= 1:
+        raise ValueError(f"focal alpha must lie in [0, 1] (or be None), got {alpha}")
+
+
+def check_label_smoothing(label_smoothing: float) -> None:
+    """Cross-entropy's ``label_smoothing`` in [0, 1], as torch, MONAI and nnU-Net require."""
+    if not 0 <= label_smoothing <= 1:  # also False for NaN
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+
+
+def check_class_weight(weight: Optional[Sequence[float]], channels: int, name: str = "class_weight") -> None:
+    """One per-pixel-term class weight per logits channel (``F.cross_entropy``'s rule)."""
+    if weight is not None and len(weight) != channels:
+        raise ValueError(f"{name} has {len(weight)} entries but logits have {channels} channels (one per channel)")

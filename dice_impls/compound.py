@@ -25,15 +25,14 @@ it in one call. docs/conventions.md "Compound losses" restates these rules with 
 
 from __future__ import annotations
 
-import math
-
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import ignored_pixels, label_equals, label_range, outside_range, prepare_inputs
+from .checks import (check_focal_parameters, check_label_smoothing, ignored_pixels, label_equals, label_range,
+                     outside_range, prepare_inputs)
 from .fused import compound_loss as fused_compound_loss
 from .registry import get_implementation, resolve_spec
 from .score import focal_power, loss_from_statistics
@@ -52,10 +51,11 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Tensor] = 
     ``F.cross_entropy`` reads, when it is not already) or class probabilities ``(N, C, *spatial)``.
     Pixels labelled ``ignore_index`` leave the loss; half logits are computed in float32 (their
     log-probabilities would keep 3 digits). ``reduction="mean"`` is ``F.cross_entropy``'s
-    (weighted) mean, except that a batch whose counted pixels carry no weight (none counted, or
+    (weighted) mean, except that a batch whose counted pixels' weights sum to 0 (none counted, or
     all of zero class weight) gives 0 instead of NaN; ``"none"`` gives ``(N, *spatial)``.
     """
     _check_reduction(reduction)
+    check_label_smoothing(label_smoothing)
     logits = _wide(logits)
     weight = None if weight is None else weight.to(logits)
     if target.is_floating_point():
@@ -71,10 +71,11 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Tensor] = 
     if weight is None:
         normalizer = counted.sum(dtype=total.dtype)
     else:
-        normalizer = (weight[torch.where(counted, labels, 0)] * counted).sum()
-    # No weight counted (no counted pixel, or only pixels of zero class weight): 0, as the fused kernels
-    # give; the smoothing part of total need not be 0 then.
-    return torch.where(normalizer > 0, total / torch.where(normalizer > 0, normalizer, 1), 0.0)
+        normalizer = torch.where(counted, weight[torch.where(counted, labels, 0)], 0).sum()
+    # No weight counted (no counted pixel, or weights summing to 0): 0, as the fused kernels give; the
+    # smoothing part of total need not be 0 then. Otherwise F.cross_entropy's weighted mean, whatever
+    # the weights' signs (a NaN weight of a counted class gives NaN).
+    return torch.where(normalizer != 0, total / torch.where(normalizer != 0, normalizer, 1), 0.0)
 
 
 def binary_cross_entropy(logits: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
@@ -187,14 +188,6 @@ def focal_loss(logits: Tensor, target: Tensor, spec: DiceSpec, *, gamma: float =
         per_value = per_value * (alpha * g + (1 - alpha) * (1 - g))
     per_value = per_value * _channel_view(class_factor, x) * keep.unsqueeze(1)
     return _reduce(per_value, reduction, keep.sum() * channels)
-
-
-def check_focal_parameters(gamma: float, alpha: Optional[float]) -> None:
-    """``gamma >= 0`` (finite) and ``alpha`` in ``[0, 1]`` or None; a ValueError names the bad one."""
-    if not math.isfinite(gamma) or gamma < 0:
-        raise ValueError(f"focal gamma must be finite and >= 0, got {gamma}")
-    if alpha is not None and not 0 <= alpha <= 1:
-        raise ValueError(f"focal alpha must lie in [0, 1] (or be None), got {alpha}")
 
 
 def _modulating(log_p: Tensor, gamma: float):

@@ -49,7 +49,9 @@ def loss_from_statistics(stats: DiceStatistics, spec: DiceSpec) -> Tensor:
         weight = weight.new_ones(1)
 
     numerator = numerator + spec.smooth_nr
-    denominator = (denominator + spec.smooth_dr).clamp_min(spec.min_denominator)
+    denominator = denominator + spec.smooth_dr
+    if spec.min_denominator > 0:  # 0: no clamp, so a negative denominator (scores outside [0, 1]) is MONAI's value
+        denominator = denominator.clamp_min(spec.min_denominator)
     empty = denominator == 0
     score = torch.where(empty, torch.ones_like(numerator), numerator / torch.where(empty, 1.0, denominator))
     if spec.log_loss:
@@ -83,15 +85,26 @@ def loss_from_statistics(stats: DiceStatistics, spec: DiceSpec) -> Tensor:
 def score_terms(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, spec: DiceSpec) -> Tuple[Tensor, Tensor]:
     """The score's numerator and denominator before smoothing, per unit and class.
 
-    Both are linear in ``(tp, P, G)``, so pooling them over classes (micro, generalized) equals
-    scoring the pooled sums.
+    Both are linear in ``(tp, P, G)`` (``score_coefficients``), so pooling them over classes
+    (micro, generalized) equals scoring the pooled sums.
     """
+    numerator_tp, denominator_tp, denominator_pred, denominator_target = score_coefficients(spec)
+    denominator = denominator_pred * pred_sum + denominator_target * target_sum
+    if denominator_tp:
+        denominator = denominator + denominator_tp * tp
+    return numerator_tp * tp, denominator
+
+
+def score_coefficients(spec: DiceSpec) -> Tuple[float, float, float, float]:
+    """``(nt, dt, dp, dg)`` of the score ``nt tp / (dt tp + dp P + dg G)`` before smoothing: F-beta
+    ``(1 + b², 0, 1, b²)``; Tversky ``(1, 1 - α - β, α, β)`` (``tp + α fp + β fn``); Jaccard in
+    MONAI's form ``(2, -2, 2, 2)``. The fused operator scores with the same four numbers."""
     if spec.jaccard:
-        return 2 * tp, 2 * (pred_sum + target_sum - tp)
+        return 2.0, -2.0, 2.0, 2.0
     if spec.fp_weight is not None:
-        return tp, tp + spec.fp_weight * (pred_sum - tp) + spec.fn_weight * (target_sum - tp)
-    beta2 = spec.beta**2
-    return (1 + beta2) * tp, pred_sum + beta2 * target_sum
+        return 1.0, 1.0 - spec.fp_weight - spec.fn_weight, float(spec.fp_weight), float(spec.fn_weight)
+    beta2 = float(spec.beta) ** 2
+    return 1.0 + beta2, 0.0, 1.0, beta2
 
 
 def generalized_weights(target_sum: Tensor, kind: str) -> Tensor:

@@ -8,7 +8,7 @@ Per class ``c`` over a reduction unit (one image, or the whole batch when ``batc
     P_c    = sum m * p_c**k          G_c = sum m * g_c**k        (k = 2 if squared else 1)
     fp_c   = P_c - tp_c              fn_c = G_c - tp_c
 
-    score  = (num_c + smooth_nr) / max(den_c + smooth_dr, min_denominator)
+    score  = (num_c + smooth_nr) / max(den_c + smooth_dr, min_denominator)    (no max when min_denominator = 0)
              F-beta (default):  num = (1 + beta**2) tp           den = P + beta**2 G
              Tversky:           num = tp                         den = tp + fp_weight fp + fn_weight fn
              jaccard:           num = 2 tp                       den = 2 (P + G - tp)
@@ -64,7 +64,9 @@ class DiceSpec:
         average: ``"macro"`` scores each class; ``"micro"`` pools the (weighted) sums of all
             classes into one score per unit (kornia's default).
         min_denominator: the denominator is clamped from below at this value after smoothing
-            (nnU-Net 1e-8, segmentation_models_pytorch's ``eps`` 1e-7).
+            (nnU-Net 1e-8, segmentation_models_pytorch's ``eps`` 1e-7). 0 clamps nothing: a
+            negative denominator (``activation="none"`` on values outside [0, 1]) is divided by
+            as it is, MONAI's value, not scored as an empty one.
         absent_classes: a class with ``G_c = 0`` in a unit is scored as usual (``"include"``),
             counted with loss 0 (``"zero"``, smp), or left out of the unit's weighted mean
             (``"exclude"``, kornia macro; a unit with no present class then has loss 1).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -19,3 +20,17 @@ def fresh_compile_caches(tmp_path_factory):
         del os.environ["TORCHINDUCTOR_CACHE_DIR"]
     else:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+@pytest.fixture
+def folded_calls(monkeypatch):
+    """The argument tuples of every call of the folded C++ loss operator (what eager mode calls)."""
+    calls = []
+    original = torch.ops.dice_fused.eager_loss
+
+    def spy(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(torch.ops.dice_fused, "eager_loss", spy)
+    return calls

@@ -249,7 +249,7 @@ def dense_compound(logits, labels, spec, lambda_dice, lambda_pixel, gamma=0.0, a
     per_pixel = per_pixel - label_smoothing / c * (log_p * w.view(1, c, *([1] * (x.ndim - 2)))).sum(1)
     total = (per_pixel * counted).sum()
     norm = (w[y] * counted).sum() if class_weight is not None else counted.sum().double()
-    pixel = torch.where(norm > 0, total / norm.clamp_min(1e-300), 0.0)
+    pixel = torch.where(norm != 0, total / torch.where(norm != 0, norm, 1.0), 0.0)  # any sign, as F.cross_entropy
     return lambda_dice * dice + lambda_pixel * pixel
 
 

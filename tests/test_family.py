@@ -29,9 +29,9 @@ import torch.nn.functional as F
 
 import dice_impls
 from dice_impls import DiceSpec, DiceStatistics, dice_loss, loss_from_statistics
-from dice_impls.fused import autograd as fused_autograd
+from dice_impls.fused import interface as fused_interface
 from dice_impls.fused import fused_statistics
-from helpers import HALF_DTYPES, assert_matches_reference, error, random_inputs, refuses_float_target
+from helpers import HALF_DTYPES, assert_matches_reference, error, random_inputs, refuses_float_target, tolerance
 
 COMPARED = [name for name in dice_impls.IMPLEMENTATIONS if name != "reference"]
 DTYPES = [torch.float32, *HALF_DTYPES]
@@ -96,7 +96,7 @@ def test_family_float64_matches_reference(impl, case, batch):
 @pytest.fixture
 def poisoned(monkeypatch):
     """Every buffer a fused kernel must overwrite starts as NaN."""
-    monkeypatch.setattr(fused_autograd, "output_buffer",
+    monkeypatch.setattr(fused_interface, "output_buffer",
                         lambda shape, device, dtype: torch.full(shape, float("nan"), device=device, dtype=dtype))
 
 
@@ -118,6 +118,38 @@ def test_fused_backends_match_reference(poisoned, backend, case):
             expected.backward()
             assert error(loss, expected, 1.0) <= 1e-6, (backend, shape, spec)
             assert error(x.grad, x_ref.grad, torch.finfo(torch.float32).tiny) <= 1e-5, (backend, shape, spec)
+
+
+# The folded C++ operator scores the whole family itself, for every reduction: each label-map case
+# unreduced and summed (with class weights and absent-class rules where the case allows them),
+# against the reference, with a random upstream gradient on the per-unit losses.
+LABEL_MAP_FAMILY = [c for c in FAMILY if c[2].get("target_kind") is None]
+REDUCED_FIELDS = {"none": dict(weight=(0.5, 2.0, 1.0), absent_classes="exclude"),
+                  "sum": dict(absent_classes="zero")}
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "micro-none"])
+@pytest.mark.parametrize("batch", [False, True], ids=["per-image", "batch"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("shape", list(ODD_SHAPES.values()), ids=list(ODD_SHAPES))
+@pytest.mark.parametrize("case", LABEL_MAP_FAMILY, ids=[c[0] for c in LABEL_MAP_FAMILY])
+def test_folded_operator_scores_every_reduction(case, shape, dtype, batch, reduction, folded_calls):
+    logits, target, spec = family_inputs(case, shape, dtype, batch, seed=3)
+    fields = dict(reduction=reduction.removeprefix("micro-"))
+    if spec.generalized is None:  # generalized Dice has its own class weights and pooling
+        micro = reduction == "micro-none"
+        fields.update(dict(average="micro", weight=(1.0, 3.0, 0.5)) if micro else REDUCED_FIELDS[reduction])
+    spec = spec.replace(**fields)
+    x, x_ref = logits.clone().requires_grad_(), logits.double().requires_grad_()
+    loss = dice_loss(x, target, spec, impl="fused")
+    expected = dice_loss(x_ref, target, spec, impl="reference")
+    assert len(folded_calls) == 1 and loss.shape == expected.shape
+    upstream = torch.rand(expected.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    (loss * upstream.to(loss.dtype)).sum().backward()
+    (expected * upstream).sum().backward()
+    tol = tolerance("fused", dtype)
+    assert error(loss, expected, 1.0) <= tol.loss, spec
+    assert error(x.grad, x_ref.grad, torch.finfo(dtype).tiny) <= tol.grad, spec
 
 
 # --- the special cases docs/conventions.md states -------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 
 import dice_impls
 from dice_impls import DiceSpec, loss_from_statistics
-from dice_impls.fused import autograd as fused_autograd
+from dice_impls.fused import interface as fused_interface
 from dice_impls.fused import fused_statistics, ops
 from helpers import error, random_inputs
 
@@ -139,13 +139,13 @@ def test_dtypes(dtype, label_dtype, backend):
 
 def test_labels_are_read_without_a_copy(monkeypatch):
     seen = []
-    family = ops.family("cpp", torch.device("cpu"))
+    operators = ops.backend_operators("cpp", torch.device("cpu"))
 
     def spy(logits, labels, *args):
         seen.append(labels)
-        return family.statistics(logits, labels, *args)
+        return operators.statistics(logits, labels, *args)
 
-    monkeypatch.setattr(ops, "family", lambda name, device: family._replace(statistics=spy))
+    monkeypatch.setattr(ops, "backend_operators", lambda name, device: operators._replace(statistics=spy))
     for label_dtype in LABEL_DTYPES:
         logits, labels = random_inputs((2, 6, 5), 3, label_dtype=label_dtype)
         fused_statistics(logits, labels, DiceSpec())
@@ -192,7 +192,7 @@ def test_empty_inputs(backend, shape):
 def poisoned(monkeypatch):
     """Every buffer a kernel must overwrite starts as NaN (the C++ kernels allocate their own:
     DICE_FUSED_POISON=1 makes them fill it with NaN first)."""
-    monkeypatch.setattr(fused_autograd, "output_buffer",
+    monkeypatch.setattr(fused_interface, "output_buffer",
                         lambda shape, device, dtype: torch.full(shape, float("nan"), device=device, dtype=dtype))
     monkeypatch.setenv("DICE_FUSED_POISON", "1")
 
@@ -276,7 +276,7 @@ def test_deterministic_flag_follows_torch(monkeypatch):
 
     seen = []
     original = triton_kernels.TRITON.statistics
-    monkeypatch.setattr(triton_kernels, "TRITON", triton_kernels.Backend(
+    monkeypatch.setattr(triton_kernels, "TRITON", triton_kernels.KernelPair(
         lambda *args: seen.append(args[3]) or original(*args), triton_kernels.TRITON.gradient))
     logits, labels = random_inputs((1, 4, 4), 2)
     before = torch.are_deterministic_algorithms_enabled()

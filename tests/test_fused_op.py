@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import dice_impls
 from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec
-from dice_impls.fused import compound_loss, foldable, ops
+from dice_impls.fused import FoldedLossArgs, PixelTerm, compound_loss, fusion, ops
 from helpers import (COMPOUND_CASES, DTYPE_TOLERANCES, compound_kwargs, dense_compound, error, grad_error,
                      loss_and_grad, random_inputs)
 
@@ -39,7 +39,7 @@ FOLDED_SPECS = [
 @pytest.mark.parametrize("spec", FOLDED_SPECS, ids=str)
 def test_folded_loss_matches_reference(spec, monkeypatch):
     monkeypatch.setenv("DICE_FUSED_POISON", "1")  # every gradient element must be written
-    assert foldable(spec)
+    assert fusion(torch.zeros(1, 4, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long), spec) == "folded"
     logits, labels = random_inputs((3, 13, 17), 4, dtype=torch.float64, seed=1, ignore_index=spec.ignore_index,
                                    empty_classes=(2,), probabilities=spec.activation == "none")
     loss, grad = loss_and_grad(lambda x: dice_impls.dice_loss(x, labels, spec, impl="fused"), logits)
@@ -48,9 +48,30 @@ def test_folded_loss_matches_reference(spec, monkeypatch):
     assert grad_error(grad, expected_grad) <= 1e-8
 
 
-def test_fold_covers_only_known_fields():
-    assert not foldable(DiceSpec(reduction="none"))
-    assert foldable(DiceSpec.preset("monai"))
+def test_fusion_refuses_what_the_kernels_do_not_compute():
+    logits, labels = torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long)
+    assert fusion(logits, labels, DiceSpec.preset("monai")) == "folded"
+    assert fusion(logits, labels.float(), DiceSpec()) is None  # a float target
+    assert fusion(logits[:0], labels[:0], DiceSpec()) is None  # an empty batch
+    assert fusion(logits, labels, DiceSpec(), backend="chunked") is None
+    assert fusion(logits, labels, DiceSpec(), backend="triton") == "triton"
+    cross_entropy = PixelTerm()
+    assert fusion(logits, labels, DiceSpec(), cross_entropy) == "folded"
+    assert fusion(logits, labels, DiceSpec(reduction="sum"), cross_entropy) is None
+    assert fusion(logits, labels, DiceSpec(activation="sigmoid"), cross_entropy) is None
+    assert fusion(logits[:, :1], labels, DiceSpec(activation="sigmoid"), cross_entropy) is None
+    assert fusion(logits, labels, DiceSpec(), PixelTerm(gamma=2.0, label_smoothing=0.1)) is None
+
+
+def test_folded_loss_args_match_the_extension():
+    from dice_impls.fused import interface
+
+    layout = torch.ops.dice_fused.folded_loss_layout()
+    interface.check_layout(layout)
+    with pytest.raises(RuntimeError, match="rebuild it"):
+        interface.check_layout(list(reversed(layout)))
+    args = FoldedLossArgs.from_spec(DiceSpec(weight=(1.0, 2.0, 3.0), reduction="none"), lambda_dice=0.5)
+    assert FoldedLossArgs.from_op_args(args.to_op_args()) == args
 
 
 def test_validation_inside_the_kernel():
@@ -70,8 +91,8 @@ def test_validation_inside_the_kernel():
     with pytest.raises(ValueError, match=r"NaN or inf \(1 values; first at index \(0, 1, 2, 3\)\)"):
         dice_impls.dice_loss(nan, labels, impl="fused")
     # validate=False: no value checks (the caller vouches for the data).
-    assert torch.isnan(ops.cpp().loss(nan, labels, 0, False, None, False, False, [0, 1, 0, 0, 0, 0, 1],
-                                      [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None, None)[0])
+    unvalidated = FoldedLossArgs.from_spec(DiceSpec(), validate=False).to_op_args()
+    assert torch.isnan(ops.cpp().loss(nan, labels, *unvalidated)[0])
 
 
 def test_label_codes_of_the_statistics_pass():
@@ -80,7 +101,7 @@ def test_label_codes_of_the_statistics_pass():
     # reads the labels then).
     labels = torch.tensor([[0, 2, 255, 7, 1, -3]])
     logits = torch.randn(1, 3, 6)
-    config = ([0, 1, 0, 0, 0, 0, 1], [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.0, 0.0, 0.0], None, None, None)
+    config = FoldedLossArgs.from_spec(DiceSpec()).to_op_args()[5:]
     codes = ops.cpp().loss(logits, labels, 0, False, 255, False, False, *config)[2]
     assert codes.dtype == torch.uint8 and codes.tolist() == [[2, 4, 0, 1, 3, 1]]
     assert ops.cpp().loss(torch.randn(1, 254, 6), labels.clamp(0, 2), 0, False, None, True, True, *config)[2].numel() == 0
@@ -103,7 +124,8 @@ def _op_cases():
     logits, labels = random_inputs((2, 5, 7), 3, seed=2, ignore_index=9)
     a, b = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
     x = logits.requires_grad_()
-    config = ([0, 1, 0, 0, 0, 0, 1], [1.0, 1e-5, 1e-5, 0.0, 1.0, 0.5, 0.0, 0.1], [1.0, 2.0, 0.5], [1.0, 2.0, 1.0], None)
+    pixel = PixelTerm(0.5, 0.0, (1.0, 2.0, 1.0), None, 0.1)
+    config = FoldedLossArgs.from_spec(DiceSpec(weight=(1.0, 2.0, 0.5)), pixel=pixel).to_op_args()[5:]
     _, saved, codes = ops.cpp().loss(logits.detach(), labels, 0, False, 9, True, True, *config)
     return [
         (torch.ops.dice_fused.statistics.default, (x, labels, 0, True, 9, True, True)),
@@ -132,10 +154,10 @@ def test_eager_loss_under_fake_tensors():
         assert loss.shape == () and x.grad.shape == x.shape
 
 
-def test_opcheck_chunked_family():
-    family = ops.chunked()
+def test_opcheck_chunked_backend():
+    operators = ops.chunked()
     logits, labels = random_inputs((2, 5, 7), 3, seed=2)
-    torch.library.opcheck(family.statistics.default, (logits.requires_grad_(), labels, 0, False, None, True, True))
+    torch.library.opcheck(operators.statistics.default, (logits.requires_grad_(), labels, 0, False, None, True, True))
 
 
 class SmallNet(torch.nn.Module):

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["fused_dice.cpp", "fused_kernels.h", "fused_args.h", "fused_kernels_baseline.cpp", "fused_kernels_avx2.cpp",
+SOURCES = ["fused_ops.cpp", "fused_scoring.cpp", "fused_scoring.h", "gradient_pool.cpp", "gradient_pool.h",
+           "folded_autograd.cpp", "fused_kernels.h", "fused_args.h", "fused_kernels_baseline.cpp", "fused_kernels_avx2.cpp",
            "fused_kernels_avx512.cpp", "build_config.py"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

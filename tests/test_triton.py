@@ -20,7 +20,7 @@ import torch
 import dice_impls
 from benchmarks import gpu_compile
 from dice_impls import DiceSpec, loss_from_statistics
-from dice_impls.fused import autograd as fused_autograd
+from dice_impls.fused import interface as fused_interface
 from dice_impls.fused import compound_loss, fused_statistics, triton_kernels
 from dice_impls.fused.autograd import KernelParams
 from helpers import (COMPOUND_CASES, DTYPE_TOLERANCES, compound_kwargs, dense_compound, error, grad_error,
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  
 @pytest.fixture(autouse=True)
 def poisoned(monkeypatch):
     """Every buffer a kernel must overwrite starts as NaN."""
-    monkeypatch.setattr(fused_autograd, "output_buffer",
+    monkeypatch.setattr(fused_interface, "output_buffer",
                         lambda shape, device, dtype: torch.full(shape, float("nan"), device=device, dtype=dtype))
 
 

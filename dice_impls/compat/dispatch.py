@@ -55,31 +55,37 @@ def activation_of(fn: Optional[Callable]) -> Optional[str]:
 
 
 def apply_activation(fn: Callable, logits: Tensor, argument: str) -> Tensor:
-    """``fn(logits)``, scored by the spec as probabilities: it must keep the logits' shape and give
-    values in [0, 1]. Outside [0, 1] a denominator can be negative, which the spec clamps at 0 and
-    the peers divide by; such an activation is refused rather than scored differently."""
+    """``fn(logits)``, scored by the spec as probabilities (``activation="none"``): it must keep the
+    logits' shape. Values outside [0, 1] are scored by the formula as the peers score them (a
+    negative denominator is divided by, ``DiceSpec.min_denominator``)."""
     if not callable(fn):
         raise TypeError(f"{argument} must be None or callable but is {type(fn).__name__}.")
     out = fn(logits)
     if not isinstance(out, Tensor) or out.shape != logits.shape:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"{argument} must return a tensor of the logits' shape {tuple(logits.shape)}, got {shape}")
-    if out.numel():
-        low, high = (float(v) for v in torch.aminmax(out.detach()))
-        if not 0 <= low <= high <= 1:  # also False for NaN
-            raise ValueError(f"{argument} must give probabilities in [0, 1] (it is not expressible as a DiceSpec "
-                             f"otherwise), got values in [{low:.4g}, {high:.4g}]")
     return out
 
 
 def label_map(target: Tensor, ignore_index: Optional[int] = None) -> Tensor:
     """An integer label map from one the peers accept: integer maps pass unchanged (no copy), float
     maps (MONAI's loaders give float32 labels) are truncated like the peers' ``.long()``, into
-    int32 when ``ignore_index`` fits (half of int64's bytes), int64 otherwise."""
+    int32 when ``ignore_index`` fits (half of int64's bytes), int64 otherwise. A NaN or inf in a
+    float map is refused by name (truncated, it would be a huge negative label)."""
     if not target.is_floating_point():
         return target
+    if not bool(target.detach().isfinite().all()):  # one pass over labels (1/C of the logits), one sync
+        raise ValueError("the float label map contains NaN or inf; labels must be class indices")
     fits = ignore_index is None or _INT32[0] <= ignore_index <= _INT32[1]
     return target.to(torch.int32 if fits else torch.int64)
+
+
+def check_tensors(**arguments) -> None:
+    """A TypeError naming every argument that is not a torch.Tensor (a numpy array, a list)."""
+    wrong = {name: type(value).__name__ for name, value in arguments.items() if not isinstance(value, Tensor)}
+    if wrong:
+        found = ", ".join(f"{name} is {kind}" for name, kind in wrong.items())
+        raise TypeError(f"{' and '.join(arguments)} must be torch.Tensors; {found} (convert with torch.as_tensor)")
 
 
 def warn_ignored(argument: str) -> None:

@@ -2,8 +2,9 @@
 
 Same class names, arguments (names, order, defaults) and output shapes as ``monai.losses``
 ``DiceLoss``, ``GeneralizedDiceLoss``, ``TverskyLoss``, ``DiceCELoss`` and ``DiceFocalLoss``.
-Each maps its arguments onto a ``DiceSpec`` with ``reduction="none"`` (the weighted per-unit,
-per-class losses, which is what MONAI reduces) and applies MONAI's reduction and shape to that.
+Each maps its arguments onto a ``DiceSpec``: MONAI's "mean" and "sum" over the (unit, class)
+losses are the spec's (its weighted mean times ``sum(w) / K`` with class weights), so the fused
+operator returns the loss itself; "none" is the spec's per-unit, per-class losses in MONAI's shape.
 Targets: a label map ``(N, 1, *spatial)`` of any integer dtype or float (MONAI's loaders give
 float32 labels) with ``to_onehot_y=True``, or a one-hot / soft target ``(N, C, *spatial)``.
 docs/conventions.md "Drop-in classes" lists the mapping and the divergences.
@@ -16,10 +17,11 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_label_smoothing
 from ..compound import binary_cross_entropy, cross_entropy, focal_loss
 from ..fused import compound_loss as fused_compound_loss
 from ..spec import DiceSpec
-from .dispatch import activation_of, apply_activation, dice, label_map, warn_ignored
+from .dispatch import activation_of, apply_activation, check_tensors, dice, label_map, warn_ignored
 
 Weight = Union[Sequence[float], float, int, Tensor, None]
 REDUCTIONS = ("mean", "sum", "none")
@@ -61,11 +63,13 @@ class _RegionLoss(nn.Module):
         self.spec = DiceSpec(
             activation=activation or "none", smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr), batch=batch,
             include_background=include_background, ignore_index=ignore_index, soft_label=soft_label,
-            reduction="none", **family,
+            reduction=self.reduction, **family,
         )
         self.class_weight = _as_weights(weight)
+        self.specs_by_channels: dict = {}  # spec_for's answers: a DiceSpec is built once per channel count
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        check_tensors(input=input, target=target)
         return self.loss(input, self.target(input, target))
 
     def loss(self, input: Tensor, target: Tensor) -> Tensor:
@@ -73,7 +77,11 @@ class _RegionLoss(nn.Module):
         spec = self.spec_for(input.shape[1])
         if self.other_act is not None:
             input = apply_activation(self.other_act, input, "other_act")
-        return self.reduce(dice(input, target, spec), input.ndim)
+        losses = dice(input, target, spec)
+        if self.reduction == "none":
+            return self.unreduced(losses[0] if self.batch else losses, input.ndim)  # batch Dice: no batch axis
+        scale = self.mean_scale(spec)
+        return losses if scale == 1 else losses * scale
 
     def target(self, input: Tensor, target: Tensor) -> Tensor:
         """The target in the spec's encoding: a label map for ``to_onehot_y``, else MONAI's dense one."""
@@ -102,13 +110,21 @@ class _RegionLoss(nn.Module):
 
     def spec_for(self, channels: int) -> DiceSpec:
         """The spec for ``channels`` logits channels: MONAI ignores softmax and include_background=False
-        for one channel, and applies ``weight`` only when more than one class is scored."""
-        changes = {}
+        for one channel (with its warning, every call), and applies ``weight`` only when more than one
+        class is scored."""
         if channels == 1 and self.spec.activation == "softmax":
             warn_ignored("softmax=True")
-            changes["activation"] = "none"
         if channels == 1 and not self.spec.include_background:
             warn_ignored("include_background=False")
+        if channels not in self.specs_by_channels:
+            self.specs_by_channels[channels] = self.make_spec(channels)
+        return self.specs_by_channels[channels]
+
+    def make_spec(self, channels: int) -> DiceSpec:
+        changes = {}
+        if channels == 1 and self.spec.activation == "softmax":
+            changes["activation"] = "none"
+        if channels == 1 and not self.spec.include_background:
             changes["include_background"] = True
         kept = channels - (channels > 1 and not self.spec.include_background)
         if self.class_weight is not None and kept != 1:
@@ -129,14 +145,13 @@ class _RegionLoss(nn.Module):
         dropped = (1.0,) * (channels - kept)  # the background's entry, dropped with it by the spec
         return dropped + tuple(weight.tolist())
 
-    def reduce(self, losses: Tensor, ndim: int) -> Tensor:
-        """MONAI's reduction of the ``(units, classes)`` losses; batch Dice has one unit and no batch axis."""
-        f = losses[0] if self.batch else losses
-        if self.reduction == "mean":
-            return f.mean()
-        if self.reduction == "sum":
-            return f.sum()
-        return self.unreduced(f, ndim)
+    def mean_scale(self, spec: DiceSpec) -> float:
+        """MONAI's mean of ``w_c l_c`` over (units, K kept classes) over the spec's weighted mean:
+        ``sum(w) / K`` (1 without weights, and for "sum", where the two agree)."""
+        if self.reduction != "mean" or spec.weight is None:
+            return 1.0
+        kept = spec.weight[0 if spec.include_background else 1:]
+        return sum(kept) / len(kept)
 
     def unreduced(self, f: Tensor, ndim: int) -> Tensor:
         return f.view(list(f.shape[0:2]) + [1] * (ndim - 2))  # MONAI keeps a broadcastable shape
@@ -181,6 +196,7 @@ class TverskyLoss(_RegionLoss):
 
 
 def _check_compound_inputs(input: Tensor, target: Tensor) -> None:
+    check_tensors(input=input, target=target)
     if input.dim() != target.dim():
         raise ValueError(
             "the number of dimensions for input and target should be the same, "
@@ -205,7 +221,9 @@ class DiceCELoss(nn.Module):
 
     CE is ``F.cross_entropy`` on the label map (no one-hot) or on the one-hot / soft target, with
     ``weight`` and ``label_smoothing``; one channel: binary cross-entropy with ``pos_weight=weight``.
-    The Dice part gets ``weight[1:]`` when ``include_background=False``, as in MONAI.
+    The Dice part gets ``weight[1:]`` when ``include_background=False``, as in MONAI. An input
+    without pixels (empty batch or spatial size) gives NaN with ``reduction="mean"``, MONAI's value
+    (CE's mean over nothing).
     """
 
     def __init__(self, include_background: bool = True, to_onehot_y: bool = False, sigmoid: bool = False,
@@ -215,6 +233,7 @@ class DiceCELoss(nn.Module):
                  lambda_ce: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
         reduction = _choice("reduction", reduction, ("mean", "sum"))
+        check_label_smoothing(label_smoothing)
         weight = _as_weights(weight)
         dice_weight = weight[1:] if weight is not None and not include_background else weight
         self.dice = DiceLoss(include_background, to_onehot_y, sigmoid, softmax, other_act, squared_pred, jaccard,
@@ -226,22 +245,28 @@ class DiceCELoss(nn.Module):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         _check_compound_inputs(input, target)
         if target.shape[1] == 1 and input.shape[1] != 1 and target.is_floating_point():
-            target = target.long()  # MONAI's CE takes .long() of a float label map; the Dice term reads it too
+            target = label_map(target)  # MONAI's CE takes .long() of a float label map; the Dice term reads it too
+        if self.reduction == "mean" and input.numel() == 0:
+            # MONAI's CE is torch's mean over no pixel, NaN (compound.cross_entropy gives 0 there)
+            return self.lambda_dice * self.dice(input, target) + self.lambda_ce * float("nan")
         fused = self.fused(input, target)
         if fused is not None:
             return fused
         return self.lambda_dice * self.dice(input, target) + self.lambda_ce * self.ce(input, target)
 
     def fused(self, input: Tensor, target: Tensor) -> Optional[Tensor]:
-        """Both terms in the fused kernel's two passes, where that is MONAI's loss: softmax over a label
-        map, reduction "mean", no class weight (MONAI's weighted Dice mean is not the spec's weighted
-        mean), no ``other_act``; None elsewhere (and where the kernel cannot fold the spec)."""
-        if (self.reduction != "mean" or self.class_weight is not None or self.dice.other_act is not None
-                or input.shape[1] == 1 or not self.dice.to_onehot_y or self.dice.spec.activation != "softmax"):
+        """Both terms in the fused kernels' two passes (``fused.compound_loss``, which asks
+        ``fused.routing.fusion``), where MONAI's loss is a spec plus its cross-entropy term over the
+        same logits: not with ``other_act`` (Dice reads other values than CE) or one channel (binary
+        CE); None where the kernels cannot (float one-hot targets, sigmoid, "sum", ...)."""
+        if self.dice.other_act is not None or input.shape[1] == 1:
             return None
-        spec = self.dice.spec_for(input.shape[1]).replace(reduction="mean")
-        return fused_compound_loss(input, self.dice.target(input, target), spec, lambda_dice=self.lambda_dice,
-                                   lambda_pixel=self.lambda_ce, label_smoothing=self.label_smoothing)
+        spec = self.dice.spec_for(input.shape[1])
+        class_weight = None if self.class_weight is None else self.class_weight.reshape(-1).tolist()
+        return fused_compound_loss(input, self.dice.target(input, target), spec,
+                                   lambda_dice=self.lambda_dice * self.dice.mean_scale(spec),
+                                   lambda_pixel=self.lambda_ce, class_weight=class_weight,
+                                   label_smoothing=self.label_smoothing)
 
     def ce(self, input: Tensor, target: Tensor) -> Tensor:
         """MONAI's cross-entropy term of ``(input, target)`` (binary for one channel)."""

@@ -17,11 +17,12 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_class_weight, check_label_smoothing
 from ..compound import cross_entropy
 from ..distributed import global_dice_loss, is_distributed
 from ..fused import compound_loss as fused_compound_loss
 from ..spec import DiceSpec
-from .dispatch import activation_of, apply_activation, dice, implementation_for, label_map
+from .dispatch import activation_of, apply_activation, check_tensors, dice, implementation_for, label_map
 
 _MASKED = -1  # the label given to pixels that loss_mask excludes (never a class)
 CE_ARGUMENTS = ("weight", "ignore_index", "reduction", "label_smoothing")
@@ -41,14 +42,16 @@ class _SoftDice(nn.Module):
         self.batch_dice, self.ddp = batch_dice, ddp
         self.spec = DiceSpec(activation=activation or "none", smooth_nr=float(smooth), smooth_dr=float(smooth),
                              batch=batch_dice, include_background=do_bg, min_denominator=1e-8, negate=True)
+        self.specs_by_ignored: dict = {None: self.spec}  # spec_ignoring's answers, built once each
 
     def forward(self, x: Tensor, y: Tensor, loss_mask: Optional[Tensor] = None) -> Tensor:
+        check_tensors(x=x, y=y, **({} if loss_mask is None else {"loss_mask": loss_mask}))
         target, ignore_index = self.target(x, y, loss_mask)
         return self.loss(x, target, ignore_index)
 
     def loss(self, x: Tensor, target: Tensor, ignore_index: Optional[int]) -> Tensor:
         """The loss of a target in the spec's encoding, pixels labelled ``ignore_index`` excluded."""
-        spec = self.spec if ignore_index is None else self.spec.replace(ignore_index=ignore_index)
+        spec = self.spec_ignoring(ignore_index)
         if self.apply_nonlin is not None:
             x = apply_activation(self.apply_nonlin, x, "apply_nonlin")
         if self.ddp and self.batch_dice and is_distributed():
@@ -56,13 +59,27 @@ class _SoftDice(nn.Module):
             return global_dice_loss(x, target, spec, impl=implementation_for(target))
         return dice(x, target, spec)
 
+    def spec_ignoring(self, ignore_index: Optional[int]) -> DiceSpec:
+        """The spec with ``ignore_index`` (a mask's or ``DC_and_CE_loss``'s ignore label)."""
+        if ignore_index not in self.specs_by_ignored:
+            self.specs_by_ignored[ignore_index] = self.spec.replace(ignore_index=ignore_index)
+        return self.specs_by_ignored[ignore_index]
+
     @staticmethod
     def target(x: Tensor, y: Tensor, loss_mask: Optional[Tensor]):
-        """``(target, ignore_index)``: a label map (masked pixels labelled ``_MASKED``) or a one-hot."""
-        if y.shape == x.shape:  # one-hot
+        """``(target, ignore_index)``: a label map (masked pixels labelled ``_MASKED``) or a one-hot.
+
+        With one channel a y of x's shape is both; with ``loss_mask`` it is read as the label map
+        (0/1), which the mask can label."""
+        binary_with_mask = x.shape[1] == 1 and loss_mask is not None
+        if y.shape == x.shape and not binary_with_mask:  # one-hot
             if loss_mask is not None:
-                raise ValueError("loss_mask with a one-hot y is not supported here; pass the label map (b, 1, ...)")
+                raise ValueError(f"loss_mask with a one-hot y {tuple(y.shape)} is not supported here; pass the label "
+                                 f"map of shape (b, 1, *spatial) = {(x.shape[0], 1, *x.shape[2:])}")
             return (y if y.is_floating_point() else y.to(x.dtype)), None
+        if binary_with_mask and y.is_floating_point() and not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError("with one channel and loss_mask, y must hold 0 and 1 only (a soft y with loss_mask is "
+                             "not supported here)")
         labels = label_map(y)
         if loss_mask is None:
             return labels, None
@@ -116,13 +133,17 @@ class DC_and_CE_loss(nn.Module):  # noqa: N801 (nnU-Net's name)
             self.ce_kwargs["ignore_index"] = ignore_label
         weight = self.ce_kwargs.get("weight")
         self.ce_kwargs["weight"] = None if weight is None else torch.as_tensor(weight, dtype=torch.float64)
+        check_label_smoothing(float(self.ce_kwargs.get("label_smoothing", 0.0)))
         self.weight_dice, self.weight_ce, self.ignore_label = weight_dice, weight_ce, ignore_label
         self.dc = _dice_class(dice_class)(apply_nonlin=softmax_helper_dim1, **soft_dice_kwargs)
 
     def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
+        check_tensors(net_output=net_output, target=target)
         if target.ndim != net_output.ndim or target.shape[1] != 1:
             raise ValueError(f"target must be a label map of shape (b, 1, *spatial), got {tuple(target.shape)} "
                              "(nnU-Net's cross-entropy and ignore label take no one-hot target)")
+        if self.ce_kwargs["weight"] is not None:
+            check_class_weight(self.ce_kwargs["weight"], net_output.shape[1], "ce_kwargs['weight']")
         labels = label_map(target, self.ignore_label)
         fused = self.fused(net_output, labels)
         if fused is not None:
@@ -132,17 +153,18 @@ class DC_and_CE_loss(nn.Module):  # noqa: N801 (nnU-Net's name)
         return self.weight_ce * ce_loss + self.weight_dice * dc_loss
 
     def fused(self, net_output: Tensor, labels: Tensor) -> Optional[Tensor]:
-        """Both terms in the fused kernels' two passes where that is nnU-Net's loss: both weights
-        nonzero, softmax Dice (``softmax_helper_dim1``) without DDP's all-gather, mean CE ignoring the
-        Dice's ignored label (or, without ``ignore_label``, only CE's default -100, which no valid
-        label map holds); None elsewhere (and where the kernels cannot)."""
+        """Both terms in the fused kernels' two passes (``fused.compound_loss``, which asks
+        ``fused.routing.fusion``) where nnU-Net's loss is a spec plus its cross-entropy term: both
+        weights nonzero (nnU-Net skips a zero-weighted term), a mean CE ignoring the Dice's ignored
+        label (or, without ``ignore_label``, only CE's default -100, which no valid label map holds),
+        no DDP all-gather; None elsewhere and where the kernels cannot (a Dice activation other than
+        softmax, one channel, ...)."""
         ce_ignore = self.ce_kwargs.get("ignore_index", -100)
         same_ignored = ce_ignore == self.ignore_label or (self.ignore_label is None and ce_ignore == -100)
         if (self.weight_dice == 0 or self.weight_ce == 0 or self.ce_kwargs.get("reduction", "mean") != "mean"
-                or not same_ignored or self.dc.spec.activation != "softmax" or net_output.shape[1] < 2
-                or (self.dc.ddp and self.dc.batch_dice and is_distributed())):
+                or not same_ignored or (self.dc.ddp and self.dc.batch_dice and is_distributed())):
             return None
-        spec = self.dc.spec if self.ignore_label is None else self.dc.spec.replace(ignore_index=self.ignore_label)
+        spec = self.dc.spec_ignoring(self.ignore_label)
         weight = self.ce_kwargs["weight"]
         return fused_compound_loss(net_output, labels, spec, lambda_dice=self.weight_dice, lambda_pixel=self.weight_ce,
                                    class_weight=None if weight is None else weight.tolist(),

@@ -20,7 +20,7 @@ from typing import List, Optional
 from torch import Tensor, nn
 
 from ..spec import DiceSpec
-from .dispatch import dice
+from .dispatch import check_tensors, dice
 
 MODES = ("binary", "multiclass", "multilabel")
 
@@ -47,11 +47,16 @@ class _SmpRegionLoss(nn.Module):
             ignore_index=ignore_index, min_denominator=float(eps), absent_classes="zero", log_loss=log_loss,
             fp_weight=float(alpha), fn_weight=float(beta), soft_label=True,
         )
+        self.specs_by_channels: dict = {}  # spec_for's answers, built once per channel count
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        check_tensors(y_pred=y_pred, y_true=y_true)
         if y_true.size(0) != y_pred.size(0):
             raise ValueError(f"y_true has {y_true.size(0)} images, y_pred {y_pred.size(0)}")
-        return dice(y_pred, self.target(y_pred, y_true), self.spec_for(y_pred.shape[1]))
+        channels = y_pred.shape[1]
+        if channels not in self.specs_by_channels:
+            self.specs_by_channels[channels] = self.spec_for(channels)
+        return dice(y_pred, self.target(y_pred, y_true), self.specs_by_channels[channels])
 
     def target(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         channels = y_pred.shape[1]

@@ -1,4 +1,4 @@
-"""The kernel interface of ``fused`` and its autograd formulas (registered on the ops by ``ops``).
+"""The autograd formulas of ``fused``'s operators and their fake kernels (registered by ``ops``).
 
 Statistics return ``intersection = sum m p g``, ``pred_sum = sum m p**k`` and
 ``target_sum = sum m g**k`` (stacked, ``(3, N, C)`` float64); ``loss_from_statistics`` turns them
@@ -16,7 +16,7 @@ upstream gradient, and the labels as one-byte codes (ignored, no class, or 2 + t
 backward reads instead of the labels; its per-pixel term (cross-entropy, focal) adds
 ``k (p_c - [y = c]) h u_y`` per logit (``fused_kernels.h``). Its formula is registered here for
 ``torch.compile``; eager mode calls ``eager_loss``, the same two operators joined by a C++
-autograd node (``fused_dice.cpp``). The gradient ops are not differentiable again: double
+autograd node (``folded_autograd.cpp``). The gradient ops are not differentiable again: double
 backward raises (``refuse_double_backward``).
 
 Reference: F. Milletari et al., "V-Net", 3DV 2016 (the soft Dice and its gradient).
@@ -24,46 +24,17 @@ Reference: F. Milletari et al., "V-Net", 3DV 2016 (the soft Dice and its gradien
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from ..spec import DiceSpec
+from .interface import FoldedLossArgs, KernelParams  # noqa: F401 (KernelParams: also imported from here)
 
 DOUBLE_BACKWARD = (
     "impl='fused' has no double backward (create_graph=True through its gradient, gradgradcheck, "
     "gradient penalties); use impl='vectorized' for second-order gradients"
 )
-
-
-class KernelParams(NamedTuple):
-    """What the kernels need to know of the spec: the activation, k, the ignored label."""
-
-    activation: int  # 0 softmax, 1 sigmoid, 2 identity
-    squared: bool
-    ignore_index: Optional[int]
-
-    @classmethod
-    def from_spec(cls, spec: DiceSpec) -> "KernelParams":
-        return cls(("softmax", "sigmoid", "none").index(spec.activation), spec.squared, spec.ignore_index)
-
-
-class Backend(NamedTuple):
-    """A pair of kernels over ``logits (N, C, V)`` (contiguous) and ``labels (N, V)``.
-
-    ``statistics(logits, labels, params, deterministic) -> (stats (3, N, C) float64, probe)``, with
-    ``probe`` a scalar that is NaN or inf exactly when a logit is; ``gradient(logits, labels, a, b,
-    params) -> dlogits`` with ``a``, ``b`` contiguous ``(N, C)`` float64, in the logits' dtype.
-    """
-
-    statistics: Callable
-    gradient: Callable
-
-
-def output_buffer(shape, device, dtype) -> Tensor:
-    """Memory a kernel must overwrite entirely; tests replace this with NaN-filled buffers."""
-    return torch.empty(shape, device=device, dtype=dtype)
 
 
 # --- fake (shape-only) kernels -------------------------------------------------------------------
@@ -90,9 +61,10 @@ def loss_fake(logits: Tensor, labels: Tensor, *args):
     n, c = logits.shape[:2]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     voxels = labels.numel() // n if n else 0
-    coded = c <= MAX_CODED_CLASSES and labels.element_size() > 1  # as fused_dice.cpp decides
+    coded = c <= MAX_CODED_CLASSES and labels.element_size() > 1  # as fused_ops.cpp decides
     codes = labels.new_empty((n if coded else 0, voxels), dtype=torch.uint8)
-    return logits.new_empty((), dtype=dtype), logits.new_empty((2 * n * c + 1,), dtype=torch.float64), codes
+    loss = logits.new_empty(FoldedLossArgs.from_op_args(args).loss_shape(n, c), dtype=dtype)
+    return loss, logits.new_empty((2 * n * c + 1,), dtype=torch.float64), codes
 
 
 def loss_backward_fake(grad: Tensor, logits: Tensor, *args) -> Tensor:
@@ -160,9 +132,8 @@ def loss_setup_context(ctx, inputs, output):
 
 def loss_backward(ctx, grad_loss: Tensor, _grad_saved, _grad_codes):
     logits, labels, saved, codes = ctx.saved_tensors
-    activation, squared, ignore_index, _check_finite, _check_labels, *scoring = ctx.config
-    grad = torch.ops.dice_fused.loss_backward(grad_loss, logits, labels, saved, codes, activation, squared,
-                                              ignore_index, *scoring)
+    grad = torch.ops.dice_fused.loss_backward(grad_loss, logits, labels, saved, codes,
+                                              *FoldedLossArgs.from_op_args(ctx.config).backward_op_args())
     return (grad,) + (None,) * (1 + len(ctx.config))
 
 

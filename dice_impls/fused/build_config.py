@@ -4,9 +4,12 @@
 import hashlib
 from pathlib import Path
 
-# fused_dice.cpp: the operators; fused_kernels_*.cpp: fused_kernels.h for the baseline, AVX2, AVX-512.
-SOURCES = ["fused_dice.cpp", "fused_kernels_baseline.cpp", "fused_kernels_avx2.cpp", "fused_kernels_avx512.cpp"]
-HEADERS = ["fused_args.h", "fused_kernels.h"]
+# fused_ops.cpp: the operators; fused_scoring.cpp: the scoring of the sums; gradient_pool.cpp: the
+# gradient buffers; folded_autograd.cpp: eager_loss's C++ autograd node; fused_kernels_*.cpp:
+# fused_kernels.h for the baseline, AVX2, AVX-512.
+SOURCES = ["fused_ops.cpp", "fused_scoring.cpp", "gradient_pool.cpp", "folded_autograd.cpp",
+           "fused_kernels_baseline.cpp", "fused_kernels_avx2.cpp", "fused_kernels_avx512.cpp"]
+HEADERS = ["fused_args.h", "fused_kernels.h", "fused_scoring.h", "gradient_pool.h"]
 # Portable: no -march (the wider instruction sets come from the per-file target pragmas, chosen
 # at run time); -fno-trapping-math lets the exp's selects vectorise; -fopenmp for `omp simd` and
 # at::parallel_for (the process uses the libgomp torch ships).

@@ -1,4 +1,4 @@
-// What fused_dice.cpp hands the kernels of fused_kernels.h: plain data, the same for every
+// What fused_ops.cpp hands the kernels of fused_kernels.h: plain data, the same for every
 // instruction set the kernels are compiled for.
 #pragma once
 #include <cstdint>

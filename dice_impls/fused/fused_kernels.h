@@ -1,7 +1,7 @@
 // The hot loops of the fused CPU kernels, written once and compiled once per instruction set.
 //
 // fused_kernels_{baseline,avx2,avx512}.cpp each include this file inside their own namespace
-// (FUSED_ISA), the wider ones under `#pragma GCC target`; fused_dice.cpp picks one at run time
+// (FUSED_ISA), the wider ones under `#pragma GCC target`; fused_ops.cpp picks one at run time
 // (cpuid). Nothing here includes ATen or the standard library's templates, and every helper has
 // internal linkage: an inline function compiled for AVX-512 must never be merged by the linker
 // with the baseline copy another file uses.

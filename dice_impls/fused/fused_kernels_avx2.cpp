@@ -1,5 +1,5 @@
 // The kernels for x86-64 CPUs with AVX2, FMA and F16C (Haswell, Zen and later); selected at run
-// time by fused_dice.cpp. Everything included before the pragma keeps the baseline target.
+// time by fused_ops.cpp. Everything included before the pragma keeps the baseline target.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 

@@ -1,19 +1,19 @@
 """The operators of ``fused``, registered with ``torch.library`` so autograd, fake tensors and
 ``torch.compile`` see them as PyTorch's own.
 
-Three families of the same two operators, ``statistics`` and ``gradient`` (and, for the C++
+Three backends of the same two operators, ``statistics`` and ``gradient`` (and, for the C++
 one, the folded ``loss``, ``loss_backward`` and ``eager_loss``; for the Triton one,
 ``compound_statistics`` and ``compound_gradient`` with the per-pixel term of Dice + CE / focal):
 
-- ``torch.ops.dice_fused``: the C++ CPU kernels (schemas and CPU kernels in ``fused_dice.cpp``);
+- ``torch.ops.dice_fused``: the C++ CPU kernels (schemas and CPU kernels in ``fused_ops.cpp``);
   they validate their inputs in their own pass (``check_finite``, ``check_labels``).
-- ``torch.ops.dice_fused_chunked``: the chunked torch formulation (``cpu.CHUNKED``) as
+- ``torch.ops.dice_fused_chunked``: the chunked torch formulation (``chunked.CHUNKED``) as
   ``custom_op``\\ s, opaque to the compiler; used when the C++ extension is not available.
 - ``torch.ops.dice_fused_triton``: the Triton kernels (``triton_kernels.TRITON``, launched through
   ``wrap_triton``) as ``triton_op``\\ s, which ``torch.compile`` traces into; they do not validate
   (the caller checks the probe: one host sync per call).
 
-Every family gets a fake kernel (``register_fake``) and its backward (``register_autograd``);
+Every backend's operators get a fake kernel (``register_fake``) and its backward (``register_autograd``);
 the gradient operators refuse double backward with an error that says so.
 """
 
@@ -25,12 +25,12 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import autograd, cpu
-from .autograd import KernelParams
+from . import autograd, chunked as chunked_kernels, cpu, interface
+from .interface import KernelParams
 
 
-class Family(NamedTuple):
-    """One kernel family's operators; ``loss``/``loss_backward`` only for the C++ one."""
+class BackendOperators(NamedTuple):
+    """One backend's registered operators (``torch.ops.<namespace>``); ``loss`` only for the C++ one."""
 
     statistics: object
     gradient: object
@@ -39,12 +39,12 @@ class Family(NamedTuple):
     compound_statistics: object = None  # Triton: the statistics with the per-pixel term
 
 
-# Each family is registered once; a plain dict (not functools.lru_cache) so torch.compile reads
+# Each backend is registered once; a plain dict (not functools.lru_cache) so torch.compile reads
 # the cached entry as a constant instead of tracing the loader.
-_LOADED: Dict[str, Optional["Family"]] = {}
+_LOADED: Dict[str, Optional["BackendOperators"]] = {}
 
 
-def _once(load: Callable[[], Optional["Family"]]) -> Callable[[], Optional["Family"]]:
+def _once(load: Callable[[], Optional["BackendOperators"]]) -> Callable[[], Optional["BackendOperators"]]:
     def cached():
         if load.__name__ not in _LOADED:
             _LOADED[load.__name__] = load()
@@ -63,10 +63,11 @@ def _register(statistics: str, gradient: str) -> None:
 
 
 @_once
-def cpp() -> Optional[Family]:
+def cpp() -> Optional[BackendOperators]:
     """The C++ operators, or None when the extension is not available."""
     if not cpu.extension_available():
         return None
+    interface.check_layout(torch.ops.dice_fused.folded_loss_layout())
     _register("dice_fused::statistics", "dice_fused::gradient")
     torch.library.register_fake("dice_fused::loss", autograd.loss_fake)
     torch.library.register_fake("dice_fused::loss_backward", autograd.loss_backward_fake)
@@ -74,7 +75,7 @@ def cpp() -> Optional[Family]:
     torch.library.register_autograd("dice_fused::loss_backward", autograd.refuse_double_backward,
                                     setup_context=autograd.no_context)
     ops = torch.ops.dice_fused
-    return Family(ops.statistics, ops.gradient, True, ops.loss)
+    return BackendOperators(ops.statistics, ops.gradient, True, ops.loss)
 
 
 def isa() -> str:
@@ -89,7 +90,7 @@ def _flat(logits: Tensor, labels: Tensor):
 
 
 @_once
-def chunked() -> Family:
+def chunked() -> BackendOperators:
     @torch.library.custom_op("dice_fused_chunked::statistics", mutates_args=())
     def statistics(logits: Tensor, labels: Tensor, activation: int, squared: bool, ignore_index: Optional[int],
                    check_finite: bool, check_labels: bool) -> Tuple[Tensor, Tensor]:
@@ -97,7 +98,7 @@ def chunked() -> Family:
         from ..spec import DiceSpec
 
         params = KernelParams(activation, squared, ignore_index)
-        stats, probe = cpu.chunked_statistics(*_flat(logits, labels), params, True)
+        stats, probe = chunked_kernels.chunked_statistics(*_flat(logits, labels), params, True)
         if check_finite and not torch.isfinite(probe):
             check_finite_logits(logits)
         if check_labels:
@@ -108,15 +109,15 @@ def chunked() -> Family:
     def gradient(logits: Tensor, labels: Tensor, a: Tensor, b: Tensor, activation: int, squared: bool,
                  ignore_index: Optional[int]) -> Tensor:
         x, y = _flat(logits, labels)
-        return cpu.chunked_gradient(x, y, a, b, KernelParams(activation, squared, ignore_index)).view(logits.shape)
+        return chunked_kernels.chunked_gradient(x, y, a, b, KernelParams(activation, squared, ignore_index)).view(logits.shape)
 
     _register("dice_fused_chunked::statistics", "dice_fused_chunked::gradient")
     ops = torch.ops.dice_fused_chunked
-    return Family(ops.statistics, ops.gradient, True)
+    return BackendOperators(ops.statistics, ops.gradient, True)
 
 
 @_once
-def triton() -> Family:
+def triton() -> BackendOperators:
     from torch.library import triton_op
 
     from . import triton_kernels  # imported on demand: Triton reads TRITON_INTERPRET at import
@@ -161,21 +162,21 @@ def triton() -> Family:
     torch.library.register_autograd("dice_fused_triton::compound_gradient", autograd.refuse_double_backward,
                                     setup_context=autograd.no_context)
     ops = torch.ops.dice_fused_triton
-    return Family(ops.statistics, ops.gradient, False, compound_statistics=ops.compound_statistics)
+    return BackendOperators(ops.statistics, ops.gradient, False, compound_statistics=ops.compound_statistics)
 
 
-FAMILIES = {"cpp": cpp, "chunked": chunked, "triton": triton}
+BACKENDS = {"cpp": cpp, "chunked": chunked, "triton": triton}
 
 
-def family(name: Optional[str], device: torch.device) -> Family:
+def backend_operators(name: Optional[str], device: torch.device) -> BackendOperators:
     """The operators by backend name (None: Triton on CUDA, C++ on CPU, else chunked)."""
     if name is None:
         if device.type == "cuda":
             return triton()
         return cpp() or chunked()
-    if name not in FAMILIES:
-        raise ValueError(f"unknown fused backend {name!r}; choose one of {tuple(FAMILIES)}")
-    found = FAMILIES[name]()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown fused backend {name!r}; choose one of {tuple(BACKENDS)}")
+    found = BACKENDS[name]()
     if found is None:
         raise RuntimeError(f"fused backend {name!r} is not available here (the C++ extension did not load)")
     return found

@@ -46,8 +46,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
-from . import autograd
-from .autograd import Backend, KernelParams
+from . import interface
+from .interface import KernelPair, KernelParams
 
 TILE_ELEMENTS = 2048  # BLOCK_C * BLOCK_V of the resident layout: 16 values per thread and tensor at 4 warps
 LOOPED_TILE_ELEMENTS = 1024  # of the looped layout, which also holds the (ACC_ROWS, 8) accumulators
@@ -114,7 +114,7 @@ def _block_terms(x, c, c_ok, v_ok, keep, y, m, r, ACTIVATION: tl.constexpr, SQUA
     """(m p g, m p**k + (x - x), g) of one block: the summands of the statistics, the probe folded in.
 
     ``x - x`` is 0 for every finite logit and NaN otherwise, so pred_sum is finite exactly when
-    all logits are and serves as the probe of ``Backend``."""
+    all logits are and serves as the probe of ``KernelPair``."""
     counted = keep[None, :] & c_ok[:, None]
     p = tl.where(counted, _activate(x, m, r, ACTIVATION), 0.0)
     g = (y[None, :] == c[:, None]) & counted
@@ -431,7 +431,7 @@ def triton_statistics(logits: Tensor, labels: Tensor, params: KernelParams, dete
     acc = accumulator_dtype(logits)
     rows = 3 if pixel is None else 5
     if deterministic:
-        out = autograd.output_buffer((rows, n, programs, c), logits.device, acc)
+        out = interface.output_buffer((rows, n, programs, c), logits.device, acc)
     else:
         out = torch.zeros((rows, n, c), device=logits.device, dtype=acc)
     weights = pixel.smoothing_weight if pixel is not None and pixel.smoothing_weight is not None else out
@@ -452,7 +452,7 @@ def triton_gradient(logits: Tensor, labels: Tensor, a: Tensor, b: Tensor, params
     statistics' rows 3 and 4 (float64, contiguous)."""
     n, c, v = logits.shape
     shape, ignore, constants = _arguments(logits, params, pixel)
-    grad = autograd.output_buffer(logits.shape, logits.device, logits.dtype)
+    grad = interface.output_buffer(logits.shape, logits.device, logits.dtype)
     programs, split = program_split(n, triton.cdiv(v, shape.block_v), GRID_X_MAX)
     weights = pixel.smoothing_weight if pixel is not None and pixel.smoothing_weight is not None else a
     if n and v:
@@ -464,4 +464,4 @@ def triton_gradient(logits: Tensor, labels: Tensor, a: Tensor, b: Tensor, params
     return grad
 
 
-TRITON = Backend(triton_statistics, triton_gradient)
+TRITON = KernelPair(triton_statistics, triton_gradient)

@@ -1,5 +1,7 @@
-// torch.ops.dice_fused: the fused soft-Dice operators on the CPU (schemas, CPU kernels, the
-// scoring of the sums and its gradient, input validation inside the kernel's own pass).
+// torch.ops.dice_fused: the fused soft-Dice operators on the CPU (schemas, CPU kernels, input
+// validation inside the kernel's own pass). The scoring of the sums and its gradient are in
+// fused_scoring.cpp, the gradient buffers' pool in gradient_pool.cpp, the C++ autograd node of
+// eager_loss in folded_autograd.cpp.
 //
 // The hot loops live in fused_kernels.h, compiled for the build's baseline and for AVX2 and
 // AVX-512 (fused_kernels_*.cpp); the widest the CPU supports is chosen once at load time
@@ -21,9 +23,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/fill.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -31,25 +30,23 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <iterator>
 #include <limits>
-#include <mutex>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "fused_args.h"
+#include "fused_scoring.h"
+#include "gradient_pool.h"
 
 FUSED_DECLARE_KERNELS(isa_baseline)
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 FUSED_DECLARE_KERNELS(isa_avx2)
 FUSED_DECLARE_KERNELS(isa_avx512)
 #endif
+
+using namespace dice_fused;
 
 namespace {
 
@@ -223,6 +220,7 @@ Sums run_statistics(const KernelArgs& P, const at::Tensor& logits, const at::Ten
     for (int64_t s = 0; s < 3; ++s)
       for (int64_t c = 0; c < C; ++c) sums.dice[(s * P.N + n) * C + c] += acc[s * C + c];
     for (int64_t c = 0; c < C && P.pixel; ++c) {
+      if (acc[2 * C + c] == 0) continue;  // no pixel of class c: its weight (NaN too) leaves the sums
       sums.pixel[0] += P.pixel_weight[c] * (1 - P.smoothing) * acc[3 * C + c];
       sums.pixel[2] += P.norm_weight[c] * acc[2 * C + c];
     }
@@ -233,87 +231,6 @@ Sums run_statistics(const KernelArgs& P, const at::Tensor& logits, const at::Ten
   if (P.validate && !std::isfinite(sums.probe)) raise_non_finite(logits);
   if (P.validate && P.check_labels && bad_labels) raise_bad_labels(P, labels);
   return sums;
-}
-
-// Gradient memory. A fresh buffer is faulted in page by page as the kernel first writes it
-// (~100 ms per 64 MiB on a 2-core VM), and glibc serves allocations above its mmap threshold (at
-// most 32 MiB), and often those above 128 KiB after the heap was trimmed, with fresh pages (a
-// 1 MiB gradient: ~50 us of faults, a sixth of a 4x4x128x128 call). So gradients come from a
-// small pool instead: a freed gradient (its tensor's deleter) is kept and handed to the next call
-// of the same size, as a training loop's next step asks for exactly that. At most POOL_BUFFERS
-// buffers of at least POOL_MIN_BYTES are kept; DICE_FUSED_POOL=0 turns it off (each gradient is
-// then fresh memory). Fresh buffers of at least HUGE_PAGE are 2 MiB aligned and advised to use
-// transparent huge pages (512x fewer faults where the kernel grants them).
-constexpr size_t POOL_MIN_BYTES = size_t(256) << 10;
-constexpr size_t POOL_BUFFERS = 2;
-constexpr size_t HUGE_PAGE = size_t(2) << 20;
-
-struct Pool {
-  std::mutex lock;
-  std::vector<std::pair<size_t, void*>> free;  // (bytes, buffer), newest last
-};
-
-Pool& pool() {
-  static Pool* instance = new Pool();  // never destroyed: deleters may run during interpreter exit
-  return *instance;
-}
-
-bool pool_enabled() {
-  const char* flag = std::getenv("DICE_FUSED_POOL");
-  return !(flag && flag[0] == '0');
-}
-
-void release_to_pool(void* data, size_t bytes) {
-  Pool& p = pool();
-  std::lock_guard<std::mutex> guard(p.lock);
-  if (p.free.size() == POOL_BUFFERS) {
-    std::free(p.free.front().second);
-    p.free.erase(p.free.begin());
-  }
-  p.free.emplace_back(bytes, data);
-}
-
-void* acquire_fresh(size_t bytes) {
-  void* data = nullptr;
-  const bool huge = bytes >= HUGE_PAGE;
-  const size_t alignment = huge ? HUGE_PAGE : 64, rounded = (bytes + alignment - 1) / alignment * alignment;
-  TORCH_CHECK(posix_memalign(&data, alignment, rounded) == 0, "fused CPU kernel: out of memory for the gradient (",
-              bytes, " bytes)");
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (huge) madvise(data, rounded, MADV_HUGEPAGE);  // a hint: errors ignored
-#endif
-  return data;
-}
-
-void* acquire(size_t bytes) {
-  {
-    Pool& p = pool();
-    std::lock_guard<std::mutex> guard(p.lock);
-    for (auto it = p.free.rbegin(); it != p.free.rend(); ++it) {
-      if (it->first == bytes) {
-        void* data = it->second;
-        p.free.erase(std::next(it).base());
-        return data;
-      }
-    }
-  }
-  return acquire_fresh(bytes);
-}
-
-at::Tensor gradient_buffer(const at::Tensor& logits) {
-  const size_t bytes = static_cast<size_t>(logits.numel()) * logits.element_size();
-  if (bytes < POOL_MIN_BYTES) return at::empty(logits.sizes(), logits.options());  // glibc's heap reuses these
-  if (!pool_enabled()) return at::from_blob(acquire_fresh(bytes), logits.sizes(), [](void* ptr) { std::free(ptr); },
-                                            logits.options());
-  return at::from_blob(acquire(bytes), logits.sizes(), [bytes](void* ptr) { release_to_pool(ptr, bytes); },
-                       logits.options());
-}
-
-// Buffers the pool holds now (tests, measurements).
-int64_t pooled_buffers() {
-  Pool& p = pool();
-  std::lock_guard<std::mutex> guard(p.lock);
-  return static_cast<int64_t>(p.free.size());
 }
 
 // DICE_FUSED_POISON=1 fills the gradient with NaN before the kernel writes it (tests: every
@@ -333,154 +250,6 @@ at::Tensor run_gradient(const KernelArgs& P, const at::Tensor& logits, const dou
     k.gradient(P, begin, end, a, b, pixel_scale, out);
   });
   return grad;
-}
-
-// --- the scoring of the sums (dice_impls/score.py: loss_from_statistics), with its gradient ---
-
-// flags: batch, include_background, micro, log_loss, negate, absent_classes (0 include, 1 zero,
-// 2 exclude), mean (1) or sum (0). scalars: beta, smooth_nr, smooth_dr, min_denominator.
-struct Scoring {
-  bool batch, background, micro, log_loss, negate, mean;
-  int absent;
-  double beta2, smooth_nr, smooth_dr, min_denominator;
-  std::vector<double> weight;  // C
-};
-
-Scoring make_scoring(at::IntArrayRef flags, at::ArrayRef<double> scalars, std::optional<at::ArrayRef<double>> weight,
-                     int64_t C) {
-  TORCH_CHECK(flags.size() == 7 && scalars.size() >= 4, "fused loss: flags needs 7 entries, scalars at least 4");
-  Scoring S;
-  S.batch = flags[0], S.background = flags[1], S.micro = flags[2], S.log_loss = flags[3], S.negate = flags[4];
-  S.absent = static_cast<int>(flags[5]), S.mean = flags[6];
-  S.beta2 = scalars[0] * scalars[0], S.smooth_nr = scalars[1], S.smooth_dr = scalars[2];
-  S.min_denominator = scalars[3];
-  S.weight.assign(C, 1.0);
-  if (weight.has_value()) {
-    TORCH_CHECK(static_cast<int64_t>(weight->size()) == C, "fused loss: weight needs one entry per channel");
-    S.weight.assign(weight->begin(), weight->end());
-  }
-  return S;
-}
-
-// The loss of (3, N, C) sums; writes dL/dpred_sum into a and dL/dintersection into b (N x C).
-double score(const Scoring& S, const double* stats, int64_t N, int64_t C, double* a, double* b) {
-  const int64_t units = S.batch ? 1 : N, first = S.background ? 0 : 1;  // batch: one pooled unit, even of no images
-  const double tiny = std::numeric_limits<float>::min();
-  std::vector<double> tp(units * C, 0.0), ps(units * C, 0.0), gs(units * C, 0.0);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t u = S.batch ? 0 : n;
-      tp[u * C + c] += stats[n * C + c];
-      ps[u * C + c] += stats[(N + n) * C + c];
-      gs[u * C + c] += stats[(2 * N + n) * C + c];
-    }
-  std::fill(a, a + N * C, 0.0);
-  std::fill(b, b + N * C, 0.0);
-  const int64_t classes = S.micro ? 1 : C - first;
-  std::vector<double> da(units * C, 0.0), db(units * C, 0.0);  // per unit, per class
-  double total = 0;
-  for (int64_t u = 0; u < units; ++u) {
-    // The scored entries of this unit: one per kept class, or one pooled (micro) entry.
-    std::vector<double> t(classes), p(classes), g(classes), w(classes);
-    for (int64_t k = 0; k < classes; ++k) {
-      if (S.micro) {
-        t[k] = p[k] = g[k] = 0;
-        for (int64_t c = first; c < C; ++c) {
-          t[k] += S.weight[c] * tp[u * C + c];
-          p[k] += S.weight[c] * ps[u * C + c];
-          g[k] += S.weight[c] * gs[u * C + c];
-        }
-        w[k] = 1;
-      } else {
-        const int64_t c = first + k;
-        t[k] = tp[u * C + c], p[k] = ps[u * C + c], g[k] = gs[u * C + c], w[k] = S.weight[c];
-      }
-    }
-    std::vector<double> loss(classes), dl_dt(classes), dl_dp(classes), weights(classes);
-    for (int64_t k = 0; k < classes; ++k) {
-      const double numerator = (1 + S.beta2) * t[k] + S.smooth_nr;
-      const double raw = p[k] + S.beta2 * g[k] + S.smooth_dr;
-      const double denominator = std::max(raw, S.min_denominator);
-      const bool empty = denominator == 0;
-      const double value = empty ? 1.0 : numerator / denominator;
-      const double ds_dt = empty ? 0.0 : (1 + S.beta2) / denominator;
-      const double ds_dp = empty || raw < S.min_denominator ? 0.0 : -numerator / (denominator * denominator);
-      double l, dl_ds;
-      if (S.log_loss) {
-        l = -std::log(std::max(value, tiny));
-        dl_ds = value >= tiny ? -1.0 / std::max(value, tiny) : 0.0;
-      } else {
-        l = S.negate ? -value : 1 - value;
-        dl_ds = -1.0;
-      }
-      double weight = w[k];
-      if (S.absent == 1 && !(g[k] > 0)) l = 0, dl_ds = 0;
-      if (S.absent == 2 && !(g[k] > 0)) weight = 0;
-      loss[k] = l, weights[k] = weight, dl_dt[k] = dl_ds * ds_dt, dl_dp[k] = dl_ds * ds_dp;
-    }
-    // dL/dloss_k of the reduction.
-    double normalizer = 0, weighted = 0;
-    for (int64_t k = 0; k < classes; ++k) normalizer += weights[k], weighted += loss[k] * weights[k];
-    double scale = 1.0;
-    if (S.mean) {
-      const bool no_class = normalizer == 0;
-      total += no_class ? 1.0 : weighted / normalizer;
-      scale = no_class ? 0.0 : 1.0 / (normalizer * units);
-    } else {
-      total += weighted;
-    }
-    for (int64_t k = 0; k < classes; ++k) {
-      const double g_loss = scale * weights[k];
-      if (S.micro) {
-        for (int64_t c = first; c < C; ++c) {
-          db[u * C + c] = g_loss * dl_dt[k] * S.weight[c];
-          da[u * C + c] = g_loss * dl_dp[k] * S.weight[c];
-        }
-      } else {
-        db[u * C + first + k] = g_loss * dl_dt[k];
-        da[u * C + first + k] = g_loss * dl_dp[k];
-      }
-    }
-  }
-  if (S.mean) total = units ? total / units : std::numeric_limits<double>::quiet_NaN();
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t u = S.batch ? 0 : n;
-      a[n * C + c] = da[u * C + c];
-      b[n * C + c] = db[u * C + c];
-    }
-  return total;
-}
-
-// The per-pixel term's configuration: scalars[4..8) = lambda_dice, lambda_pixel, gamma,
-// label_smoothing; the per-class weights of its numerator and normaliser (None: ones).
-struct PixelTerm {
-  double lambda_dice = 1, lambda_pixel = 0, gamma = 0, smoothing = 0, weight_sum = 0;
-  std::vector<double> weight, norm;
-};
-
-PixelTerm make_pixel_term(KernelArgs& P, at::ArrayRef<double> scalars, std::optional<at::ArrayRef<double>> pixel_weight,
-                          std::optional<at::ArrayRef<double>> norm_weight) {
-  TORCH_CHECK(scalars.size() == 8, "fused loss: scalars needs 8 entries");
-  PixelTerm T;
-  T.lambda_dice = scalars[4], T.lambda_pixel = scalars[5], T.gamma = scalars[6], T.smoothing = scalars[7];
-  T.weight.assign(P.C, 1.0);
-  T.norm.assign(P.C, 1.0);
-  if (pixel_weight.has_value()) {
-    TORCH_CHECK(static_cast<int64_t>(pixel_weight->size()) == P.C, "fused loss: pixel_weight needs one entry per channel");
-    T.weight.assign(pixel_weight->begin(), pixel_weight->end());
-  }
-  if (norm_weight.has_value()) {
-    TORCH_CHECK(static_cast<int64_t>(norm_weight->size()) == P.C, "fused loss: norm_weight needs one entry per channel");
-    T.norm.assign(norm_weight->begin(), norm_weight->end());
-  }
-  for (const double w : T.weight) T.weight_sum += w;
-  P.pixel = T.lambda_pixel != 0;
-  TORCH_CHECK(!P.pixel || (P.activation == 0 && P.C >= 2), "fused loss: the per-pixel term needs softmax logits");
-  TORCH_CHECK(T.smoothing == 0 || T.gamma == 0, "fused loss: label smoothing applies to cross-entropy only");
-  P.gamma = T.gamma, P.smoothing = T.smoothing, P.pixel_weight_sum = T.weight_sum;
-  P.pixel_weight = T.weight.data(), P.norm_weight = T.norm.data();
-  return T;
 }
 
 at::ScalarType loss_dtype(const at::Tensor& logits) {
@@ -512,6 +281,7 @@ at::Tensor gradient(const at::Tensor& logits, const at::Tensor& labels, const at
   return run_gradient(P, logits, a64.data_ptr<double>(), b64.data_ptr<double>(), 0.0);
 }
 
+// loss: a scalar, or (units, entries) with reduction "none" (Scoring::entries).
 // saved = [dL/dpred_sum (N C), dL/dintersection (N C), dL/dpixel_sum (1)] for unit upstream gradient;
 // codes = the labels' codes (N, V) uint8 for loss_backward to read instead of the labels (1 byte a
 // pixel instead of up to 8), or an empty tensor for one-byte labels or C > MAX_CODED_CLASSES.
@@ -525,6 +295,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss(const at::Tensor& logits, co
                            check_labels);
   const Scoring S = make_scoring(flags, scalars, weight, P.C);
   const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);
+  const bool unreduced = S.reduction == REDUCTION_NONE;
+  TORCH_CHECK(!(unreduced && P.pixel), "fused loss: the per-pixel term needs a reduced loss");
   // Codes pay where the labels are wider than them; one-byte labels are read as they are.
   const bool code = P.C <= MAX_CODED_CLASSES && labels.element_size() > 1;
   at::Tensor codes = at::empty({code ? P.N : 0, P.V}, labels.options().dtype(at::kByte));
@@ -533,17 +305,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss(const at::Tensor& logits, co
   auto saved = at::empty({2 * P.N * P.C + 1}, logits.options().dtype(at::kDouble));
   double* a = saved.data_ptr<double>();
   double* b = a + P.N * P.C;
-  double value = T.lambda_dice * score(S, sums.dice.data(), P.N, P.C, a, b);
+  std::vector<double> value(unreduced ? S.units(P.N) * S.entries(P.C) : 1);
+  score(S, sums.dice.data(), P.N, P.C, value.data(), a, b);
+  for (double& v : value) v *= T.lambda_dice;
   for (int64_t i = 0; i < 2 * P.N * P.C; ++i) a[i] *= T.lambda_dice;
   double pixel_scale = 0;
-  if (P.pixel && sums.pixel[2] > 0) {
+  if (P.pixel && sums.pixel[2] != 0) {  // F.cross_entropy's weighted mean, any sign; 0 when nothing counts
     const double pixel = ((sums.pixel[0]) + T.smoothing / P.C * sums.pixel[1]) / sums.pixel[2];
-    value += T.lambda_pixel * pixel;
+    value[0] += T.lambda_pixel * pixel;
     pixel_scale = T.lambda_pixel / sums.pixel[2];
   }
   b[P.N * P.C] = pixel_scale;
-  auto out = at::empty({}, logits.options().dtype(loss_dtype(logits)));
-  if (out.scalar_type() == at::kDouble) *out.data_ptr<double>() = value; else *out.data_ptr<float>() = static_cast<float>(value);
+  const auto options = logits.options().dtype(loss_dtype(logits));
+  at::Tensor out = unreduced ? at::empty({S.units(P.N), S.entries(P.C)}, options) : at::empty({}, options);
+  if (out.scalar_type() == at::kDouble) std::copy(value.begin(), value.end(), out.data_ptr<double>());
+  else std::transform(value.begin(), value.end(), out.data_ptr<float>(), [](double v) { return static_cast<float>(v); });
   return std::make_tuple(out, saved, codes);
 }
 
@@ -556,107 +332,23 @@ at::Tensor loss_backward(const at::Tensor& grad, const at::Tensor& logits, const
   const bool coded = codes.numel() == labels.numel() && codes.numel() > 0 && codes.scalar_type() == at::kByte;
   KernelArgs P = make_args(logits, coded ? codes : labels, activation, squared, ignore_index, false, false);
   if (coded) P.label_type = LABEL_CODES;
-  make_scoring(flags, scalars, weight, P.C);
-  const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);
-  TORCH_CHECK(grad.numel() == 1, "fused loss_backward: the loss is a scalar");
+  const Scoring S = make_scoring(flags, scalars, weight, P.C);
+  const PixelTerm T = make_pixel_term(P, scalars, pixel_weight, norm_weight);  // owns the weights P points to
+  const bool unreduced = S.reduction == REDUCTION_NONE;
+  const int64_t K = S.entries(P.C);
+  TORCH_CHECK(grad.numel() == (unreduced ? S.units(P.N) * K : 1),
+              "fused loss_backward: grad must have the loss's shape");
   TORCH_CHECK(saved.scalar_type() == at::kDouble && saved.numel() == 2 * P.N * P.C + 1,
               "fused loss_backward: saved must come from fused loss");
-  const double g = grad.to(at::kDouble).item<double>();
+  const at::Tensor g64 = grad.to(at::kDouble).contiguous();
+  const double* g = g64.data_ptr<double>();
   const at::Tensor s = saved.contiguous();
   std::vector<double> ab(s.data_ptr<double>(), s.data_ptr<double>() + 2 * P.N * P.C);
-  for (double& value : ab) value *= g;
-  return run_gradient(P, logits, ab.data(), ab.data() + P.N * P.C, g * s.data_ptr<double>()[2 * P.N * P.C]);
-}
-
-// Eager mode: `loss` and `loss_backward` joined by a C++ autograd node. Python's autograd.Function
-// (or register_autograd's wrapper) costs a Python frame, an operator call from Python and its
-// argument conversion per backward: ~40 us of a ~400 us 4x4x128x128 forward+backward
-// (docs/performance.md). Both operators are called through the dispatcher, so fake and meta
-// tensors (FakeTensorMode, make_fx) reach their fake kernels; with create_graph=True the backward's
-// `loss_backward` goes through its registered autograd, which refuses double backward.
-std::optional<std::vector<double>> optional_vector(const c10::IValue& value) {
-  if (value.isNone()) return std::nullopt;
-  return value.toDoubleVector();
-}
-
-std::optional<at::ArrayRef<double>> optional_ref(const std::optional<std::vector<double>>& values) {
-  if (!values.has_value()) return std::nullopt;
-  return at::ArrayRef<double>(*values);
-}
-
-using OptionalDoubles = std::optional<at::ArrayRef<double>>;
-
-const auto& loss_operator() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("dice_fused::loss", "").typed<
-      std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t, bool,
-                                                     std::optional<int64_t>, bool, bool, at::IntArrayRef,
-                                                     at::ArrayRef<double>, OptionalDoubles, OptionalDoubles,
-                                                     OptionalDoubles)>();
-  return op;
-}
-
-const auto& loss_backward_operator() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("dice_fused::loss_backward", "").typed<
-      at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                 int64_t, bool, std::optional<int64_t>, at::IntArrayRef, at::ArrayRef<double>, OptionalDoubles,
-                 OptionalDoubles, OptionalDoubles)>();
-  return op;
-}
-
-class FoldedLossFunction : public torch::autograd::Function<FoldedLossFunction> {
- public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& labels,
-                            int64_t activation, bool squared, std::optional<int64_t> ignore_index, bool check_finite,
-                            bool check_labels, at::IntArrayRef flags, at::ArrayRef<double> scalars,
-                            OptionalDoubles weight, OptionalDoubles pixel_weight, OptionalDoubles norm_weight) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [value, saved, codes] = loss_operator().call(logits, labels, activation, squared, ignore_index, check_finite,
-                                                      check_labels, flags, scalars, weight, pixel_weight, norm_weight);
-    ctx->save_for_backward({logits, labels, saved, codes});
-    auto& data = ctx->saved_data;
-    data["activation"] = activation;
-    data["squared"] = squared;
-    data["ignore_index"] = ignore_index;
-    data["flags"] = flags.vec();
-    data["scalars"] = scalars.vec();
-    data["weight"] = weight.has_value() ? c10::IValue(weight->vec()) : c10::IValue();
-    data["pixel_weight"] = pixel_weight.has_value() ? c10::IValue(pixel_weight->vec()) : c10::IValue();
-    data["norm_weight"] = norm_weight.has_value() ? c10::IValue(norm_weight->vec()) : c10::IValue();
-    return value;
+  for (int64_t i = 0; i < 2 * P.N * P.C; ++i) {  // times the gradient of the loss entry each class feeds
+    const int64_t n = (i / P.C) % P.N, c = i % P.C, entry = S.pooled() ? 0 : std::max<int64_t>(c - S.first(), 0);
+    ab[i] *= unreduced ? g[(S.batch ? 0 : n) * K + entry] : g[0];
   }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    auto& data = ctx->saved_data;
-    const auto weight = optional_vector(data["weight"]), pixel_weight = optional_vector(data["pixel_weight"]),
-               norm_weight = optional_vector(data["norm_weight"]);
-    const auto gradient = [&] {
-      return loss_backward_operator().call(
-          grads[0], saved[0], saved[1], saved[2], saved[3], data["activation"].toInt(), data["squared"].toBool(),
-          data["ignore_index"].toOptional<int64_t>(), data["flags"].toIntVector(), data["scalars"].toDoubleVector(),
-          optional_ref(weight), optional_ref(pixel_weight), optional_ref(norm_weight));
-    };
-    at::Tensor grad;
-    if (at::GradMode::is_enabled()) {
-      grad = gradient();  // create_graph=True: through loss_backward's autograd, which refuses double backward
-    } else {
-      at::AutoDispatchBelowADInplaceOrView guard;  // straight to the kernel: no Python autograd wrapper
-      grad = gradient();
-    }
-    torch::autograd::variable_list out(12);  // one per forward argument; only the logits get one
-    out[0] = grad;
-    return out;
-  }
-};
-
-at::Tensor eager_loss(const at::Tensor& logits, const at::Tensor& labels, int64_t activation, bool squared,
-                      std::optional<int64_t> ignore_index, bool check_finite, bool check_labels, at::IntArrayRef flags,
-                      at::ArrayRef<double> scalars, std::optional<at::ArrayRef<double>> weight,
-                      std::optional<at::ArrayRef<double>> pixel_weight,
-                      std::optional<at::ArrayRef<double>> norm_weight) {
-  return FoldedLossFunction::apply(logits, labels, activation, squared, ignore_index, check_finite, check_labels, flags,
-                                   scalars, weight, pixel_weight, norm_weight);
+  return run_gradient(P, logits, ab.data(), ab.data() + P.N * P.C, unreduced ? 0.0 : g[0] * s.data_ptr<double>()[2 * P.N * P.C]);
 }
 
 std::string isa() { return kernels().name; }
@@ -685,7 +377,8 @@ TORCH_LIBRARY(dice_fused, m) {
         " bool check_finite, bool check_labels, int[] flags, float[] scalars, float[]? weight,"
         " float[]? pixel_weight, float[]? norm_weight) -> Tensor");
   m.def("isa() -> str", &isa);
-  m.def("pooled_buffers() -> int", &pooled_buffers);
+  m.def("folded_loss_layout() -> str[]", &dice_fused::folded_loss_layout);
+  m.def("pooled_buffers() -> int", &dice_fused::pooled_buffers);
 }
 
 TORCH_LIBRARY_IMPL(dice_fused, CPU, m) {
@@ -695,4 +388,3 @@ TORCH_LIBRARY_IMPL(dice_fused, CPU, m) {
   m.impl("loss_backward", &loss_backward);
 }
 
-TORCH_LIBRARY_IMPL(dice_fused, CompositeImplicitAutograd, m) { m.impl("eager_loss", &eager_loss); }
