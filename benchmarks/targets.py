@@ -30,6 +30,7 @@ every size for a smoke run (its numbers are not the targets').
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -44,7 +45,7 @@ from tqdm import tqdm
 
 from benchmarks.benchmarks.common import (COMPOUND_LOSSES, LOSSES, SPEC, cpu_model, make_inputs, parse_shape, peak_rss_increase,
                                pin_threads)
-from dice_impls import DiceStatistics, loss_from_statistics
+from dice_impls import DiceStatistics, dice_loss, loss_from_statistics
 from dice_impls.fused import FoldedLossArgs, KernelParams, fused_statistics, ops
 from dice_impls.reference import reference_statistics
 
@@ -58,7 +59,8 @@ ACCURACY_SHAPE = (1, 2, 8192, 16384)  # 2^27 voxels
 QUICK_ACCURACY_SHAPE = (1, 2, 512, 1024)
 ACCURACY_TARGETS = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-3}
 ISAS = ("baseline", "avx2", "avx512")
-PARTS = ("speed", "states", "memory", "overhead", "isa", "compile", "accuracy")
+PARTS = ("speed", "states", "memory", "overhead", "fixed_cost", "drop_ins", "isa", "compile", "accuracy")
+FIXED_COST_SHAPE = "1x4x4x4"  # small enough that the call's fixed cost is all there is
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -178,6 +180,8 @@ def overhead(shape: str, repeats: int) -> dict:
         "fused_call_unvalidated": forward_backward(
             lambda t, labels: torch.ops.dice_fused.eager_loss(t, labels, *unvalidated),
             logits, labels),
+        "dice_loss_fused": forward_backward(lambda t, labels: dice_loss(t, labels, SPEC, impl="fused"), logits, labels),
+        "drop_in_monai_dice": forward_backward(_drop_in_monai_dice(), logits, labels),
         "monai": forward_backward(LOSSES["monai"], logits, labels),
         "fused_unfolded": forward_backward(_fused_cpp_unfolded, logits, labels),
     }
@@ -188,6 +192,85 @@ def overhead(shape: str, repeats: int) -> dict:
         return {name: spread(values) for name, values in interleaved(kernels, repeats, time.thread_time).items()}
     finally:
         pin_threads(THREADS)
+
+
+def _drop_in_monai_dice() -> Callable:
+    """``compat.monai.DiceLoss`` as the benchmarks' losses are called: labels ``(N, *spatial)``."""
+    from dice_impls.compat.monai import DiceLoss
+
+    loss = DiceLoss(softmax=True, to_onehot_y=True)  # = SPEC, the "monai" preset
+    return lambda logits, labels: loss(logits, labels.unsqueeze(1))
+
+
+# The drop-ins against their peer and against the direct call of the spec they build, at the sizes
+# the targets name: a small 2-D batch and a mid-size one with five classes.
+DROP_IN_SHAPES = ["2x3x64x64", "4x5x96x128"]
+QUICK_DROP_IN_SHAPES = ["2x3x32x32"]
+DROP_IN_TARGETS = {"vs_direct": 1.2, "vs_peer": {"2x3x64x64": 1.5, "4x5x96x128": 3.0}}
+DROP_INS = {  # name: (drop-in class path, its peer's class path or None, keyword arguments)
+    "monai.DiceLoss": ("dice_impls.compat.monai.DiceLoss", "monai.losses.DiceLoss", {}),
+    "monai.TverskyLoss": ("dice_impls.compat.monai.TverskyLoss", "monai.losses.TverskyLoss", {}),
+    "monai.GeneralizedDiceLoss": ("dice_impls.compat.monai.GeneralizedDiceLoss", "monai.losses.GeneralizedDiceLoss", {}),
+    "monai.DiceCELoss": ("dice_impls.compat.monai.DiceCELoss", "monai.losses.DiceCELoss", {}),
+    "nnunet.MemoryEfficientSoftDiceLoss": ("dice_impls.compat.nnunet.MemoryEfficientSoftDiceLoss",
+                                           "nnunetv2.training.loss.dice.MemoryEfficientSoftDiceLoss", {}),
+    "smp.DiceLoss": ("dice_impls.compat.smp.DiceLoss", "segmentation_models_pytorch.losses.DiceLoss", {}),
+}
+
+
+def _class(path: str):
+    import importlib
+
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def _drop_in_calls(name: str) -> Dict[str, Callable]:
+    """``(logits, labels) -> loss`` for the drop-in, the direct call of the spec it builds (the
+    compound ``DiceCELoss`` for Dice+CE), and its peer where that is installed."""
+    from dice_impls import DiceCELoss
+
+    drop_in_path, peer_path, kwargs = DROP_INS[name]
+    library = name.split(".")[0]
+    if library == "monai":
+        kwargs = dict(kwargs, softmax=True, to_onehot_y=True)
+    elif library == "nnunet":
+        kwargs = dict(kwargs, apply_nonlin=lambda x: torch.softmax(x, 1), batch_dice=False, do_bg=True, smooth=1e-5,
+                      ddp=False)
+    else:
+        kwargs = dict(kwargs, mode="multiclass")
+    drop_in = _class(drop_in_path)(**kwargs)
+    channel_axis = library != "smp"  # smp takes labels (N, *spatial); MONAI and nnU-Net (N, 1, *spatial)
+    wrap = (lambda loss: lambda x, y: loss(x, y.unsqueeze(1))) if channel_axis else (lambda loss: loss)
+    calls = {"drop_in": wrap(drop_in)}
+    if name == "monai.DiceCELoss":
+        made = functools.lru_cache(maxsize=None)(lambda c: DiceCELoss(impl="fused", spec=drop_in.dice.spec_for(c)))
+        calls["direct"] = lambda x, y: made(x.shape[1])(x, y)
+    else:
+        spec_of = getattr(drop_in, "spec_for", None)
+        spec = (lambda c: spec_of(c)) if spec_of is not None and library != "nnunet" else (lambda c: drop_in.spec)
+        calls["direct"] = lambda x, y: dice_loss(x, y, spec(x.shape[1]), impl="fused")
+    try:
+        calls["peer"] = wrap(_class(peer_path)(**kwargs))
+    except ImportError:
+        pass  # not installed: the drop-in is measured against the direct call only
+    return calls
+
+
+def drop_ins(shapes, repeats: int) -> list:
+    """Each drop-in, its direct call and its peer in interleaved rounds, forward+backward, float32."""
+    rows = []
+    for shape in shapes:
+        logits, labels = make_inputs(shape, "float32")
+        for name in DROP_INS:
+            runs = {kind: forward_backward(fn, logits, labels) for kind, fn in _drop_in_calls(name).items()}
+            for run in runs.values():
+                run()
+            medians = {kind: statistics.median(v) for kind, v in interleaved(runs, repeats).items()}
+            rows.append({"shape": shape, "drop_in": name, **{f"{kind}_s": t for kind, t in medians.items()},
+                         "vs_direct": medians["drop_in"] / medians["direct"],
+                         "vs_peer": medians["peer"] / medians["drop_in"] if "peer" in medians else None})
+    return rows
 
 
 class SmallNet(torch.nn.Module):
@@ -345,6 +428,12 @@ def main(argv=None) -> int:
         if "overhead" in parts:
             results["overhead"] = {"shape": shapes[0], **overhead(shapes[0], 20 * repeats)}
             progress.update(len(shapes))
+        if "fixed_cost" in parts:
+            results["fixed_cost"] = {"shape": FIXED_COST_SHAPE, **overhead(FIXED_COST_SHAPE, 200 * repeats)}
+            progress.update(len(shapes))
+        if "drop_ins" in parts:
+            results["drop_ins"] = drop_ins(QUICK_DROP_IN_SHAPES if args.quick else DROP_IN_SHAPES, 3 * repeats)
+            progress.update(len(shapes))
         if "isa" in parts:
             results["isa"] = []
             for shape in (shapes[0], shapes[1 if len(shapes) > 1 else 0]):
@@ -404,9 +493,17 @@ def report(results: dict) -> None:
         print(f"{r['shape']:<18}{r['impl']:<15} pool {'on ' if r['pool'] else 'off'}  cold {r['cold_s'] * 1e3:8.1f} ms  "
               f"steady {r['steady']['median_s'] * 1e3:8.1f} ms ({r['steady']['min_s'] * 1e3:.1f}-"
               f"{r['steady']['max_s'] * 1e3:.1f})  peak above inputs {r['x_logits']:.2f}x logits")
-    if "overhead" in results:
-        o = results["overhead"]
-        print("\noverhead at", o["shape"], {k: f"{v['median_s'] * 1e6:.0f} us" for k, v in o.items() if k != "shape"})
+    for part in ("overhead", "fixed_cost"):
+        if part in results:
+            o = results[part]
+            print(f"\n{part} at", o["shape"], {k: f"{v['median_s'] * 1e6:.0f} us" for k, v in o.items() if k != "shape"})
+    for r in results.get("drop_ins", []):
+        peer_target = DROP_IN_TARGETS["vs_peer"].get(r["shape"])
+        vs_peer = "no peer" if r["vs_peer"] is None else f"{r['vs_peer']:.2f}x faster than the peer" + (
+            f" (>= {peer_target}: {_verdict(r['vs_peer'] >= peer_target)})" if peer_target and r["drop_in"] in (
+                "monai.DiceLoss", "monai.TverskyLoss") else "")
+        print(f"drop-in {r['drop_in']:<36}{r['shape']:<14}{r['drop_in_s'] * 1e3:8.3f} ms, {r['vs_direct']:.2f}x the direct "
+              f"call (<= {DROP_IN_TARGETS['vs_direct']}: {_verdict(r['vs_direct'] <= DROP_IN_TARGETS['vs_direct'])}), {vs_peer}")
     for r in results.get("isa", []):
         print(f"isa {r['shape']:<18}{r['requested']:<9}(ran {r['ran']:<8}) {r['median_s'] * 1e3:8.2f} ms  "
               f"runs {[round(v * 1e3, 2) for v in r['runs_s']]}")
