@@ -194,7 +194,8 @@ class Prober:
             if not outcome.ok:
                 self.flag("crash", f"raises on {what}: {outcome.error}", case=what, error=outcome.error)
             elif not math.isfinite(outcome.value):
-                self.flag("nan_or_inf", f"{what} gives {outcome.value}", case=what, value=outcome.value)
+                self.flag("nan_or_inf", f"{what} (2 images of {f.spatial[0]}x{f.spatial[1]}) gives a loss of "
+                                        f"{outcome.value}", case=what, value=outcome.value)
                 return
             elif outcome.grad is not None and not bool(torch.isfinite(outcome.grad).all()):
                 bad = int((~torch.isfinite(outcome.grad)).sum())
@@ -257,7 +258,7 @@ class Prober:
         grads_differ = all(r.grad is not None for r in runs) and not all(torch.equal(runs[0].grad, r.grad) for r in runs)
         if len({repr(v) for v in values}) > 1 or grads_differ:
             spread = max(values) - min(values)
-            self.flag("nondeterministic", f"three calls on the same input give {values[0]:.8g} .. {max(values):.8g} "
+            self.flag("nondeterministic", f"three calls on the same input give {min(values):.10g} .. {max(values):.10g} "
                                           f"(spread {spread:.3g}{', and different gradients' if grads_differ else ''})",
                       values=values, gradients_differ=grads_differ)
 

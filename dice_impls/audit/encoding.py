@@ -37,9 +37,9 @@ class Encoding:
                 raise ValueError(f"soft targets have no {self.description} form")
             return labels.float()
         if self.key == "labels":
-            return labels
+            return labels.clone()  # a fresh tensor per call: a loss that edits it in place spoils no other call
         if self.key == "labels_channel":
-            return labels.unsqueeze(1)
+            return labels.unsqueeze(1).clone()
         if self.key == "mask":
             return labels.float()
         if self.key == "one_hot":

@@ -150,7 +150,23 @@ def _search(cache: ProbeStatistics, probes: Sequence[Probe], observed: torch.Ten
     first = search_grid(cache, restricted, structures(channels, activations, squares, soft_labels, batches, reductions,
                                                       averages=(("macro", "include"), ("micro", "include"))),
                         COARSE_SMOOTHING, COARSE_SMOOTHING, forms=FORMS, affine=affine, keep=2)
-    shortlist = _distinct(best_of(first, slack=1e-3), 8)
+    ranked = _fit_smoothing(cache, observed, _distinct(best_of(first, slack=1e-3), 8), affine)
+    for every_field in (False, True):  # the fields off their defaults first, then every one
+        for candidate in _distinct(ranked, 3):
+            if ranked[0].error <= FITS:
+                return ranked
+            ranked = best_of([refine(cache, observed, candidate, affine, every_field=every_field)] + ranked)
+        if ranked[0].error > FITS:
+            # the smoothing and absent-class rule again, around the best refined family parameters
+            for again in _fit_smoothing(cache, observed, ranked[:1], affine)[:1]:
+                ranked = best_of([refine(cache, observed, again, affine, every_field=every_field)] + ranked)
+    return ranked
+
+
+def _fit_smoothing(cache: ProbeStatistics, observed: torch.Tensor, shortlist: List[Candidate],
+                   affine: bool) -> List[Candidate]:
+    """Stages 2 and 3 for each structure of ``shortlist``: absent-class rule x smoothing grid on
+    every probe, then the denominator clamp."""
     second = []
     for candidate in shortlist:
         spec = candidate.spec
@@ -158,19 +174,12 @@ def _search(cache: ProbeStatistics, probes: Sequence[Probe], observed: torch.Ten
             if spec.average == "macro" and spec.generalized is None else [spec]
         second += search_grid(cache, observed, variants, SMOOTHING, SMOOTHING, forms=[form_of(spec)], affine=affine,
                               keep=3)
-    second = best_of(second)[:6]
     third = []
-    for candidate in second:
+    for candidate in best_of(second)[:6]:
         spec = candidate.spec
         third += search_grid(cache, observed, [spec], (spec.smooth_nr,), (spec.smooth_dr,), MIN_DENOMINATORS,
                              forms=[form_of(spec)], affine=affine, keep=len(MIN_DENOMINATORS))
-    ranked = best_of(third)
-    for every_field in (False, True):  # the fields off their defaults first, then every one
-        for candidate in _distinct(ranked, 3):
-            if ranked[0].error <= FITS:
-                return ranked
-            ranked = best_of([refine(cache, observed, candidate, affine, every_field=every_field)] + ranked)
-    return ranked
+    return best_of(third)
 
 
 def _distinct(candidates: List[Candidate], count: int) -> List[Candidate]:

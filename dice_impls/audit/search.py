@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..reference import reference_statistics
-from ..score import DiceStatistics, focal_power, generalized_weights, score_terms
+from ..score import DiceStatistics, generalized_weights, score_terms
 from ..spec import DiceSpec
 from .probes import Probe
 
@@ -133,7 +133,7 @@ def grid_losses(units: Units, spec: DiceSpec, smooth_nr: Tensor, smooth_dr: Tens
     denominator = torch.maximum(denominator.unsqueeze(-1) + smooth_dr, min_denominator)
     empty = denominator == 0
     score = torch.where(empty, 1.0, numerator / torch.where(empty, 1.0, denominator))  # (units, K, S)
-    losses = torch.stack([_form(score, name, gamma) for name, gamma in forms])  # (F, units, K, S)
+    losses = form_losses(score, forms)  # (F, units, K, S)
     weights = torch.ones(score.shape[:2], dtype=score.dtype)
     if not pooled and spec.absent_classes == "zero":
         losses = losses * (target_sum > 0).unsqueeze(-1)
@@ -147,14 +147,15 @@ def grid_losses(units: Units, spec: DiceSpec, smooth_nr: Tensor, smooth_dr: Tens
     return units.reduce(per_unit, mean=True)
 
 
-def _form(score: Tensor, name: str, gamma: float) -> Tensor:
-    if name == "negate":
-        return -score
-    if name == "log":
-        return -torch.log(score.clamp_min(TINY))
-    if name == "focal" and gamma != 1:
-        return focal_power(1 - score, gamma)
-    return 1 - score
+def form_losses(score: Tensor, forms: Sequence[Tuple[str, float]]) -> Tensor:
+    """Each loss form of ``score``, stacked on a new first axis (the focal powers in one op)."""
+    plain = {"one_minus": lambda: 1 - score, "negate": lambda: -score,
+             "log": lambda: -torch.log(score.clamp_min(TINY))}
+    gammas = [gamma for name, gamma in forms if name == "focal"]
+    # (1 - score) clamped at 0, to the power gamma: focal_power's values, for every gamma at once
+    powers = iter((1 - score).clamp_min(0).unsqueeze(0) ** torch.tensor(gammas, dtype=score.dtype).view(-1, 1, 1, 1)) \
+        if gammas else iter(())
+    return torch.stack([next(powers) if name == "focal" else plain[name]() for name, _ in forms])
 
 
 def form_fields(name: str, gamma: float) -> dict:
