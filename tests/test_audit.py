@@ -285,6 +285,21 @@ def test_nnunet_recovered(batch_dice, do_bg, smooth):
     assert equivalent(DiceSpec(**report.spec), expected, 3, False) <= 1e-4
 
 
+def test_load_peer_audits_reads_the_committed_table():
+    pytest.importorskip("pandas")
+    from analysis.peer_audits import DEFAULT_PATH, PEERS, load_peer_audits, skipped_peers
+
+    table = load_peer_audits(DEFAULT_PATH)
+    skipped = {s["name"] for s in skipped_peers(DEFAULT_PATH)}
+    assert len(table) + len(skipped & {name for name, *_ in PEERS}) == len(PEERS)
+    for column in ("name", "sentence", "activation", "reduction_unit", "include_background", "squared", "smooth_nr",
+                   "smooth_dr", "spec_match", "max_abs_diff", "defects"):
+        assert column in table.columns
+    monai = table.set_index("name").loc["MONAI DiceLoss softmax"]
+    assert monai.spec_match and monai.reduction_unit == "per_image" and "absent_class_penalty" in monai.defects
+    assert "torchmetrics" in skipped
+
+
 # -- the command line ----------------------------------------------------------------------------
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "dicebench", "audit", *args], cwd=ROOT, capture_output=True,

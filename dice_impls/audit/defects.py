@@ -169,7 +169,9 @@ class Prober:
         for what, probe, expected in cases:
             outcome = self.call(probe)
             if not outcome.ok:
-                self.flag("crash", f"raises on {what}: {outcome.error}", case=what, error=outcome.error)
+                shape = "x".join(map(str, probe.inputs.shape))
+                self.flag("crash", f"raises on {what} (logits {shape}, strides {probe.inputs.stride()}): "
+                                   f"{outcome.error}", case=what, shape=shape, error=outcome.error)
                 continue
             if expected is None and self.identification.spec is not None:
                 expected = float(dice_loss(probe.inputs, probe.labels, self.identification.spec, impl="reference",
@@ -241,8 +243,9 @@ class Prober:
         if not outcome.ok or not math.isfinite(outcome.value):
             return
         if not outcome.has_grad:
-            self.flag("no_gradient", f"the result ({outcome.result_type}) is not attached to the logits' autograd graph",
-                      result_type=outcome.result_type)
+            self.flag("no_gradient", f"the result ({outcome.result_type} {outcome.value:.4g} on an imperfect prediction) "
+                                     "is not attached to the logits' autograd graph: 0 gradient values",
+                      result_type=outcome.result_type, value=outcome.value)
         elif outcome.grad is None or float(outcome.grad.abs().max()) == 0:
             self.flag("no_gradient", "the gradient with respect to the logits is zero on an imperfect prediction "
                                      f"(loss {outcome.value:.4g})", value=outcome.value)

@@ -2,8 +2,9 @@
 
 Each encoding of the target (label map ``(N, *spatial)``, ``(N, 1, *spatial)``, float one-hot
 ``(N, C, *spatial)``; with one channel also a float mask ``(N, *spatial)``) is tried with logits,
-then with probabilities. The first under which a perfect prediction scores better than every
-imperfect one is the loss's convention.
+then with probabilities. The first under which a perfect prediction scores better than the uniform,
+random and confidently wrong predictions, and no worse than a less confident or noisy one, is the
+loss's convention.
 """
 
 from __future__ import annotations
@@ -106,7 +107,10 @@ def find_convention(target: Target, channels: int, seed: int = 0) -> Convention:
             if not math.isfinite(perfect):
                 failures.append(f"{where}: a perfect prediction gives {perfect}")
                 continue
-            if all(math.isfinite(v) and perfect < v - 1e-7 * max(1.0, abs(v)) for v in values.values()):
+            margin = 1e-7 * max(1.0, abs(perfect))
+            # a tie with the less confident prediction is allowed: a hard (argmax) Dice is still audited
+            if all(math.isfinite(v) and perfect <= v + margin for v in values.values()) and \
+                    all(perfect < values[k] - margin for k in ("uniform", "random", "wrong")):
                 return Convention(encoding, kind, perfect, runner_up)
             failures.append(f"{where}: a perfect prediction scores {perfect:.4g}, the {runner_up[0]} one {runner_up[1]:.4g}")
     return Convention(None, None, reason=_reason(failures))

@@ -11,7 +11,7 @@ import torch
 
 from ..registry import dice_loss
 from ..spec import DiceSpec
-from .probes import Probe, ProbeFactory
+from .probes import LARGE, Probe, ProbeFactory
 from .search import (AVERAGES, COARSE_SMOOTHING, FORMS, MIN_DENOMINATORS, SMOOTHING, Candidate, ProbeStatistics,
                      best_of, form_of, refine, search_grid, spec_values, structures)
 from .encoding import Encoding
@@ -129,28 +129,33 @@ def _squared(spread: torch.Tensor, notes: List[str]) -> List[bool]:
 
 
 def _unit(values: dict, repeats: int) -> Tuple[Optional[bool], bool]:
-    """(per image?, summed over images?) from the (a, a), (b, b), (a, b), (a, a, a, a) probes."""
+    """(per image?, summed over images?) from the (a, a), (b, b), (a, b), (a, a, a, a) probes: one
+    value per image makes (a, b) the mean of the first two, and (a, a, a, a) equal to (a, a), or
+    twice it when summed. (Pooled sums with the smoothing added once also move with the copies.)"""
     aa, bb, ab, many = (values[k] for k in ("unit_aa", "unit_bb", "unit_ab", "unit_aaaa"))
     if not all(math.isfinite(v) for v in (aa, bb, ab, many)):
         return None, False
     scale = max(1.0, abs(aa), abs(bb))
-    per_image = abs(ab - (aa + bb) / 2) <= 1e-5 * scale
-    sums = per_image and abs(many - aa * repeats / 2) <= 1e-5 * scale and abs(aa) > 1e-4
-    return per_image, sums
+    close = lambda a, b: abs(a - b) <= 1e-5 * scale  # noqa: E731
+    sums = close(many, aa * repeats / 2) and abs(aa) > 1e-4
+    return close(ab, (aa + bb) / 2) and (close(many, aa) or sums), sums
 
 
 def _search(cache: ProbeStatistics, probes: Sequence[Probe], observed: torch.Tensor, channels: int, activations,
             squares, soft_labels, batches, reductions, affine: bool) -> List[Candidate]:
-    """Stage 1: the structure and loss form on probes where every class is present (there the
-    smoothing hardly matters); stage 2: absent-class rule and smoothing on every probe; stage 3:
+    """Stage 1: the structure and loss form on the large probes where every class is present
+    (there the smoothing hardly matters); stage 2: absent-class rule and smoothing on every probe; stage 3:
     the denominator clamp, and a continuous fit of whatever is still off."""
-    present = torch.tensor([not any(k in p.name for k in ("absent", "empty", "tiny", "unit_bb", "unit_ab"))
-                            for p in probes])
+    present = torch.tensor([tuple(p.inputs.shape[2:]) == LARGE for p in probes])
     restricted = torch.where(present, observed, math.nan)
     first = search_grid(cache, restricted, structures(channels, activations, squares, soft_labels, batches, reductions,
                                                       averages=(("macro", "include"), ("micro", "include"))),
                         COARSE_SMOOTHING, COARSE_SMOOTHING, forms=FORMS, affine=affine, keep=2)
-    ranked = _fit_smoothing(cache, observed, _distinct(best_of(first, slack=1e-3), 8), affine)
+    shortlist = _distinct(best_of(first, slack=1e-3), 8)
+    if soft_labels != (False,):  # the soft-label twin of each: its one probe weighs little in stage 1
+        shortlist += [Candidate(c.spec.replace(soft_label=not c.spec.soft_label), c.error) for c in shortlist
+                      if not c.spec.squared]
+    ranked = _fit_smoothing(cache, observed, shortlist, affine)
     for every_field in (False, True):  # the fields off their defaults first, then every one
         for candidate in _distinct(ranked, 3):
             if ranked[0].error <= FITS:

@@ -147,7 +147,7 @@ class ProbeFactory:
         return probes
 
     def soft_probe(self) -> Probe:
-        shape = (2, self.channels, *self.spatial)
+        shape = (2, self.channels, *LARGE)
         if self.channels == 1:
             soft = torch.rand(shape, generator=self.generator, dtype=torch.float64)
         else:

@@ -26,7 +26,7 @@ from .probes import Probe
 FORMS = (("one_minus", 1.0), ("negate", 1.0), ("log", 1.0), ("focal", 0.5), ("focal", 0.75), ("focal", 1.25),
          ("focal", 1.5), ("focal", 2.0), ("focal", 3.0))
 SMOOTHING = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 2.0, 10.0, 100.0)
-COARSE_SMOOTHING = (0.0, 1e-5, 1e-3, 1e-2, 1.0, 10.0, 100.0)
+COARSE_SMOOTHING = (0.0, 1e-5, 1e-3, 1e-2, 0.5, 1.0, 10.0, 100.0)
 MIN_DENOMINATORS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5)
 # Family members, with the common parameter values as starting points for the fit.
 FAMILIES = (
