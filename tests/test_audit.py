@@ -17,8 +17,8 @@ import torch
 import dice_impls
 from dice_impls import DiceSpec, dice_loss
 from dice_impls.audit import DEFECT_IDS, audit
-from dice_impls.audit.encoding import find_convention
-from dice_impls.audit.identify import identify
+from dice_impls.audit.encoding import find_conventions
+from dice_impls.audit.identify import identify_convention
 from dice_impls.audit.probes import ProbeFactory
 from dice_impls.audit.search import Units, form_of, grid_losses
 from dice_impls.audit.target import Target
@@ -150,9 +150,9 @@ def test_round_trip_recovers_random_specs(chunk):
     for spec, channels, float_only in round_trip_cases(chunk, 100):
         fn = one_hot_only(spec) if float_only else functools.partial(dice_loss, spec=spec, validate=False)
         target = Target.build(fn, None, "cpu", "round trip")
-        convention = find_convention(target, channels)
-        assert convention.encoding is not None, (spec, convention.reason)
-        found = identify(target, convention.encoding, ProbeFactory(channels, convention.kind)).spec
+        conventions, reason = find_conventions(target, channels)
+        assert conventions, (spec, reason)
+        found = identify_convention(target, conventions, channels)[2].spec
         gap = math.inf if found is None else equivalent(found, spec, channels, float_only)
         if gap > 1e-4:
             misses.append((spec, found, gap))

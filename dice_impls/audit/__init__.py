@@ -21,9 +21,8 @@ import torch
 
 from .cost import measure_cost
 from .defects import Prober
-from .encoding import find_convention
-from .identify import Identification, identify
-from .probes import ProbeFactory
+from .encoding import find_conventions
+from .identify import Identification, identify_convention
 from .report import DEFECT_IDS, AuditReport, Defect, describe, reduction_unit, short_repr, spec_fields
 from .target import Target
 
@@ -57,13 +56,12 @@ def _run(report: AuditReport, fn, channels, kwargs, device, quick, ignore_index,
     except (TypeError, ValueError) as error:
         report.error = str(error)
         return
-    convention = find_convention(target, channels, seed)
-    if convention.encoding is None:
-        report.error = convention.reason
+    conventions, reason = find_conventions(target, channels, seed)
+    if not conventions:
+        report.error = reason
         return
+    convention, factory, identification = identify_convention(target, conventions, channels, seed)
     report.target_encoding, report.input_kind = convention.encoding.description, convention.kind
-    factory = ProbeFactory(channels, convention.kind, seed)
-    identification = identify(target, convention.encoding, factory)
     _describe(report, identification, channels)
     report.defects, notes = Prober(target, convention, factory, identification, ignore_index).run()
     report.notes = identification.notes + notes

@@ -4,7 +4,8 @@ Each encoding of the target (label map ``(N, *spatial)``, ``(N, 1, *spatial)``, 
 ``(N, C, *spatial)``; with one channel also a float mask ``(N, *spatial)``) is tried with logits,
 then with probabilities. The first under which a perfect prediction scores better than the uniform,
 random and confidently wrong predictions, and no worse than a less confident or noisy one, is the
-loss's convention.
+loss's convention; when several qualify (a loss that reshapes whatever it gets), the identification
+tries them in order and keeps the first that a DiceSpec reproduces.
 """
 
 from __future__ import annotations
@@ -68,19 +69,21 @@ def encodings_for(channels: int) -> List[Encoding]:
 
 @dataclass
 class Convention:
-    encoding: Optional[Encoding]
-    kind: Optional[str]
+    encoding: Encoding
+    kind: str
     perfect: float = math.nan  # the loss of the perfect prediction
     runner_up: Tuple[str, float] = ("", math.nan)  # the best imperfect prediction
-    reason: str = ""  # why no convention works, in one line
 
     @property
     def description(self) -> str:
-        return f"{self.encoding.description}, {self.kind}" if self.encoding else "none"
+        return f"{self.encoding.description}, {self.kind}"
 
 
-def find_convention(target: Target, channels: int, seed: int = 0) -> Convention:
+def find_conventions(target: Target, channels: int, seed: int = 0) -> Tuple[List[Convention], str]:
+    """Every convention under which the loss ranks a perfect prediction first, most common first,
+    and why none does when the list is empty."""
     failures: List[str] = []
+    found: List[Convention] = []
     for kind in KINDS:
         factory = ProbeFactory(channels, kind, seed)
         labels = factory.labels(2)
@@ -111,9 +114,10 @@ def find_convention(target: Target, channels: int, seed: int = 0) -> Convention:
             # a tie with the less confident prediction is allowed: a hard (argmax) Dice is still audited
             if all(math.isfinite(v) and perfect <= v + margin for v in values.values()) and \
                     all(perfect < values[k] - margin for k in ("uniform", "random", "wrong")):
-                return Convention(encoding, kind, perfect, runner_up)
+                found.append(Convention(encoding, kind, perfect, runner_up))
+                continue
             failures.append(f"{where}: a perfect prediction scores {perfect:.4g}, the {runner_up[0]} one {runner_up[1]:.4g}")
-    return Convention(None, None, reason=_reason(failures))
+    return found, "" if found else _reason(failures)
 
 
 def _reason(failures: List[str]) -> str:

@@ -14,7 +14,7 @@ from ..spec import DiceSpec
 from .probes import LARGE, Probe, ProbeFactory
 from .search import (AVERAGES, COARSE_SMOOTHING, FORMS, MIN_DENOMINATORS, SMOOTHING, Candidate, ProbeStatistics,
                      best_of, form_of, refine, search_grid, spec_values, structures)
-from .encoding import Encoding
+from .encoding import Convention, Encoding
 from .target import Target
 
 MATCH = 1e-4  # max |loss - spec| (relative where |loss| > 1) on the confirmation inputs: the same loss
@@ -35,6 +35,20 @@ class Identification:
     sums_images: bool = False
     probe_values: dict = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
+
+
+def identify_convention(target: Target, conventions: Sequence[Convention], channels: int, seed: int = 0,
+                        tries: int = 3) -> Tuple[Convention, ProbeFactory, Identification]:
+    """The identification under the first of ``conventions`` that a DiceSpec reproduces (at most
+    ``tries`` of them), else under the first convention, the most common way of calling a loss."""
+    first = None
+    for convention in conventions[:tries]:
+        factory = ProbeFactory(channels, convention.kind, seed)
+        found = identify(target, convention.encoding, factory)
+        if found.spec is not None:
+            return convention, factory, found
+        first = first or (convention, factory, found)
+    return first
 
 
 def identify(target: Target, encoding: Encoding, factory: ProbeFactory) -> Identification:
@@ -80,6 +94,7 @@ def identify(target: Target, encoding: Encoding, factory: ProbeFactory) -> Ident
     predicted = spec_values(cache, candidate.spec)
     if candidate.affine is not None:
         predicted = candidate.affine[0] + candidate.affine[1] * predicted
+    notes += _unobservable_smoothing(cache, observed, candidate)
     disagreeing = [dict(probe=p.name, loss=float(o), spec=float(v)) for p, o, v in zip(probes, observed, predicted)
                    if not abs(float(o) - float(v)) <= MATCH * max(1.0, abs(float(o)))]
     return Identification(candidate.spec if matched else None, candidate.spec, candidate.affine, value_diff, grad_diff,
@@ -96,6 +111,25 @@ def _exact_versions(candidate: Candidate) -> List[Candidate]:
     if abs(offset) < 1e-3 and round(scale) >= 2 and abs(scale - round(scale)) < 1e-3 and candidate.spec.reduction == "mean":
         versions.append(Candidate(candidate.spec.replace(reduction="sum"), candidate.error))  # summed over classes
     return versions
+
+
+def _unobservable_smoothing(cache: ProbeStatistics, observed: torch.Tensor, candidate: Candidate) -> List[str]:
+    """Notes for smoothing values the probes cannot tell apart from the one reported (e.g. 1e-8
+    beside sums of hundreds, or any denominator smoothing when the numerator has none)."""
+    if candidate.affine is not None:
+        return []
+    usable = torch.isfinite(observed)
+    def error(spec: DiceSpec) -> float:
+        return float((spec_values(cache, spec)[usable] - observed[usable]).abs().max())
+    tolerance = max(2 * error(candidate.spec), 1e-6)
+    notes = []
+    for name in ("smooth_nr", "smooth_dr"):
+        value = getattr(candidate.spec, name)
+        fitting = sorted({v for v in SMOOTHING if error(candidate.spec.replace(**{name: v})) <= tolerance} | {value})
+        if len(fitting) > 1:
+            notes.append(f"{name}: every value from {fitting[0]:g} to {fitting[-1]:g} fits the probes equally "
+                         f"(no probe can show the difference); {value:g} is reported")
+    return notes
 
 
 def evaluate(target: Target, encoding: Encoding, probes: Sequence[Probe], channels: int) -> torch.Tensor:
