@@ -249,6 +249,18 @@ def test_monai_dice_loss_recovered(kwargs, channels, expected):
                       report.input_kind) <= 1e-4
 
 
+def test_class_weights_identified():
+    """Weights by least squares on the per-class losses: ours (a weighted mean) exactly, MONAI's
+    plain mean of w_c l_c as the weighted mean rescaled by sum(w) / C (docs/conventions.md)."""
+    ours = DiceSpec(weight=(0.2, 1.0, 2.0), batch=True)
+    report = audit(functools.partial(dice_loss, spec=ours, validate=False), 3, quick=True)
+    assert report.spec is not None and equivalent(DiceSpec(**report.spec), ours, 3, False) <= 1e-4
+    monai = pytest.importorskip("monai.losses")
+    report = audit(monai.DiceLoss, 3, kwargs=dict(softmax=True, to_onehot_y=True, weight=[1.0, 2.0, 4.0]), quick=True)
+    assert report.spec is None and report.affine["scale"] == pytest.approx(7 / 3, rel=1e-4)
+    assert report.closest_spec["weight"] == pytest.approx((1 / 7, 2 / 7, 4 / 7), abs=1e-3)
+
+
 @pytest.mark.parametrize("cls, kwargs, expected", [
     ("GeneralizedDiceLoss", dict(softmax=True, to_onehot_y=True), DiceSpec(generalized="square")),
     ("GeneralizedDiceLoss", dict(softmax=True, to_onehot_y=True, w_type="simple", batch=True),

@@ -13,7 +13,7 @@ from ..registry import dice_loss
 from ..spec import DiceSpec
 from .probes import LARGE, Probe, ProbeFactory
 from .search import (AVERAGES, COARSE_SMOOTHING, FORMS, MIN_DENOMINATORS, SMOOTHING, Candidate, ProbeStatistics,
-                     best_of, form_of, refine, search_grid, spec_values, structures)
+                     best_of, fit_weights, form_of, refine, search_grid, spec_values, structures)
 from .encoding import Convention, Encoding
 from .target import Target
 
@@ -190,6 +190,15 @@ def _search(cache: ProbeStatistics, probes: Sequence[Probe], observed: torch.Ten
         shortlist += [Candidate(c.spec.replace(soft_label=not c.spec.soft_label), c.error) for c in shortlist
                       if not c.spec.squared]
     ranked = _fit_smoothing(cache, observed, shortlist, affine)
+    if ranked and ranked[0].error > FITS:  # class weights, from the best few structures' per-class losses
+        # plain Dice structures join the best ones: class weights can push the right structure down the ranking
+        plain = [Candidate(spec.replace(smooth_nr=s, smooth_dr=s), math.inf) for spec in structures(
+            channels, activations, squares, (False,), batches, reductions, averages=(("macro", "include"),),
+            families=({},)) if spec.include_background for s in (1e-5, 1.0)]
+        weighted = [w for w in (fit_weights(cache, observed, c) for c in _distinct(ranked, 6) + plain) if w is not None]
+        # the smoothing again under the weights, then the weights again under that smoothing
+        again = [fit_weights(cache, observed, c) for c in _fit_smoothing(cache, observed, best_of(weighted)[:2], affine)[:2]]
+        ranked = best_of([c for c in again if c is not None] + weighted + ranked)
     for every_field in (False, True):  # the fields off their defaults first, then every one
         for candidate in _distinct(ranked, 3):
             if ranked[0].error <= FITS:

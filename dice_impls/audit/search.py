@@ -122,23 +122,24 @@ def grid_losses(units: Units, spec: DiceSpec, smooth_nr: Tensor, smooth_dr: Tens
     """``loss_from_statistics`` of ``spec`` for every probe, smoothing triple and loss form: shape
     (probes, forms, S); the spec's own smoothing and form fields are ignored."""
     tp, pred_sum, target_sum = units.stats
+    weight = torch.ones(tp.shape[1], dtype=tp.dtype) if spec.weight is None else torch.tensor(spec.weight, dtype=tp.dtype)
     if not spec.include_background:
-        tp, pred_sum, target_sum = tp[:, 1:], pred_sum[:, 1:], target_sum[:, 1:]
+        tp, pred_sum, target_sum, weight = tp[:, 1:], pred_sum[:, 1:], target_sum[:, 1:], weight[1:]
     numerator, denominator = score_terms(tp, pred_sum, target_sum, spec)
     pooled = spec.average == "micro" or spec.generalized is not None
     if pooled:
-        pool = torch.ones_like(target_sum) if spec.generalized is None else generalized_weights(target_sum, spec.generalized)
+        pool = weight.expand_as(target_sum) if spec.generalized is None else generalized_weights(target_sum, spec.generalized)
         numerator, denominator = ((s * pool).sum(1, keepdim=True) for s in (numerator, denominator))
     numerator = numerator.unsqueeze(-1) + smooth_nr
     denominator = torch.maximum(denominator.unsqueeze(-1) + smooth_dr, min_denominator)
     empty = denominator == 0
     score = torch.where(empty, 1.0, numerator / torch.where(empty, 1.0, denominator))  # (units, K, S)
     losses = form_losses(score, forms)  # (F, units, K, S)
-    weights = torch.ones(score.shape[:2], dtype=score.dtype)
+    weights = torch.ones(score.shape[:2], dtype=score.dtype) if pooled else weight.expand(score.shape[:2])
     if not pooled and spec.absent_classes == "zero":
         losses = losses * (target_sum > 0).unsqueeze(-1)
     elif not pooled and spec.absent_classes == "exclude":
-        weights = (target_sum > 0).to(score.dtype)
+        weights = weights * (target_sum > 0)
     weighted = (losses * weights.unsqueeze(-1)).sum(2)  # (F, units, S)
     if spec.reduction == "sum":
         return units.reduce(weighted, mean=False)
@@ -252,6 +253,48 @@ def best_of(candidates: List[Candidate], slack: float = 1e-6) -> List[Candidate]
     close = sorted((c for c in candidates if c.error <= max(2 * lowest, lowest + slack)), key=lambda c: (c.complexity, c.error))
     rest = sorted((c for c in candidates if c.error > max(2 * lowest, lowest + slack)), key=lambda c: c.error)
     return close + rest
+
+
+def fit_weights(cache: ProbeStatistics, observed: Tensor, candidate: Candidate) -> Optional[Candidate]:
+    """Class weights for a macro-averaged candidate by linear least squares: the loss of each probe
+    is a fixed combination of its mean per-class losses, sum_c v_c l_c. Weights summing to 1 give
+    the spec's weighted mean; another sum s is the weighted mean scaled by s (MONAI's plain mean of
+    w_c l_c), returned as an affine candidate. None where the rule makes weights non-linear."""
+    spec = candidate.spec.replace(weight=None, include_background=True)  # a background left out: weight 0
+    if spec.average != "macro" or spec.generalized is not None or spec.absent_classes == "exclude" or candidate.affine:
+        return None
+    units = cache.units(spec.activation, spec.squared, spec.soft_label, spec.batch)
+    channels = units.stats.intersection.shape[1]
+    kept = list(range(channels))
+    if channels < 2:
+        return None
+    one = lambda v: torch.tensor([float(v)], dtype=torch.float64)  # noqa: E731
+    per_class = []
+    for c in kept:  # the loss with all weight on class c: its mean (or sum) over units, per probe
+        only = spec.replace(weight=tuple(float(k == c) for k in range(channels)))
+        per_class.append(grid_losses(units, only, one(spec.smooth_nr), one(spec.smooth_dr), one(spec.min_denominator),
+                                     [form_of(spec)])[:, 0, 0])
+    design = torch.stack(per_class, 1)
+    usable = torch.isfinite(observed) & torch.isfinite(design).all(1)
+    if usable.sum() < len(kept) + 2:
+        return None
+    solution = torch.linalg.lstsq(design[usable], observed[usable].unsqueeze(1)).solution[:, 0]
+    total = float(solution.sum())
+    if total <= 0 or bool((solution < -1e-6).any()):
+        return None
+    # reduction="sum" keeps the weights as they are (sum of w_c l_c); the mean divides by their sum
+    divisor = 1.0 if spec.reduction == "sum" else total
+    weights = [float(f"{max(float(v) / divisor, 0.0):.4g}") for v in solution]
+    weighted = spec.replace(weight=tuple(weights))
+    if weights[0] < 1e-4:
+        weighted = weighted.replace(include_background=False, weight=tuple([1.0] + weights[1:]))
+    if spec.reduction == "mean" and len(set(weighted.weight[0 if weighted.include_background else 1:])) == 1:
+        weighted = weighted.replace(weight=None)  # equal weights: the plain mean
+    values = spec_values(cache, weighted)
+    affine = None if abs(total - 1) < 1e-6 or spec.reduction == "sum" else (0.0, total)
+    scale = 1.0 if affine is None else total
+    error = float(((scale * values - observed).abs() / observed.abs().clamp_min(1.0))[usable].max())
+    return Candidate(weighted, error, affine)
 
 
 # -- continuous refinement -----------------------------------------------------------------------
