@@ -170,8 +170,9 @@ class Prober:
             outcome = self.call(probe)
             if not outcome.ok:
                 shape = "x".join(map(str, probe.inputs.shape))
-                self.flag("crash", f"raises on {what} (logits {shape}, strides {probe.inputs.stride()}): "
-                                   f"{outcome.error}", case=what, shape=shape, error=outcome.error)
+                self.flag("crash", f"raises on {what} (logits {shape}, strides {probe.inputs.stride()}; labels "
+                                   f"strides {probe.labels.stride()}): {outcome.error}",
+                          case=what, shape=shape, error=outcome.error)
                 continue
             if expected is None and self.identification.spec is not None:
                 expected = float(dice_loss(probe.inputs, probe.labels, self.identification.spec, impl="reference",

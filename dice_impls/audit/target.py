@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import io
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
@@ -80,7 +81,8 @@ class Target:
         t = target.to(self.device)
         x_before, t_before = x.detach().clone(), t.clone()
         try:
-            with warnings.catch_warnings():
+            # warnings and prints of the loss (debug output is common) stay out of the report
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 with watch or contextlib.nullcontext():
                     result = self.fn(x, t)
