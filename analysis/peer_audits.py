@@ -33,6 +33,8 @@ PEERS = [
     ("MONAI DiceLoss softmax, squared_pred", "monai.losses:DiceLoss",
      {"softmax": True, "to_onehot_y": True, "squared_pred": True}, 3),
     ("MONAI DiceLoss softmax, jaccard", "monai.losses:DiceLoss", {"softmax": True, "to_onehot_y": True, "jaccard": True}, 3),
+    ("MONAI DiceLoss softmax, ignore_index 255", "monai.losses:DiceLoss",
+     {"softmax": True, "to_onehot_y": True, "ignore_index": 255}, 3),
     ("MONAI DiceLoss sigmoid, binary", "monai.losses:DiceLoss", {"sigmoid": True}, 1),
     ("MONAI GeneralizedDiceLoss softmax", "monai.losses:GeneralizedDiceLoss", {"softmax": True, "to_onehot_y": True}, 3),
     ("MONAI GeneralizedDiceLoss softmax, w_type simple, batch", "monai.losses:GeneralizedDiceLoss",
