@@ -190,6 +190,16 @@ def test_clean_loss_has_no_defect():
     assert report.seconds < 10  # --quick on a small loss: the issue's bound (it takes well under 1 s)
 
 
+def test_cost_rows_for_the_loss_fused_and_monai():
+    report = audit(clean_dice, 3)
+    rows = report.cost["rows"]
+    names = {row["implementation"] for row in rows}
+    assert {"audited loss", "fused (same spec)", "MONAI DiceLoss"} <= names
+    for row in rows:
+        assert (row["seconds"] is not None and row["seconds"] > 0) or row["note"], row
+    assert "cost (forward+backward)" in str(report)
+
+
 def test_dice_loss_defects_are_the_documented_ones():
     """The library's own vectorized dice_loss: MONAI's conventions, so an absent class costs a
     perfect prediction; float16 sums in the logits' dtype; validation reads one flag back."""
