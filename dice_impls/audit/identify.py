@@ -20,6 +20,7 @@ from .target import Target
 MATCH = 1e-4  # max |loss - spec| (relative where |loss| > 1) on the confirmation inputs: the same loss
 GRADIENT_MATCH = 1e-3  # max gradient difference relative to the largest gradient
 FITS = 1e-5  # a candidate that fits the probes this well needs no continuous refinement
+FAR = 0.02  # a candidate this far off after fitting its own fields is not refined further
 CONFIRMATIONS = 20
 
 
@@ -40,18 +41,22 @@ class Identification:
 def identify_convention(target: Target, conventions: Sequence[Convention], channels: int, seed: int = 0,
                         tries: int = 3) -> Tuple[Convention, ProbeFactory, Identification]:
     """The identification under the first of ``conventions`` that a DiceSpec reproduces (at most
-    ``tries`` of them), else under the first convention, the most common way of calling a loss."""
-    first = None
-    for convention in conventions[:tries]:
-        factory = ProbeFactory(channels, convention.kind, seed)
-        found = identify(target, convention.encoding, factory)
-        if found.spec is not None:
-            return convention, factory, found
-        first = first or (convention, factory, found)
-    return first
+    ``tries`` of them, exact search only), else the full search (affine relations included) under
+    the first convention, the most common way of calling a loss."""
+    if len(conventions) > 1:
+        for convention in conventions[:tries]:
+            factory = ProbeFactory(channels, convention.kind, seed)
+            found = identify(target, convention.encoding, factory, affine_fallback=False)
+            if found.spec is not None:
+                return convention, factory, found
+    factory = ProbeFactory(channels, conventions[0].kind, seed)
+    return conventions[0], factory, identify(target, conventions[0].encoding, factory)
 
 
-def identify(target: Target, encoding: Encoding, factory: ProbeFactory) -> Identification:
+def identify(target: Target, encoding: Encoding, factory: ProbeFactory, *,
+             affine_fallback: bool = True) -> Identification:
+    """The spec ``target`` computes under ``encoding``; ``affine_fallback`` also searches for
+    ``a + b * spec`` when no spec fits by itself."""
     channels = factory.channels
     probes = factory.identification(encoding.float_target)
     observed = evaluate(target, encoding, probes, channels)
@@ -72,7 +77,7 @@ def identify(target: Target, encoding: Encoding, factory: ProbeFactory) -> Ident
     cache = ProbeStatistics(probes)
     candidates = _search(cache, probes, observed, channels, activations, squares, soft_labels, batches, reductions,
                          affine=False)
-    if not candidates or candidates[0].error > MATCH:
+    if affine_fallback and (not candidates or candidates[0].error > MATCH):
         notes.append("no DiceSpec fits the probes exactly; searched for an affine relation loss = a + b * spec")
         candidates = best_of(candidates + _search(cache, probes, observed, channels, activations, squares,
                                                    soft_labels, batches, reductions, affine=True))
@@ -94,7 +99,8 @@ def identify(target: Target, encoding: Encoding, factory: ProbeFactory) -> Ident
     predicted = spec_values(cache, candidate.spec)
     if candidate.affine is not None:
         predicted = candidate.affine[0] + candidate.affine[1] * predicted
-    notes += _unobservable_smoothing(cache, observed, candidate)
+    if matched:
+        notes += _unobservable_smoothing(cache, observed, candidate)
     disagreeing = [dict(probe=p.name, loss=float(o), spec=float(v)) for p, o, v in zip(probes, observed, predicted)
                    if not abs(float(o) - float(v)) <= MATCH * max(1.0, abs(float(o)))]
     return Identification(candidate.spec if matched else None, candidate.spec, candidate.affine, value_diff, grad_diff,
@@ -200,6 +206,8 @@ def _search(cache: ProbeStatistics, probes: Sequence[Probe], observed: torch.Ten
         again = [fit_weights(cache, observed, c) for c in _fit_smoothing(cache, observed, best_of(weighted)[:2], affine)[:2]]
         ranked = best_of([c for c in again if c is not None] + weighted + ranked)
     for every_field in (False, True):  # the fields off their defaults first, then every one
+        if every_field and ranked[0].error > FAR:
+            break  # far outside the family: fitting beta and gamma as well will not bring it in
         for candidate in _distinct(ranked, 3):
             if ranked[0].error <= FITS:
                 return ranked
