@@ -24,7 +24,7 @@ from dice_impls.audit.search import Units, form_of, grid_losses
 from dice_impls.audit.target import Target
 from dice_impls.score import DiceStatistics, loss_from_statistics
 
-from audit_cases import CLEAN_SPEC, CONVENTIONS, DEFECTS, clean_dice
+from audit_cases import CLEAN_SPEC, CONVENTIONS, DEFECTS, batch_foreground_dice, clean_dice
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOOTHING = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 1.0, 2.0, 10.0)
@@ -208,6 +208,23 @@ def test_dice_loss_defects_are_the_documented_ones():
     assert {"absent_class_penalty", "half_precision_overflow", "host_sync"} <= set(report.defect_ids)
     mixed = audit(functools.partial(dice_loss, impl="mixed", validate=False), 3, quick=True)
     assert "half_precision_overflow" not in mixed.defect_ids and "host_sync" not in mixed.defect_ids
+
+
+class NeedsClassCount(torch.nn.Module):
+    def __init__(self, num_classes, smooth=1.0):
+        super().__init__()
+        self.num_classes, self.smooth = num_classes, smooth
+
+    def forward(self, logits, labels):
+        if logits.shape[1] != self.num_classes:
+            raise ValueError("wrong class count")
+        return batch_foreground_dice(logits, labels, self.smooth)
+
+
+def test_required_class_count_is_filled_from_channels():
+    report = audit(NeedsClassCount, 3, quick=True)
+    assert report.spec is not None and "built with num_classes=3" in " ".join(report.notes)
+    assert audit(NeedsClassCount, 3, kwargs={"num_classes": 4}, quick=True).exit_status == 2
 
 
 def test_loss_that_always_raises_is_not_auditable():

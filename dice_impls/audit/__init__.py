@@ -52,7 +52,7 @@ def audit(fn: Callable, channels: int = 3, *, kwargs: Optional[dict] = None, dev
 
 def _run(report: AuditReport, fn, channels, kwargs, device, quick, ignore_index, seed) -> None:
     try:
-        target = Target.build(fn, kwargs, device, report.target)
+        target = Target.build(fn, kwargs, device, report.target, channels)
     except (TypeError, ValueError) as error:
         report.error = str(error)
         return
@@ -64,7 +64,7 @@ def _run(report: AuditReport, fn, channels, kwargs, device, quick, ignore_index,
     report.target_encoding, report.input_kind = convention.encoding.description, convention.kind
     _describe(report, identification, channels)
     report.defects, notes = Prober(target, convention, factory, identification, ignore_index).run()
-    report.notes = identification.notes + notes
+    report.notes = target.notes + identification.notes + notes
     if not quick:
         report.cost = measure_cost(target, convention.encoding, factory, identification.spec or identification.closest)
 

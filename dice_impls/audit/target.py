@@ -51,13 +51,19 @@ class Target:
     device: torch.device
     mutations: List[Mutation] = field(default_factory=list)
     calls: int = 0
+    notes: List[str] = field(default_factory=list)
 
     @classmethod
-    def build(cls, fn, kwargs: Optional[dict], device, name: Optional[str] = None) -> "Target":
+    def build(cls, fn, kwargs: Optional[dict], device, name: Optional[str] = None,
+              channels: Optional[int] = None) -> "Target":
         """``fn``: a function ``f(logits, target)``, an ``nn.Module`` class (instantiated with
-        ``kwargs``) or any callable instance. Raises TypeError/ValueError naming the problem."""
+        ``kwargs``) or any callable instance. A required parameter that names the class count
+        (``n_classes``, ``num_classes``...) and is not in ``kwargs`` gets ``channels``; ``notes``
+        says so. Raises TypeError/ValueError naming the problem."""
         kwargs = dict(kwargs or {})
         label = name or getattr(fn, "__qualname__", None) or type(fn).__name__
+        filled = _class_count_arguments(fn, kwargs, channels)
+        kwargs.update(filled)
         if inspect.isclass(fn):
             try:
                 fn = fn(**kwargs)
@@ -69,7 +75,9 @@ class Target:
             raise TypeError(f"{label} is a {type(fn).__name__}, not a loss function, class or callable instance")
         if isinstance(fn, nn.Module):
             fn = fn.to(device)
-        return cls(fn, label, torch.device(device))
+        target = cls(fn, label, torch.device(device))
+        target.notes = [f"built with {k}={v} (the class count, --channels)" for k, v in filled.items()]
+        return target
 
     def call(self, logits: Tensor, target: Tensor, *, grad: bool = False, watch=None) -> Outcome:
         """``loss(logits, target)`` with float32 logits (or ``logits.dtype`` when it is half or
@@ -123,6 +131,26 @@ class Target:
         index = tuple(int(i) for i in changed.nonzero()[0])
         example = f"at {index}: {before[index].item():g} -> {now[index].item():g}"
         self.mutations.append(Mutation(what, int(changed.sum()), example))
+
+
+CLASS_COUNT_NAMES = ("n_classes", "num_classes", "classes", "nclass", "n_class", "num_class", "nclasses",
+                     "class_num", "number_of_classes")
+
+
+def _class_count_arguments(fn, kwargs: dict, channels: Optional[int]) -> dict:
+    """Required parameters of ``fn``'s constructor (a class) or of ``fn`` after its two inputs
+    (a function) that name the class count and are not given: {name: channels}."""
+    if channels is None:
+        return {}
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    if not inspect.isclass(fn):
+        parameters = parameters[2:]  # (logits, target) come first
+    return {p.name: channels for p in parameters
+            if p.default is inspect.Parameter.empty and p.name.lower() in CLASS_COUNT_NAMES and p.name not in kwargs
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _first_line(error: BaseException) -> str:
