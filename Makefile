@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 ASV := $(BIN)/asv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test report screenshot experiments targets asv asv-range asv-continuous asv-quick asv-curated asv-gpu memory-gate \
-	gpu-compile gpu-check bench clean
+.PHONY: install test report screenshot experiments targets asv asv-range asv-continuous asv-quick asv-curated asv-gpu \
+	memory-gate gpu-compile gpu-check bench audit-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -128,6 +128,12 @@ gpu-compile: install
 # results/gpu/ (benchmarks/gpu_check.py, at most ~8 minutes). Without CUDA: one line, exit 2.
 gpu-check: install
 	$(BIN)/python -m benchmarks.gpu_check
+
+# What each installed peer's Dice computes (dice_impls.audit, no timing) -> results/audit/peers.json
+# (commit it). Runs in seconds; between runs only max_abs_diff/max_grad_diff move, in their last
+# digits (docs/audit.md).
+audit-peers: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m analysis.peer_audits --out results/audit/peers.json
 
 # pytest-benchmark micro suite -> reports/bench.json (a second source for the report).
 bench: install

@@ -4,8 +4,10 @@ Each subcommand module in ``analysis/`` defines ``DESCRIPTION`` (its line in ``d
 ``add_arguments(parser)`` and ``main(args) -> int``; it never imports this module. Exit status:
 
     0  done: nothing moved, every claim and benchmark passed
-    1  a difference or a failed verification: compare found a change, a claim or a benchmark failed
-    2  a usage or input error: a bad option, a missing folder, an unknown name, a missing extra
+    1  a difference or a failed verification: compare found a change, a claim or a benchmark failed,
+       audit found a defect
+    2  a usage or input error: a bad option, a missing folder, an unknown name, a missing extra;
+       a loss audit could not run
 
 A usage or input error is one line on stderr, ``dicebench <cmd>: error: <message>``, without a
 traceback (``analysis.errors.UsageError``, argparse's own errors, a missing extra).
@@ -32,6 +34,7 @@ SUBCOMMANDS = {
     "report": ("report", ("report",)),
     "compare": ("compare", ("report",)),
     "run": ("run", ("bench", "experiments", "report")),
+    "audit": ("audit_command", ()),
 }
 EXIT_USAGE = 2  # 0 and 1 are the subcommands' own (see above)
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
