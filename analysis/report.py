@@ -40,6 +40,8 @@ DEFAULT_RESULTS = REPO / "results" / "experiments"
 DEFAULT_ASV_RESULTS = REPO / "results" / "asv"
 # benchmarks/targets.py's output: the fused path against MONAI and its physical floor.
 DEFAULT_TARGETS = REPO / "results" / "fused" / "targets_cpu.json"
+# `make audit-peers` (analysis.peer_audits): what each installed peer's Dice loss computes.
+DEFAULT_AUDITS = REPO / "results" / "audit" / "peers.json"
 # `make bench` (pytest-benchmark) writes here; the report includes it when present.
 DEFAULT_BENCH_JSON = REPO / "reports" / "bench.json"
 PRECISION_EXPERIMENT = "p1_precision"
@@ -49,6 +51,7 @@ SECTIONS = (
     ("implementations", "Implementations compared with MONAI"),
     ("scaling", "Scaling with problem size"),
     ("precision", "Precision in half precision (P1)"),
+    ("audit", "What each peer's Dice computes"),
     ("experiments", "Experiments: where Dice helps and where it saturates"),
     ("reproduce", "How to reproduce every number"),
 )
@@ -75,6 +78,9 @@ class ReportData:
     pytest_benchmarks: Optional[pd.DataFrame] = None
     targets_path: Optional[Path] = None
     targets: Optional[dict] = None
+    audits_path: Path = DEFAULT_AUDITS
+    audits: Optional[pd.DataFrame] = None  # analysis.peer_audits.load_peer_audits: one row per peer
+    audits_skipped: List[dict] = field(default_factory=list)
 
 
 def number_cell(value: object, short: bool = False) -> Cell:
@@ -122,7 +128,7 @@ def load_pytest_benchmarks(paths: Iterable[Path]) -> Optional[pd.DataFrame]:
 
 def collect(results_dir: Path = DEFAULT_RESULTS, asv_dir: Path = DEFAULT_ASV_RESULTS,
             bench_json: Sequence[Path] = (), targets: Optional[Path] = DEFAULT_TARGETS,
-            fresh_asv_dir: Optional[Path] = None) -> ReportData:
+            fresh_asv_dir: Optional[Path] = None, audits: Path = DEFAULT_AUDITS) -> ReportData:
     """Load everything the page shows. ``asv_dir``: the stored asv results the headline is built
     from; ``fresh_asv_dir``: a new run's, shown as a comparison against them."""
     data = ReportData(Path(results_dir), Path(asv_dir), Path(fresh_asv_dir) if fresh_asv_dir else None)
@@ -134,6 +140,10 @@ def collect(results_dir: Path = DEFAULT_RESULTS, asv_dir: Path = DEFAULT_ASV_RES
     data.pytest_benchmarks = load_pytest_benchmarks(bench_json)
     if targets is not None and Path(targets).is_file():
         data.targets_path, data.targets = Path(targets), json.loads(Path(targets).read_text())
+    if audits is not None and Path(audits).is_file():
+        from .peer_audits import load_peer_audits, skipped_peers
+
+        data.audits_path, data.audits, data.audits_skipped = Path(audits), load_peer_audits(audits), skipped_peers(audits)
     return data
 
 
@@ -398,6 +408,37 @@ def section_reproduce(data: ReportData) -> str:
                   targets_path=shown(data.targets_path) if data.targets is not None else "")
 
 
+def section_audit(data: ReportData) -> str:
+    table_html = ""
+    if data.audits is not None:
+        rows = []
+        for r in data.audits.itertuples():
+            rows.append([r.name, r.sentence, r.target_encoding, r.activation, r.reduction_unit,
+                         str(r.include_background), str(r.squared), number_cell(r.smooth_nr), number_cell(r.smooth_dr),
+                         Cell("yes", css="pass") if r.spec_match else Cell("no", css="fail"),
+                         number_cell(r.max_abs_diff, short=True),
+                         Cell(r.defects, css="fail") if r.defects else Cell("none", css="pass")])
+        table_html = table(["peer", "what it computes", "target encoding", "activation", "reduction unit", "background",
+                            "squared", "smooth_nr", "smooth_dr", "DiceSpec match", "max |diff|", "defects"], rows,
+                           "What each peer's Dice loss computes, found by <code>dice_impls.audit</code> from its values "
+                           "alone; “DiceSpec match”: one spec reproduces its loss within 1e-4 on random inputs "
+                           "(value and gradient); defects by their ids (docs/audit.md).", text_columns=8)
+    return render("section_audit.html.j2", table=table_html, path=shown(data.audits_path), skipped=data.audits_skipped)
+
+
+def audit_sentence(data: ReportData) -> str:
+    if data.audits is None:
+        return ""
+    import collections
+
+    matched = int(data.audits["spec_match"].sum())
+    ids = collections.Counter(i for defects in data.audits["defects"] for i in defects.split(", ") if i)
+    flagged = int((data.audits["defects"] != "").sum())
+    common = ", ".join(f"{i} ({n})" for i, n in ids.most_common(3))
+    return (f"{len(data.audits)} peer configurations audited; {matched} reproduced exactly by a DiceSpec; "
+            + (f"{flagged} with known defects, most often {common}." if flagged else "no known defect found."))
+
+
 def study_summary(data: ReportData) -> Optional[dict]:
     """The study in one sentence: claims tallied and the main finding (``experiments.MAIN_FINDING``)."""
     from .experiments import MAIN_FINDING, Claim
@@ -442,7 +483,7 @@ def glance(data: ReportData, ratios: Optional[pd.DataFrame], fig_dir: Path, out_
                   unstable_mark=benchmark_report.UNSTABLE_MARK,
                   unstable_any=any(s.unstable for f in facts for s in f["speed"] + f["compound"]),
                   figure=Markup(benchmark_report.figure_html([drawn], out_dir)) if drawn else "", fresh=fresh,
-                  study=study_summary(data), precision=precision_sentence(data), audit="", gpu_count=len(gpu),
+                  study=study_summary(data), precision=precision_sentence(data), audit=audit_sentence(data), gpu_count=len(gpu),
                   training=training)
 
 
@@ -461,6 +502,7 @@ def write_report(data: ReportData, out_dir: Path, comparison_html: Optional[str]
         "implementations": section_implementations(data, ratios, fig_dir, out_dir),
         "scaling": section_scaling(data, ratios, fig_dir, out_dir),
         "precision": section_precision(data, fig_dir, out_dir),
+        "audit": section_audit(data),
         "experiments": section_experiments(data, fig_dir, out_dir),
         "reproduce": section_reproduce(data),
     }
@@ -485,6 +527,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bench-json", type=Path, action="append", default=[],
                         help=f"pytest-benchmark JSON, repeatable (default: {DEFAULT_BENCH_JSON} when present)")
     parser.add_argument("--targets", type=Path, default=DEFAULT_TARGETS, help="benchmarks/targets.py JSON")
+    parser.add_argument("--audits", type=Path, default=DEFAULT_AUDITS, help="make audit-peers' JSON (results/audit/peers.json)")
     parser.add_argument("--compare", type=Path, help="another run folder to compare these results with")
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the comparison")
     parser.add_argument("--fresh-asv-results", type=Path, help="a new run's asv folder, compared with --asv-results")
@@ -495,12 +538,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     # Absent measurements show as n/a on the page; a path that does not exist is a typo, not a result.
     for option, path in [("--results", args.results), ("--asv-results", args.asv_results), ("--targets", args.targets),
+                         ("--audits", args.audits),
                          ("--compare", args.compare), ("--fresh-asv-results", args.fresh_asv_results),
                          *(("--bench-json", p) for p in args.bench_json)]:
         if path is not None and not path.exists():
             raise UsageError(f"{option} {path} does not exist")
     bench_json = args.bench_json or [p for p in (DEFAULT_BENCH_JSON,) if p.is_file()]
-    data = collect(args.results, args.asv_results, bench_json, args.targets, args.fresh_asv_results)
+    data = collect(args.results, args.asv_results, bench_json, args.targets, args.fresh_asv_results, args.audits)
     comparison_html = None
     if args.compare is not None:
         from .compare import RunPaths, compare_runs, comparison_to_html

@@ -153,3 +153,12 @@ def test_the_quick_run_page_renders(browser, quick_run):
     assert seen["errors"] == []
     assert seen["images"] and [src[:40] for src, complete, width in seen["images"] if not (complete and width > 0)] == []
     assert [s for s, _ in SECTIONS if s not in seen["sections"]] == []
+
+
+def test_the_shipped_page_shows_every_audited_peer(shipped):
+    from analysis.peer_audits import load_peer_audits
+
+    audits = load_peer_audits()
+    rows = Tables(shipped.read_text(encoding="utf-8")).rows_of_tables("What each peer's Dice loss computes")[1:]
+    assert [row[0][0] for row in rows] == list(audits["name"])
+    assert [row[-1][0] for row in rows] == [d or "none" for d in audits["defects"]]
