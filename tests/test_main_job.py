@@ -9,6 +9,7 @@ section) fails here before it reaches a user.
 from __future__ import annotations
 
 import re
+from markupsafe import escape
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def shipped(tmp_path_factory) -> Path:
 def test_the_shipped_page_has_every_section(shipped):
     html = shipped.read_text(encoding="utf-8")
     for section_id, title in (("glance", "At a glance"), *SECTIONS):
-        assert f'<section id="{section_id}"' in html and title in html
+        assert f"<section id=\"{section_id}\"" in html and escape(title) in html
 
 
 def test_the_shipped_page_shows_every_stored_number(shipped):
