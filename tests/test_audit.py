@@ -227,6 +227,17 @@ def test_required_class_count_is_filled_from_channels():
     assert audit(NeedsClassCount, 3, kwargs={"num_classes": 4}, quick=True).exit_status == 2
 
 
+def keras_order(y_true, y_pred):
+    """Ground truth first, as Keras losses take it."""
+    return batch_foreground_dice(y_pred, y_true)
+
+
+def test_ground_truth_first_is_called_that_way():
+    report = audit(keras_order, 3, quick=True)
+    assert report.spec is not None and any("called as f(y_true, y_pred)" in n for n in report.notes)
+    assert equivalent(DiceSpec(**report.spec), CONVENTIONS["batch_foreground_dice"][2], 3, False) <= 1e-4
+
+
 def test_loss_that_always_raises_is_not_auditable():
     def broken(logits, target):
         raise RuntimeError("CUDA only")
