@@ -180,6 +180,7 @@ def test_each_defect_is_flagged_alone(defect):
     assert report.exit_status == 1
     (found,) = report.defects
     assert any(ch.isdigit() for ch in found.message), found.message  # says what happened in numbers
+    assert json.loads(report.to_json())["defects"][0]["id"] == defect
 
 
 def test_clean_loss_has_no_defect():
