@@ -24,7 +24,9 @@ DESCRIPTION = "Audit any Dice loss: what it computes (its DiceSpec), its known d
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", help="package.module:name or path/to/file.py:name (a function, an nn.Module class "
                                        "or an instance)")
-    parser.add_argument("--channels", type=int, default=3, help="number of classes (1: binary, one channel); default 3")
+    parser.add_argument("--channels", type=int, default=None,
+                        help="number of classes (1: binary, one channel); default 3, or 1 or 2 when the loss takes no "
+                             "3-channel input")
     parser.add_argument("--kwargs", default=None, help="JSON object of keyword arguments for the class or function")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this path")
     parser.add_argument("--quick", action="store_true", help="skip the cost measurement (timing)")
@@ -37,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from dice_impls import audit
 
-    if args.channels < 1:
+    if args.channels is not None and args.channels < 1:
         raise UsageError(f"--channels must be at least 1, got {args.channels}")
     kwargs = parse_kwargs(args.kwargs)
     try:

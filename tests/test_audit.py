@@ -180,6 +180,7 @@ def test_each_defect_is_flagged_alone(defect):
     assert report.exit_status == 1
     (found,) = report.defects
     assert any(ch.isdigit() for ch in found.message), found.message  # says what happened in numbers
+    assert json.loads(report.to_json())["defects"][0]["id"] == defect
 
 
 def test_clean_loss_has_no_defect():
@@ -225,6 +226,17 @@ def test_required_class_count_is_filled_from_channels():
     report = audit(NeedsClassCount, 3, quick=True)
     assert report.spec is not None and "built with num_classes=3" in " ".join(report.notes)
     assert audit(NeedsClassCount, 3, kwargs={"num_classes": 4}, quick=True).exit_status == 2
+
+
+def keras_order(y_true, y_pred):
+    """Ground truth first, as Keras losses take it."""
+    return batch_foreground_dice(y_pred, y_true)
+
+
+def test_ground_truth_first_is_called_that_way():
+    report = audit(keras_order, 3, quick=True)
+    assert report.spec is not None and any("called as f(y_true, y_pred)" in n for n in report.notes)
+    assert equivalent(DiceSpec(**report.spec), CONVENTIONS["batch_foreground_dice"][2], 3, False) <= 1e-4
 
 
 def test_loss_that_always_raises_is_not_auditable():

@@ -174,11 +174,13 @@ class Prober:
                                    f"strides {probe.labels.stride()}): {outcome.error}",
                           case=what, shape=shape, error=outcome.error)
                 continue
+            source = "the same data otherwise gives"
             if expected is None and self.identification.spec is not None:
                 expected = float(dice_loss(probe.inputs, probe.labels, self.identification.spec, impl="reference",
                                            validate=False))
+                source = "its DiceSpec gives"
             if expected is not None and math.isfinite(expected) and not abs(outcome.value - expected) <= 1e-4 * max(1, abs(expected)):
-                self.flag("crash", f"{what} gives {outcome.value:.6g} where the same data otherwise gives {expected:.6g}",
+                self.flag("crash", f"{what} gives {outcome.value:.6g} where {source} {expected:.6g}",
                           case=what, value=outcome.value, expected=expected)
 
     def nan_or_inf(self) -> None:

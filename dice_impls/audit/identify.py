@@ -77,8 +77,8 @@ def identify(target: Target, encoding: Encoding, factory: ProbeFactory, *,
     cache = ProbeStatistics(probes)
     candidates = _search(cache, probes, observed, channels, activations, squares, soft_labels, batches, reductions,
                          affine=False)
-    if affine_fallback and (not candidates or candidates[0].error > MATCH):
-        notes.append("no DiceSpec fits the probes exactly; searched for an affine relation loss = a + b * spec")
+    searched_affine = affine_fallback and (not candidates or candidates[0].error > MATCH)
+    if searched_affine:
         candidates = best_of(candidates + _search(cache, probes, observed, channels, activations, squares,
                                                    soft_labels, batches, reductions, affine=True))
     if not candidates:
@@ -101,6 +101,8 @@ def identify(target: Target, encoding: Encoding, factory: ProbeFactory, *,
         predicted = candidate.affine[0] + candidate.affine[1] * predicted
     if matched:
         notes += _unobservable_smoothing(cache, observed, candidate)
+    elif searched_affine:
+        notes.append("no DiceSpec fits the probes by itself; searched for an affine relation loss = a + b * spec")
     disagreeing = [dict(probe=p.name, loss=float(o), spec=float(v)) for p, o, v in zip(probes, observed, predicted)
                    if not abs(float(o) - float(v)) <= MATCH * max(1.0, abs(float(o)))]
     return Identification(candidate.spec if matched else None, candidate.spec, candidate.affine, value_diff, grad_diff,

@@ -75,8 +75,14 @@ class Target:
             raise TypeError(f"{label} is a {type(fn).__name__}, not a loss function, class or callable instance")
         if isinstance(fn, nn.Module):
             fn = fn.to(device)
+        notes = [f"built with {k}={v} (the class count, --channels)" for k, v in filled.items()]
+        order = _argument_names(fn)
+        if order and order[0] in TARGET_NAMES and order[1] not in TARGET_NAMES:
+            loss = fn
+            fn = functools.wraps(loss)(lambda logits, target: loss(target, logits))
+            notes.append(f"called as f({order[0]}, {order[1]}): its first parameter takes the ground truth")
         target = cls(fn, label, torch.device(device))
-        target.notes = [f"built with {k}={v} (the class count, --channels)" for k, v in filled.items()]
+        target.notes = notes
         return target
 
     def call(self, logits: Tensor, target: Tensor, *, grad: bool = False, watch=None) -> Outcome:
@@ -151,6 +157,21 @@ def _class_count_arguments(fn, kwargs: dict, channels: Optional[int]) -> dict:
     return {p.name: channels for p in parameters
             if p.default is inspect.Parameter.empty and p.name.lower() in CLASS_COUNT_NAMES and p.name not in kwargs
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+TARGET_NAMES = ("y_true", "target", "targets", "true", "gt", "y", "label", "labels", "mask", "masks", "ground_truth",
+                "truth", "y_gt")
+
+
+def _argument_names(fn) -> List[str]:
+    """The names of the two inputs of a loss function or module's ``forward`` ([] if unknown)."""
+    function = getattr(fn, "forward", fn) if isinstance(fn, nn.Module) else getattr(fn, "func", fn)
+    try:
+        parameters = [p for p in inspect.signature(function).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return []
+    return [p.name.lower() for p in parameters[:2]] if len(parameters) >= 2 else []
 
 
 def _first_line(error: BaseException) -> str:
