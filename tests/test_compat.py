@@ -148,7 +148,10 @@ def monai_region_case(draw, kind):
             target = with_ignored(target.long(), ignore, 0.2, labels.numel()).to(target.dtype)
     elif channels == 1:  # MONAI's norms (squared_pred, soft_label) take float targets only
         target = labels.unsqueeze(1).float()
-    elif kwargs["soft_label"] and draw(st.booleans()):
+    elif kwargs["soft_label"] and dtype == torch.float32 and draw(st.booleans()):
+        # Soft targets in float32 only: the soft overlap min(p, g) has a kink at p = g, and a half p
+        # within its rounding of g takes the other side of it than MONAI's float32 p (the whole
+        # gradient of that pixel flips); half logits are compared on hard targets, where p < g = 1.
         target = torch.softmax(torch.randn(logits.shape, generator=torch.Generator().manual_seed(labels.numel())), 1)
     else:
         target = one_hot(labels, channels)
