@@ -16,6 +16,7 @@ has one meaning, written here and there, and checked.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
@@ -172,3 +173,18 @@ def check_layout(layout: Sequence[str]) -> None:
     if (flags, scalars) != (FLAGS, SCALARS):
         raise RuntimeError(f"the C++ extension's folded loss arguments {flags} / {scalars} are not FoldedLossArgs' "
                            f"{FLAGS} / {SCALARS}: rebuild it (python setup.py build_ext --inplace)")
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_op_args(spec: DiceSpec, validate: bool, lambda_dice: float, pixel: Optional[PixelTerm]) -> tuple:
+    return FoldedLossArgs.from_spec(spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel).to_op_args()
+
+
+def folded_op_args(spec: DiceSpec, *, validate: bool = True, lambda_dice: float = 1.0,
+                   pixel: Optional[PixelTerm] = None) -> tuple:
+    """``FoldedLossArgs.from_spec(...).to_op_args()``, built once per spec and term: building them
+    is a quarter of a small call's fixed cost (docs/performance.md). The operators only read them."""
+    try:
+        return _cached_op_args(spec, validate, lambda_dice, pixel)
+    except TypeError:  # unhashable per-class weights (a list or a tensor): built for this call
+        return FoldedLossArgs.from_spec(spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel).to_op_args()

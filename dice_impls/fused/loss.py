@@ -20,7 +20,7 @@ from ..registry import Implementation
 from ..score import DiceStatistics, loss_from_statistics
 from ..spec import DiceSpec
 from . import ops
-from .interface import FoldedLossArgs, KernelParams, PixelTerm
+from .interface import KernelParams, PixelTerm, folded_op_args
 from .routing import FOLDED, fusion
 
 # Read without a copy; other integer dtypes (uint16/32/64) are converted to int64 once
@@ -76,7 +76,7 @@ def folded_loss(logits: Tensor, labels: Tensor, spec: DiceSpec, *, validate: boo
     """``lambda_dice * Dice (+ the pixel term)`` by the C++ ``loss`` operator (``routing.FOLDED``)."""
     x = logits.contiguous()
     codes = label_codes(labels).contiguous()
-    args = FoldedLossArgs.from_spec(spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel).to_op_args()
+    args = folded_op_args(spec, validate=validate, lambda_dice=lambda_dice, pixel=pixel)
     if torch.compiler.is_compiling():  # the operator whose autograd formula the compiler traces
         return torch.ops.dice_fused.loss(x, codes, *args)[0]
     return torch.ops.dice_fused.eager_loss(x, codes, *args)
