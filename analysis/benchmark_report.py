@@ -28,12 +28,13 @@ BASELINE = "monai"
 CUDA_MODULE, SCALING_MODULE = "bench_cuda", "bench_scaling"
 HEADLINE = "bench_loss.Headline"  # the comparison the headline numbers come from
 COMPOUND = "bench_loss.Compound"  # Dice + cross-entropy: fused against MONAI's DiceCELoss
+MANY_CLASSES = "bench_loss.ManyClasses"  # a 104-class 3-D patch: fused against MONAI and nnU-Net
 # Every asv class is a comparison of its own (its rows, its baseline), except where named here:
 # torch.compile of the vectorized loss has a class of its own only for its compile time, and is
 # compared with the Headline class's MONAI.
 COMPARED_WITH = {"bench_loss.HeadlineCompiled": HEADLINE}
 # How the page names a comparison (the first column of its rows); others go by their class name.
-COMPARISON_LABELS = {HEADLINE: "Dice", "bench_loss.Grid": "Dice (grid)",
+COMPARISON_LABELS = {HEADLINE: "Dice", "bench_loss.Grid": "Dice (grid)", MANY_CLASSES: "Dice, 104 classes",
                      COMPOUND: "Dice+CE: fused Dice+CE vs MONAI DiceCELoss", "bench_cuda.CudaLoss": "Dice"}
 STORED, FRESH = "stored", "this run"  # the two origins of asv results a page can show
 UNSTABLE_MARK = "†"
@@ -331,7 +332,7 @@ class Speedup:
         return f"{format_number(self.value, 2)}×{interval}" + (f" {UNSTABLE_MARK}" if self.unstable else "")
 
 
-PEER_NAMES = {"monai": "MONAI", "kornia": "kornia", "vectorized_compiled": "torch.compile"}
+PEER_NAMES = {"monai": "MONAI", "kornia": "kornia", "vectorized_compiled": "torch.compile", "nnunet": "nnU-Net"}
 
 
 def glance_facts(ratios: pd.DataFrame) -> List[dict]:
@@ -357,11 +358,20 @@ def glance_facts(ratios: pd.DataFrame) -> List[dict]:
             fused, monai = (cell.get((COMPOUND, time_method, i, shape)) for i in ("fused", BASELINE))
             if fused is not None and monai is not None:
                 compound.append(Speedup.of(fused, monai, "fused Dice+CE", "MONAI DiceCELoss"))
-        if speed or memory or compound:
+        many = []  # (shape, peer, fused MiB, peer MiB, speed-up)
+        for (comparison, method, implementation, shape), peer in cell.items():
+            fused_memory, fused_time = (cell.get((MANY_CLASSES, m, "fused", shape)) for m in (memory_method, time_method))
+            if comparison != MANY_CLASSES or method != memory_method or implementation == "fused" or fused_memory is None:
+                continue
+            peer_time = cell.get((MANY_CLASSES, time_method, implementation, shape))
+            many.append(dict(shape=shape, peer=PEER_NAMES.get(implementation, implementation), fused_mib=fused_memory["value"] / 2**20,
+                             peer_mib=peer["value"] / 2**20, speed=Speedup.of(fused_time, peer_time)
+                             if fused_time is not None and peer_time is not None else None))
+        if speed or memory or compound or many:
             first = on_run.iloc[0]
             by_peer = [(name, [x for x in speed if x.slow == name]) for name in PEER_NAMES.values()]
             facts.append(dict(run=run, cpu=first["cpu"], commit=str(first["commit"])[:8], speed=speed, memory=memory,
-                              compound=compound, speed_by_peer=[(name, items) for name, items in by_peer if items]))
+                              compound=compound, many=many, speed_by_peer=[(name, items) for name, items in by_peer if items]))
     return facts
 
 
