@@ -450,6 +450,7 @@ def study_summary(data: ReportData) -> Optional[dict]:
     main = next((Claim.from_dict(c) for c in claims if c["id"] == MAIN_FINDING), None)
     scales = sorted({str(r.manifest.get("scale", "?")) for r in data.experiments.values()})
     return dict(experiments=len(data.experiments), scales=" and ".join(f"{s} scale" for s in scales),
+                small_only=scales == ["small"],
                 verifications=len(of_kind("verification")),
                 verifications_passed=sum(bool(c["passed"]) for c in of_kind("verification")),
                 hypotheses=len(of_kind("hypothesis")), supported=sum(bool(c["passed"]) for c in of_kind("hypothesis")),

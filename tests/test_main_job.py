@@ -163,3 +163,9 @@ def test_the_shipped_page_shows_every_audited_peer(shipped):
     rows = Tables(shipped.read_text(encoding="utf-8")).rows_of_tables("What each peer's Dice loss computes")[1:]
     assert [row[0][0] for row in rows] == list(audits["name"])
     assert [row[-1][0] for row in rows] == [d or "none" for d in audits["defects"]]
+
+
+@pytest.mark.slow
+def test_a_quick_run_says_its_small_scale_study_is_a_check(quick_run):
+    glance = without_tags(glance_of((quick_run / "index.html").read_text(encoding="utf-8")))
+    assert "(small scale)" in glance and "Small scale checks that every experiment runs" in glance
