@@ -179,11 +179,15 @@ def ratio_text(row, interval: bool = True) -> str:
     return text + (f" {UNSTABLE_MARK}" if row["ratio_unstable"] else "")
 
 
+def _missing(key: str = "") -> Cell:
+    return Cell(SHORT_MISSING, css="missing", key=key)
+
+
 def ratio_cell(row, interval: bool = True, key: str = "") -> Cell:
     if row["status"] == "failed":
         return Cell("failed", css="fail", key=key)
     if not np.isfinite(row["ratio"]):
-        return Cell(SHORT_MISSING, css="missing", key=key)
+        return _missing(key)
     unstable = bool(row["ratio_unstable"])
     return Cell(ratio_text(row, interval), value=float(row["ratio"]), css="unstable" if unstable else "",
                 title=("unstable: " + spread_note(row)) if unstable else "", key=key)
@@ -193,7 +197,7 @@ def value_cell(row, scale: float, key: str = "") -> Cell:
     if row["status"] == "failed":
         return Cell("failed", css="fail", key=key)
     if not np.isfinite(row["value"]):
-        return Cell(SHORT_MISSING, css="missing", key=key)
+        return _missing(key)
     unstable = bool(row["unstable"])
     return Cell(format_number(row["value"] * scale) + (f" {UNSTABLE_MARK}" if unstable else ""),
                 value=float(row["value"] * scale), css="unstable" if unstable else "",
@@ -218,10 +222,6 @@ UNSTABLE_NOTE = (f"{UNSTABLE_MARK} and shading: unstable, the quartile spread of
 def cell_key(comparison: str, method: str, implementation: str, dtype: str, shape: str, run: str) -> str:
     """The ``data-key`` of a table cell: which asv number it shows (tests match cells to results)."""
     return f"{comparison}.{method}|{implementation}|{dtype}|{shape}|{run}"
-
-
-def _missing(key: str = "") -> Cell:
-    return Cell(SHORT_MISSING, css="missing", key=key)
 
 
 def measure_table(ratios: pd.DataFrame, label: str, metric: str, methods: Dict[str, str], number: int) -> str:
@@ -337,8 +337,9 @@ PEER_NAMES = {"monai": "MONAI", "kornia": "kornia", "vectorized_compiled": "torc
 
 def glance_facts(ratios: pd.DataFrame) -> List[dict]:
     """Per stored CPU run, the headline numbers of the page's first screen: fused's speed-up over
-    each peer at the headline shapes (float32), its peak memory against MONAI's, and fused Dice+CE
-    against MONAI's DiceCELoss; every one with its interval and stability."""
+    each peer at the headline shapes (float32), its peak memory against MONAI's, fused Dice+CE
+    against MONAI's DiceCELoss, and the many-class patch; every speed-up with its interval and
+    stability."""
     facts = []
     stored = ratios[(ratios["origin"] == STORED) & (ratios["device"] == "cpu") & ratios["latest"]]
     for run in dict.fromkeys(stored["run"]):
@@ -358,15 +359,18 @@ def glance_facts(ratios: pd.DataFrame) -> List[dict]:
             fused, monai = (cell.get((COMPOUND, time_method, i, shape)) for i in ("fused", BASELINE))
             if fused is not None and monai is not None:
                 compound.append(Speedup.of(fused, monai, "fused Dice+CE", "MONAI DiceCELoss"))
-        many = []  # (shape, peer, fused MiB, peer MiB, speed-up)
+        many = []  # the many-class patch: fused's memory and speed against each peer's
         for (comparison, method, implementation, shape), peer in cell.items():
-            fused_memory, fused_time = (cell.get((MANY_CLASSES, m, "fused", shape)) for m in (memory_method, time_method))
-            if comparison != MANY_CLASSES or method != memory_method or implementation == "fused" or fused_memory is None:
+            if comparison != MANY_CLASSES or method != memory_method or implementation == "fused":
                 continue
-            peer_time = cell.get((MANY_CLASSES, time_method, implementation, shape))
-            many.append(dict(shape=shape, peer=PEER_NAMES.get(implementation, implementation), fused_mib=fused_memory["value"] / 2**20,
-                             peer_mib=peer["value"] / 2**20, speed=Speedup.of(fused_time, peer_time)
-                             if fused_time is not None and peer_time is not None else None))
+            fused_memory, fused_time, peer_time = (cell.get((MANY_CLASSES, m, i, shape)) for m, i in (
+                (memory_method, "fused"), (time_method, "fused"), (time_method, implementation)))
+            if fused_memory is None:
+                continue
+            many.append(dict(shape=shape, peer=PEER_NAMES.get(implementation, implementation),
+                             fused_mib=fused_memory["value"] / 2**20, peer_mib=peer["value"] / 2**20,
+                             speed=Speedup.of(fused_time, peer_time) if fused_time is not None and peer_time is not None
+                             else None))
         if speed or memory or compound or many:
             first = on_run.iloc[0]
             by_peer = [(name, [x for x in speed if x.slow == name]) for name in PEER_NAMES.values()]
@@ -666,10 +670,11 @@ def training_speedups(ratios: pd.DataFrame) -> List[Tuple[str, Speedup, object, 
     return out
 
 
-def training_table(ratios: pd.DataFrame) -> str:
+def training_table(speedups: List[Tuple[str, Speedup, object, object]]) -> str:
+    """The rows of ``training_speedups`` as a table."""
     rows = [[run, s.shape, s.slow.split(" ", 1)[1], value_cell(monai, 1e3), value_cell(drop_in, 1e3),
              Cell(s.text, value=s.value, css="unstable" if s.unstable else "")]
-            for run, s, monai, drop_in in training_speedups(ratios)]
+            for run, s, monai, drop_in in speedups]
     return table(["run", "shape", "loss", "MONAI (ms)", "drop-in (ms)", "drop-in speed-up"], rows,
                  "One training step of a small U-Net (MONAI's BasicUNet, features 8-64, one input channel; forward, "
                  "loss, backward, Adam), with MONAI's loss and with its drop-in from <code>dice_impls.compat.monai</code> "

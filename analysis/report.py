@@ -274,37 +274,39 @@ def experiment_block(result: ExperimentResult, fig_dir: Path, out_dir: Path, hea
     if module is not None and hasattr(module, "figures"):
         for path in (Path(p) for p in module.figures(result.df, fig_dir / result.name) or []):
             if path.suffix == ".png":
-                figures.append(Markup(figure(path.relative_to(out_dir).as_posix(),
-                                             f"{result.name}: {path.stem.replace('_', ' ')} (redrawn from results.parquet).")))
+                figures.append(figure(path.relative_to(out_dir).as_posix(),
+                                      f"{result.name}: {path.stem.replace('_', ' ')} (redrawn from results.parquet)."))
     return render("experiment.html.j2", name=result.name, heading=heading, title=_prose(title or result.name),
                   text=_prose(text), m={k: m.get(k, MISSING) for k in ("scale", "seed", "impl", "tasks")},
                   where=f"Dask cluster {m['scheduler']}" if m.get("scheduler") else f"{m.get('workers', MISSING)} local worker(s)",
                   rows=len(result.df), wall_time=format_number(m.get("wall_time_s")),
                   claims_summary=claims_summary(result.claims), has_figure_code=module is not None and hasattr(module, "figures"),
-                  figures=figures, claims_table=Markup(claims_table(
+                  figures=figures, claims_table=claims_table(
                       result.claims, f"Claims of {result.name}, each computed from the stored data with its threshold "
-                      "fixed in code beforehand.")))
+                      "fixed in code beforehand."))
 
 
 def section_implementations(data: ReportData, ratios: Optional[pd.DataFrame], fig_dir: Path, out_dir: Path) -> str:
-    values = dict(has_asv=ratios is not None, asv_path=shown(data.asv_dir), targets=Markup(targets_block(data)))
+    values = dict(has_asv=ratios is not None, asv_path=shown(data.asv_dir), targets=targets_block(data))
     if ratios is not None:
         measures, measured = [], set()
         for number, (label, metric, methods) in enumerate(benchmark_report.MEASURES, start=4):
             rows = benchmark_report.measure_rows(ratios, methods)
             measured.update(rows["benchmark"])
-            measures.append(dict(title=label[0].upper() + label[1:], table=Markup(
-                benchmark_report.measure_table(ratios, label, metric, methods, number)) if len(rows) else "",
-                figures=Markup(benchmark_report.figure_html(benchmark_report.ratio_figure(ratios, label, methods, fig_dir),
-                                                            out_dir)) if len(rows) else ""))
+            drawn = len(rows) > 0
+            measures.append(dict(
+                title=label[0].upper() + label[1:],
+                table=benchmark_report.measure_table(ratios, label, metric, methods, number) if drawn else "",
+                figures=benchmark_report.figure_html(benchmark_report.ratio_figure(ratios, label, methods, fig_dir),
+                                                     out_dir) if drawn else ""))
         history = benchmark_report.history_figures(ratios, fig_dir)
         training = benchmark_report.training_speedups(ratios)
         measured.add(benchmark_report.TRAINING)
-        values.update(training=Markup(benchmark_report.training_table(ratios)) if training else "",
-                      headline_tables=[Markup(t) for t in benchmark_report.headline_tables(ratios)],
-                      fresh_tables=[Markup(t) for t in benchmark_report.fresh_comparison(ratios)],
+        values.update(training=benchmark_report.training_table(training) if training else "",
+                      headline_tables=benchmark_report.headline_tables(ratios),
+                      fresh_tables=benchmark_report.fresh_comparison(ratios),
                       fresh_path=shown(data.fresh_asv_dir) if data.fresh_asv_dir else "", measures=measures,
-                      history=Markup(benchmark_report.figure_html(history, out_dir)) if history else "",
+                      history=benchmark_report.figure_html(history, out_dir) if history else "",
                       others=sorted(set(ratios.loc[ratios["module"] != benchmark_report.SCALING_MODULE, "benchmark"])
                                     - measured))
     return render("section_implementations.html.j2", **values)
@@ -321,25 +323,25 @@ def targets_block(data: ReportData) -> str:
             peak = memory.get((r["shape"], r["impl"]), {})
             rows.append([r["shape"], r["impl"], number_cell(r["seconds"] * 1e3), number_cell(r["vs_monai"]),
                          number_cell(r["floor_s"] * 1e3), number_cell(r["floor_ratio"]), number_cell(peak.get("x_logits"))])
-        values.update(machine={k: t.get("machine", {}).get(k, MISSING) for k in ("cpu", "threads", "torch")}, speed=Markup(table(
+        values.update(machine={k: t.get("machine", {}).get(k, MISSING) for k in ("cpu", "threads", "torch")}, speed=table(
             ["shape", "implementation", "time (ms)", "speed-up over MONAI", "floor (ms)", "time / floor",
              "peak memory / logits"], rows,
             "Forward+backward in float32, medians of interleaved repetitions. Time / floor is how many times slower "
             "than the hardware limit a path runs (1 = at the floor; below 1 means the floor itself was measured low, "
             "e.g. on a busy machine). Peak memory is the growth of the peak resident set during one call, in logits' "
-            "sizes.", text_columns=2)), accuracy=Markup(table(
+            "sizes.", text_columns=2), accuracy=table(
                 ["dtype", "voxels", "loss relative error", "gradient-norm relative error", "target", "met"],
                 [[r["dtype"], number_cell(r["voxels"]), number_cell(r["loss_error"]), number_cell(r.get("grad_norm_error")),
                   number_cell(r["target"]), Cell("yes", css="pass") if r["met"] else Cell("no", css="fail")]
                  for r in t.get("accuracy", [])],
-                "Accuracy of fused against float64 sums at the largest size.", text_columns=1)))
+                "Accuracy of fused against float64 sums at the largest size.", text_columns=1))
     return render("targets.html.j2", **values)
 
 
 def section_scaling(data: ReportData, ratios: Optional[pd.DataFrame], fig_dir: Path, out_dir: Path) -> str:
     figures = benchmark_report.scaling_figures(ratios, fig_dir) if ratios is not None else []
     return render("section_scaling.html.j2", has_asv=ratios is not None,
-                  figures=Markup(benchmark_report.figure_html(figures, out_dir, width=620)) if figures else "")
+                  figures=benchmark_report.figure_html(figures, out_dir, width=620) if figures else "")
 
 
 PRECISION_COLUMNS = {"impl", "dtype", "voxels", "rel_error", "finite"}
@@ -368,9 +370,9 @@ def section_precision(data: ReportData, fig_dir: Path, out_dir: Path) -> str:
     values = dict(name=PRECISION_EXPERIMENT, results_path=shown(data.results_dir),
                   experiment="", summary="")
     if result is not None:
-        values["experiment"] = Markup(experiment_block(result, fig_dir, out_dir, heading=False))
+        values["experiment"] = experiment_block(result, fig_dir, out_dir, heading=False)
         if PRECISION_COLUMNS <= set(result.df.columns):
-            values["summary"] = Markup(precision_table(result.df))
+            values["summary"] = precision_table(result.df)
     return render("section_precision.html.j2", **values)
 
 
@@ -389,12 +391,12 @@ def section_experiments(data: ReportData, fig_dir: Path, out_dir: Path) -> str:
                          f"{sum(c['passed'] for c in kinds['verification'])}/{len(kinds['verification'])}",
                          f"{len(kinds['hypothesis']) - failed}/{len(kinds['hypothesis'])}",
                          Cell(str(failed), css="fail") if failed else Cell("0")])
-        overview = Markup(table(["experiment", "question", "verifications passed", "hypotheses supported",
-                                 "hypotheses FAILED"], rows, "Overview of the experiments.", text_columns=2))
+        overview = table(["experiment", "question", "verifications passed", "hypotheses supported",
+                                 "hypotheses FAILED"], rows, "Overview of the experiments.", text_columns=2)
     return render("section_experiments.html.j2", summary=claims_summary(every) if every else "",
                   count=len(data.experiments), overview=overview,
                   missing=[n for n in EXPERIMENTS if n not in data.experiments and n != PRECISION_EXPERIMENT],
-                  blocks=[Markup(experiment_block(r, fig_dir, out_dir)) for r in others])
+                  blocks=[experiment_block(r, fig_dir, out_dir) for r in others])
 
 
 def section_reproduce(data: ReportData) -> str:
@@ -483,7 +485,7 @@ def glance(data: ReportData, ratios: Optional[pd.DataFrame], fig_dir: Path, out_
     return render("glance.html.j2", facts=facts,
                   unstable_mark=benchmark_report.UNSTABLE_MARK,
                   unstable_any=any(s.unstable for f in facts for s in f["speed"] + f["compound"]),
-                  figure=Markup(benchmark_report.figure_html([drawn], out_dir)) if drawn else "", fresh=fresh,
+                  figure=benchmark_report.figure_html([drawn], out_dir) if drawn else "", fresh=fresh,
                   study=study_summary(data), precision=precision_sentence(data), audit=audit_sentence(data), gpu_count=len(gpu),
                   training=training)
 
