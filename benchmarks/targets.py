@@ -30,7 +30,6 @@ every size for a smoke run (its numbers are not the targets').
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -208,14 +207,14 @@ def _drop_in_monai_dice() -> Callable:
 DROP_IN_SHAPES = ["2x3x64x64", "4x5x96x128"]
 QUICK_DROP_IN_SHAPES = ["2x3x32x32"]
 DROP_IN_TARGETS = {"vs_direct": 1.2, "vs_peer": {"2x3x64x64": 1.5, "4x5x96x128": 3.0}}
-DROP_INS = {  # name: (drop-in class path, its peer's class path or None, keyword arguments)
-    "monai.DiceLoss": ("dice_impls.compat.monai.DiceLoss", "monai.losses.DiceLoss", {}),
-    "monai.TverskyLoss": ("dice_impls.compat.monai.TverskyLoss", "monai.losses.TverskyLoss", {}),
-    "monai.GeneralizedDiceLoss": ("dice_impls.compat.monai.GeneralizedDiceLoss", "monai.losses.GeneralizedDiceLoss", {}),
-    "monai.DiceCELoss": ("dice_impls.compat.monai.DiceCELoss", "monai.losses.DiceCELoss", {}),
+DROP_INS = {  # name: (the drop-in class, its peer's class)
+    "monai.DiceLoss": ("dice_impls.compat.monai.DiceLoss", "monai.losses.DiceLoss"),
+    "monai.TverskyLoss": ("dice_impls.compat.monai.TverskyLoss", "monai.losses.TverskyLoss"),
+    "monai.GeneralizedDiceLoss": ("dice_impls.compat.monai.GeneralizedDiceLoss", "monai.losses.GeneralizedDiceLoss"),
+    "monai.DiceCELoss": ("dice_impls.compat.monai.DiceCELoss", "monai.losses.DiceCELoss"),
     "nnunet.MemoryEfficientSoftDiceLoss": ("dice_impls.compat.nnunet.MemoryEfficientSoftDiceLoss",
-                                           "nnunetv2.training.loss.dice.MemoryEfficientSoftDiceLoss", {}),
-    "smp.DiceLoss": ("dice_impls.compat.smp.DiceLoss", "segmentation_models_pytorch.losses.DiceLoss", {}),
+                                           "nnunetv2.training.loss.dice.MemoryEfficientSoftDiceLoss"),
+    "smp.DiceLoss": ("dice_impls.compat.smp.DiceLoss", "segmentation_models_pytorch.losses.DiceLoss"),
 }
 
 
@@ -226,34 +225,36 @@ def _class(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _drop_in_calls(name: str) -> Dict[str, Callable]:
-    """``(logits, labels) -> loss`` for the drop-in, the direct call of the spec it builds (the
-    compound ``DiceCELoss`` for Dice+CE), and its peer where that is installed."""
-    from dice_impls import DiceCELoss
-
-    drop_in_path, peer_path, kwargs = DROP_INS[name]
-    library = name.split(".")[0]
+def _arguments(library: str) -> dict:
+    """The arguments both sides get: softmax over one-hot labels, one Dice per image and class."""
     if library == "monai":
-        kwargs = dict(kwargs, softmax=True, to_onehot_y=True)
-    elif library == "nnunet":
+        return dict(softmax=True, to_onehot_y=True)
+    if library == "nnunet":
         from nnunetv2.utilities.helpers import softmax_helper_dim1  # the softmax nnU-Net's trainers pass
 
-        kwargs = dict(kwargs, apply_nonlin=softmax_helper_dim1, batch_dice=False, do_bg=True, smooth=1e-5, ddp=False)
-    else:
-        kwargs = dict(kwargs, mode="multiclass")
-    drop_in = _class(drop_in_path)(**kwargs)
+        return dict(apply_nonlin=softmax_helper_dim1, batch_dice=False, do_bg=True, smooth=1e-5, ddp=False)
+    return dict(mode="multiclass")
+
+
+def _drop_in_calls(name: str, channels: int) -> Dict[str, Callable]:
+    """``(logits, labels) -> loss`` for the drop-in, the direct call of the spec it builds for
+    ``channels`` classes (built once, as the drop-in caches it; the compound ``DiceCELoss`` for
+    Dice+CE), and its peer where that is installed."""
+    from dice_impls import DiceCELoss
+
+    drop_in_path, peer_path = DROP_INS[name]
+    library = name.split(".")[0]
+    drop_in = _class(drop_in_path)(**_arguments(library))
     channel_axis = library != "smp"  # smp takes labels (N, *spatial); MONAI and nnU-Net (N, 1, *spatial)
     wrap = (lambda loss: lambda x, y: loss(x, y.unsqueeze(1))) if channel_axis else (lambda loss: loss)
     calls = {"drop_in": wrap(drop_in)}
     if name == "monai.DiceCELoss":
-        made = functools.lru_cache(maxsize=None)(lambda c: DiceCELoss(impl="fused", spec=drop_in.dice.spec_for(c)))
-        calls["direct"] = lambda x, y: made(x.shape[1])(x, y)
+        calls["direct"] = DiceCELoss(impl="fused", spec=drop_in.dice.spec_for(channels))
     else:
-        spec_of = getattr(drop_in, "spec_for", None)
-        spec = (lambda c: spec_of(c)) if spec_of is not None and library != "nnunet" else (lambda c: drop_in.spec)
-        calls["direct"] = lambda x, y: dice_loss(x, y, spec(x.shape[1]), impl="fused")
+        spec = drop_in.spec if library == "nnunet" else drop_in.spec_for(channels)
+        calls["direct"] = lambda x, y: dice_loss(x, y, spec, impl="fused")
     try:
-        calls["peer"] = wrap(_class(peer_path)(**kwargs))
+        calls["peer"] = wrap(_class(peer_path)(**_arguments(library)))
     except ImportError:
         pass  # not installed: the drop-in is measured against the direct call only
     return calls
@@ -265,7 +266,8 @@ def drop_ins(shapes, repeats: int) -> list:
     for shape in shapes:
         logits, labels = make_inputs(shape, "float32")
         for name in DROP_INS:
-            runs = {kind: forward_backward(fn, logits, labels) for kind, fn in _drop_in_calls(name).items()}
+            calls = _drop_in_calls(name, logits.shape[1])
+            runs = {kind: forward_backward(fn, logits, labels) for kind, fn in calls.items()}
             for run in runs.values():
                 run()
             # Two interleaved sets, so that the peer's large temporaries (a one-hot target, stored

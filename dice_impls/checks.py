@@ -120,7 +120,7 @@ def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_fini
     label_map = is_label_map(target)
     if label_map:
         if target.ndim == logits.ndim and target.shape[1] == 1:
-            target = target[:, 0]
+            target = target.squeeze(1)  # a view, cheaper than indexing on a small call
         if target.ndim != logits.ndim - 1:
             raise ValueError(
                 f"an integer label map must have shape (N, *spatial) = {(n, *logits.shape[2:])}-like with "
