@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the tasks in N local processes (default 1: in this process); the results do not change")
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                         help="run the tasks on this existing Dask distributed cluster instead; the results do not change")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the tasks an earlier run into the same --out finished (kept in OUT/.task-cache/, "
+                             "keyed by task, config and code); the results do not change")
     parser.add_argument("--no-figures", action="store_true", help="skip drawing the figures")
 
 
@@ -38,14 +41,14 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--scheduler must be an address such as tcp://HOST:PORT, got {args.scheduler!r}")
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     return run_and_print(names, args.out, scale=args.scale, seed=args.seed, impl=args.impl, workers=args.workers,
-                         scheduler=args.scheduler, figures=not args.no_figures)
+                         scheduler=args.scheduler, figures=not args.no_figures, resume=args.resume)
 
 
 def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str = "vectorized", workers: int = 1,
-                  scheduler: Optional[str] = None, figures: bool = True) -> int:
-    """Run and store each experiment, print every claim, then Holm-adjust the primary hypotheses of
-    every experiment stored under ``out`` as one family (the study's) and print them; 1 when a
-    verification failed."""
+                  scheduler: Optional[str] = None, figures: bool = True, resume: bool = False) -> int:
+    """Run and store each experiment (with ``resume``, its tasks already cached under ``out`` are
+    not rerun), print every claim, then Holm-adjust the primary hypotheses of every experiment
+    stored under ``out`` as one family (the study's) and print them; 1 when a verification failed."""
     from .storage import adjust_stored_primaries, run_experiment
 
     failed = []
@@ -53,7 +56,7 @@ def run_and_print(names: List[str], out: Path, scale: str, seed: int, impl: str 
     where = f"Dask cluster {scheduler}" if scheduler else f"{workers} worker(s)"
     for name in names:
         df, claims, manifest = run_experiment(name, out, scale=scale, seed=seed, impl=impl, workers=workers,
-                                              scheduler=scheduler)
+                                              scheduler=scheduler, resume=resume)
         if figures:
             EXPERIMENTS[name].figures(df, out / name)
         print(f"{name} ({scale}, seed {seed}, {manifest['tasks']} tasks on {where}, {manifest['wall_time_s']:.1f} s)")

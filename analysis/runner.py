@@ -14,6 +14,12 @@ in-process and in each worker alike (a task's numbers must not depend on where i
   (:func:`code_identity`) is compared with this process's, and a mismatch is refused.
 
 Progress counts tasks (``analysis.progress.track``: a tqdm bar on a terminal, plain lines otherwise).
+
+With a ``cache`` folder, each task's DataFrame is pickled there (``<key>.pkl``) by this process as
+soon as the task finishes, wherever it ran; the key digests the experiment module, the task, the
+config and :func:`code_identity`, so changed code or settings never match an old entry. With
+``resume=True`` the tasks found there are read instead of run, so an interrupted run continues
+from its finished tasks with the same result.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -67,8 +74,10 @@ def run_task(module_name: str, config, task: dict) -> pd.DataFrame:
 
 
 def run_tasks(module: ModuleType, config, tasks: Sequence[dict], *, workers: int = 1,
-              scheduler: Optional[str] = None, progress: bool = True) -> pd.DataFrame:
-    """``module.run_task(config, task)`` for every task, concatenated in task order (see the module docstring)."""
+              scheduler: Optional[str] = None, progress: bool = True, cache: Optional[Path] = None,
+              resume: bool = False) -> pd.DataFrame:
+    """``module.run_task(config, task)`` for every task, concatenated in task order; each finished
+    task's frame is kept in ``cache`` and, with ``resume``, read from it (see the module docstring)."""
     tasks = check_tasks(module, tasks)
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
@@ -76,28 +85,64 @@ def run_tasks(module: ModuleType, config, tasks: Sequence[dict], *, workers: int
         raise ValueError("give either workers (local processes) or scheduler (a Dask cluster), not both")
     if scheduler is not None and "://" not in scheduler:
         raise ValueError(f"scheduler must be an address such as tcp://HOST:PORT, got {scheduler!r}")
+    if resume and cache is None:
+        raise ValueError("resume needs a cache folder")
+    frames: Dict[int, pd.DataFrame] = {}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        identity = code_identity(module.__name__)
+        paths = [cache / f"{task_key(module.__name__, config, task, identity)}.pkl" for task in tasks]
+        if resume:
+            frames = {i: pd.read_pickle(path) for i, path in enumerate(paths) if path.is_file()}
+    todo = [i for i in range(len(tasks)) if i not in frames]
     bar = track(total=len(tasks), desc=module.__name__.rsplit(".", 1)[-1], unit="task", disable=not progress)
+    bar.update(len(frames))  # the cached tasks count as done up front
+
+    def finished(position: int, frame: pd.DataFrame) -> None:
+        """Task ``todo[position]`` is done: keep it, and cache it now so an interruption keeps it too."""
+        frames[todo[position]] = frame
+        if cache is not None:
+            _write_atomically(paths[todo[position]], frame)
+        bar.update()
+
     try:
+        pending = [tasks[i] for i in todo]
         if scheduler is not None:
-            frames = _on_dask(module, config, tasks, scheduler, bar)
-        elif workers > 1 and len(tasks) > 1:
-            frames = _in_processes(module, config, tasks, workers, bar)
+            _on_dask(module, config, pending, scheduler, finished)
+        elif workers > 1 and len(pending) > 1:
+            _in_processes(module, config, pending, workers, finished)
         else:
-            frames = _in_process(module, config, tasks, bar)
+            _in_process(module, config, pending, finished)
     finally:
         bar.close()
-    frames = [frame for frame in frames if len(frame)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    ordered = [frames[i] for i in range(len(tasks)) if len(frames[i])]
+    return pd.concat(ordered, ignore_index=True) if ordered else pd.DataFrame()
 
 
-def _in_process(module, config, tasks, bar) -> List[pd.DataFrame]:
+def task_key(module_name: str, config, task: dict, identity: str) -> str:
+    """The cache key of a task: what its frame is determined by (configs are frozen dataclasses,
+    whose repr lists every field; ``identity`` is :func:`code_identity`)."""
+    parts = (module_name, json.dumps(task, sort_keys=True), repr(config), identity)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _write_atomically(path: Path, frame: pd.DataFrame) -> None:
+    # Pickle, not parquet: parquet turns object columns into typed ones (all-bool objects into bool,
+    # ints and None into float), so a cached task would not concatenate to the same bytes.
+    # Write then rename, so a kill never leaves a half file that a resume would read.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    frame.to_pickle(partial)
+    os.replace(partial, path)
+
+
+Finished = Callable[[int, pd.DataFrame], None]
+
+
+def _in_process(module, config, tasks, finished: Finished) -> None:
     previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
-        frames = []
-        for task in tasks:
-            frames.append(run_task(module.__name__, config, task))
-            bar.update()
-        return frames
+        for position, task in enumerate(tasks):
+            finished(position, run_task(module.__name__, config, task))
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1])
@@ -115,23 +160,23 @@ def local_pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
-def _in_processes(module, config, tasks, workers, bar) -> List[pd.DataFrame]:
+def _in_processes(module, config, tasks, workers, finished: Finished) -> None:
     pool = local_pool(workers)
-    futures = [pool.submit(run_task, module.__name__, config, task) for task in tasks]
+    futures = {pool.submit(run_task, module.__name__, config, task): position
+               for position, task in enumerate(tasks)}
     pending = set(futures)
     try:
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            bar.update(len(done))
-            for future in done:
-                future.result()  # raises the first failure
+            # Successes first, so that a failure (raised here) does not keep them out of the cache.
+            for future in sorted(done, key=lambda f: f.exception() is not None):
+                finished(futures[future], future.result())
     except BrokenProcessPool:
         del _POOLS[workers]  # a worker died; the next call starts a fresh pool
         raise
     finally:
         for future in pending:
             future.cancel()
-    return [future.result() for future in futures]
 
 
 def code_identity(module_name: str) -> str:
@@ -150,7 +195,7 @@ def code_identity(module_name: str) -> str:
     return digest.hexdigest()
 
 
-def _on_dask(module, config, tasks, scheduler, bar) -> List[pd.DataFrame]:
+def _on_dask(module, config, tasks, scheduler, finished: Finished) -> None:
     try:
         from distributed import Client, as_completed
     except ImportError as error:
@@ -169,11 +214,10 @@ def _on_dask(module, config, tasks, scheduler, bar) -> List[pd.DataFrame]:
         if stale:
             raise RuntimeError(f"Dask workers {stale} run different code or library versions than this checkout; "
                                "start them from the same commit and environment")
-        futures = [client.submit(run_task, module.__name__, config, task, pure=False) for task in tasks]
+        futures = {client.submit(run_task, module.__name__, config, task, pure=False): position
+                   for position, task in enumerate(tasks)}
         try:
             for future in as_completed(futures):
-                future.result()  # raises the task's error here
-                bar.update()
-            return client.gather(futures)
+                finished(futures[future], future.result())  # raises the task's error here
         finally:
-            client.cancel(futures)
+            client.cancel(list(futures))

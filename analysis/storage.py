@@ -4,7 +4,9 @@ The parquet file holds the raw measurements only (no timestamps, no index), conc
 order, so the same seed and scale on the same machine give byte-identical files however the tasks
 ran (in-process, local processes, a Dask cluster); everything about the run itself (versions,
 commit, a digest of the sources, hardware, config, task count, workers, wall time) goes into the
-manifest.
+manifest. Each finished task's frame is also kept under ``<out>/.task-cache/<name>/`` (git-ignored),
+so that ``resume=True`` (``dicebench experiment --resume``) continues an interrupted run from its
+finished tasks, storing the same bytes.
 """
 
 from __future__ import annotations
@@ -101,17 +103,19 @@ def adjust_stored_primaries(out_dir: Path) -> List[Claim]:
 
 
 def run_experiment(name: str, out_dir: Path, *, scale: str = "small", seed: int = 0, impl: str = "vectorized",
-                   workers: int = 1, scheduler: Optional[str] = None,
-                   progress: bool = True) -> Tuple[pd.DataFrame, List[Claim], dict]:
+                   workers: int = 1, scheduler: Optional[str] = None, progress: bool = True,
+                   resume: bool = False) -> Tuple[pd.DataFrame, List[Claim], dict]:
     """Run experiment ``name``'s tasks (``analysis.runner``: in this process, in ``workers`` local
-    processes, or on the Dask cluster at ``scheduler``), then store and return the results, claims
-    and manifest. The stored parquet does not depend on ``workers`` or ``scheduler``."""
+    processes, or on the Dask cluster at ``scheduler``; with ``resume``, the tasks already in the
+    task cache are read from it), then store and return the results, claims and manifest. The
+    stored parquet does not depend on ``workers``, ``scheduler`` or ``resume``."""
     module = EXPERIMENTS[name]
     config = config_for(module, scale, seed=seed, impl=impl)
     tasks = module.tasks(config)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    df = run_tasks(module, config, tasks, workers=workers, scheduler=scheduler, progress=progress)
+    df = run_tasks(module, config, tasks, workers=workers, scheduler=scheduler, progress=progress,
+                   cache=Path(out_dir) / ".task-cache" / name, resume=resume)
     wall = time.perf_counter() - start
     claims = checked_claims(name, module.claims(df, config))
     manifest = dict(
