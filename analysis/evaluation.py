@@ -18,6 +18,8 @@ from torch import Tensor
 CONFIDENT = 0.01  # "confidently wrong": the true class has probability below this
 ECE_BINS = 15
 PRECISION_LEVELS = (0.5, 0.7, 0.9)
+MATCHED_RECALL = 0.5  # empty images are compared at the threshold where each model finds half the object pixels
+TEST_FOLDS = 4  # disjoint parts of the test split, to size the test set's share of an interval
 
 
 def f1_counts(pred: Tensor, masks: Tensor) -> Dict[str, float]:
@@ -131,6 +133,7 @@ def binary_metrics(logits: Tensor, masks: Tensor, *, val_logits: Tensor, val_mas
     out["recall_at_matched_precision"] = recall_at_precision(probs, masks, matched_precision, curve)
     for level in PRECISION_LEVELS:
         out[f"recall_at_p{round(level * 100)}"] = recall_at_precision(probs, masks, level, curve)
+    out.update(fold_metrics(probs, masks, tuned))
     out["nll"] = binary_nll(probs, masks)
     out["ece"] = calibration_error(probs, masks)
     near = near_object(masks)
@@ -143,6 +146,7 @@ def binary_metrics(logits: Tensor, masks: Tensor, *, val_logits: Tensor, val_mas
     if empty is not None and bool(empty.any()):
         flat = pred.flatten(1)
         out["image_fp_rate"] = float(flat[empty].any(1).double().mean())
+        out["image_fp_rate_at_recall50"] = fp_rate_at_recall(probs, masks, empty, MATCHED_RECALL)
         out["fp_pixels_per_empty_image"] = float(flat[empty].sum(1).double().mean())
         out["fp_pixels_per_object_image"] = float((flat[~empty] & (masks.flatten(1)[~empty] == 0)).sum(1).double().mean())
     return out
@@ -156,6 +160,29 @@ def fp_recall_curve(probs: Tensor, masks: Tensor, empty: Tensor, thresholds: Seq
         pred = probs > t
         out[f"fp_rate@{t:g}"] = float(pred.flatten(1)[empty].any(1).double().mean())
         out[f"recall@{t:g}"] = f1_counts(pred, masks)["recall"]
+    return out
+
+
+def fp_rate_at_recall(probs: Tensor, masks: Tensor, empty: Tensor, level: float) -> float:
+    """Image-level false-positive rate at the highest threshold ``t`` whose pixel recall on the
+    object images (``p >= t``) is at least ``level``: models compared at the same recall, so a
+    model that fires less only because it finds less gains nothing."""
+    object_probs = probs[~empty][masks[~empty] == 1]
+    if object_probs.numel() == 0:
+        return math.nan
+    needed = math.ceil(level * object_probs.numel())
+    t = torch.sort(object_probs, descending=True).values[needed - 1]
+    return float((probs[empty].flatten(1).amax(1) >= t).double().mean())
+
+
+def fold_metrics(probs: Tensor, masks: Tensor, tuned_threshold: float) -> Dict[str, float]:
+    """``dsc_tuned`` and ``recall_at_p50`` on each of :data:`TEST_FOLDS` disjoint, equal parts of
+    the test split (``dsc_tuned_f0``, ...): how much the test images alone move a result."""
+    out = {}
+    for k, index in enumerate(torch.arange(probs.shape[0]).chunk(TEST_FOLDS)):
+        p, m = probs[index], masks[index]
+        out[f"dsc_tuned_f{k}"] = f1_counts(p >= tuned_threshold, m)["dsc"]
+        out[f"recall_at_p50_f{k}"] = recall_at_precision(p, m, 0.5)
     return out
 
 

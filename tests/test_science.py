@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from analysis.bayes import multiclass_posterior, posterior
-from analysis.evaluation import (average_precision, best_threshold, calibration_error, fit_temperature,
-                                 recall_at_precision, saturation_probe)
+from analysis.evaluation import (average_precision, best_threshold, calibration_error, f1_counts, fit_temperature,
+                                 fold_metrics, fp_rate_at_recall, recall_at_precision, saturation_probe)
 from analysis.experiments import EXPERIMENTS, config_for
 from analysis.experiments.common import TrainingConfig
 from analysis.storage import load_results, run_experiment
@@ -232,6 +232,28 @@ def test_measurements_on_known_cases():
     assert fit_temperature(z, y) == pytest.approx(2.0, rel=0.1)
 
 
+def test_false_positives_on_empty_images_are_counted_at_matched_recall():
+    # two object images (4 object pixels at 0.9, 0.8, 0.3, 0.2) and three empty ones (max 0.85, 0.5, 0.1)
+    probs = torch.tensor([[0.9, 0.8, 0.0], [0.3, 0.2, 0.0], [0.85, 0.0, 0.0], [0.5, 0.4, 0.0], [0.1, 0.0, 0.0]],
+                         dtype=torch.float64)
+    masks = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    empty = torch.tensor([False, False, True, True, True])
+    assert fp_rate_at_recall(probs, masks, empty, 0.5) == pytest.approx(1 / 3)  # threshold 0.8: only 0.85 fires
+    assert fp_rate_at_recall(probs, masks, empty, 0.75) == pytest.approx(2 / 3)  # threshold 0.3
+    assert fp_rate_at_recall(probs, masks, empty, 1.0) == pytest.approx(2 / 3)  # threshold 0.2
+    assert math.isnan(fp_rate_at_recall(probs, torch.zeros_like(masks), empty, 0.5))
+
+
+def test_fold_metrics_split_the_test_images_into_disjoint_parts():
+    probs = torch.rand(8, 4, 4, generator=generator_for(3), dtype=torch.float64)
+    masks = (torch.rand(8, 4, 4, generator=generator_for(4)) < 0.3).long()
+    folds = fold_metrics(probs, masks, 0.5)
+    for k in range(4):
+        part = slice(2 * k, 2 * k + 2)
+        assert folds[f"dsc_tuned_f{k}"] == pytest.approx(f1_counts(probs[part] >= 0.5, masks[part])["dsc"])
+        assert folds[f"recall_at_p50_f{k}"] == pytest.approx(recall_at_precision(probs[part], masks[part], 0.5))
+
+
 def test_saturation_probe_counts_confidently_wrong_pixels():
     logits = torch.tensor([[[[-8.0, 8.0, 0.0, 0.0]]]])  # fg at p~0, bg at p~1, two unsure pixels
     labels = torch.tensor([[[1, 0, 1, 0]]])
@@ -255,18 +277,27 @@ def test_verifications_pass_at_small_scale_for_two_seeds(small_runs, tmp_path):
             assert claims and not failed, f"{name} seed {seed}: {failed}"
 
 
-def test_hypotheses_are_computed_and_finite_with_budget_and_convergence(small_runs):
+def test_hypotheses_are_computed_and_finite_and_tested_at_convergence_only(small_runs):
     _, runs = small_runs
+    values = []
     for name in TRAINING_EXPERIMENTS:
         df, claims, _ = runs[name]
         hypotheses = [c for c in claims if c.kind == "hypothesis"]
+        values += [c.value for c in hypotheses]
         assert hypotheses, name
         for claim in hypotheses:
-            assert claim.source and math.isfinite(claim.value), (name, claim.id, claim.value)
+            assert claim.source, (name, claim.id)
+            if claim.n_seeds is not None and claim.n_seeds < 2:  # a run of the pair collapsed: nothing to pair
+                assert math.isnan(claim.value) and not claim.passed, (name, claim.id)
+                continue
+            assert math.isfinite(claim.value), (name, claim.id, claim.value)
             # two seeds: the sign-flip interval is the whole line (4 sign patterns cannot reject at 2.5 %)
             assert not math.isnan(claim.ci_low) and not math.isnan(claim.ci_high) and claim.ci_low <= claim.ci_high
-        assert {"budget", "convergence"} <= {c.stage for c in hypotheses}, name
+        # the early checkpoint is described, never tested: no loss is judged before it converged
+        assert "convergence" in {c.stage for c in hypotheses} <= {"convergence", ""}, name
         assert {"budget", "convergence"} <= set(df["stage"]), name
+    # small runs collapse often (20 steps, one rate), but most pairs of them train
+    assert sum(map(math.isfinite, values)) >= len(values) / 2
 
 
 def test_training_experiments_hold_out_their_test_split(small_runs):

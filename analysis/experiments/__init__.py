@@ -39,7 +39,7 @@ NAMES = (
 )
 SCALE_NAMES = ("small", "paper")
 # The claim the report's first screen states as the study's main finding (whatever its outcome).
-MAIN_FINDING = "s4.dice_ce_more_robust_than_dice.converged"
+MAIN_FINDING = "s8.ce_term_prevents_collapse"
 KINDS = ("verification", "hypothesis")
 STAGES = ("budget", "convergence", "")
 OUTCOMES = {("verification", True): "PASS", ("verification", False): "FAIL",

@@ -1,5 +1,6 @@
 """Figure panels shared by the training experiments: a metric against a setting variable, bars per
-loss, and validation trajectories. Means over seeds with 95 % bootstrap intervals (bands / error
+loss, and validation trajectories. Means over the seeds whose runs trained (collapsed and diverged
+runs are a failure rate, ``common.failure_rates``) with 95 % bootstrap intervals (bands / error
 bars); one fixed colour per loss (``common.LOSS_COLOURS``)."""
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from typing import List, Sequence
 import numpy as np
 import pandas as pd
 
-from .common import colour, label, mean_ci, rows
+from .common import colour, label, mean_ci, rows, trained
 
-STAGE_TITLES = {"budget": "at the fixed budget", "convergence": "at convergence"}
+STAGE_TITLES = {"budget": "early: at the end of the warm-up", "convergence": "at convergence"}
 
 
 def line_panel(ax, df: pd.DataFrame, x: str, metric: str, variants: Sequence[str], stage: str, *,
                reference: str = "", logx: bool = True) -> None:
     """``metric`` against ``x`` for each variant (mean and CI band); ``reference`` a per-setting column
     (e.g. ``bayes_dsc``) drawn as a dashed black line."""
-    part = df[df["stage"] == stage]
+    part = trained(df[df["stage"] == stage])
     for variant in variants:
         group = part[part["variant"] == variant]
         if group.empty:
@@ -48,9 +49,9 @@ def line_panel(ax, df: pd.DataFrame, x: str, metric: str, variants: Sequence[str
 
 def bar_panel(ax, df: pd.DataFrame, metric: str, variants: Sequence[str], stage: str, where: dict, *,
               reference: str = "") -> None:
-    """One bar per variant (mean, 95 % CI error bar) of ``metric`` in the rows matching ``where``."""
-    shown = [v for v in variants if not rows(df, stage, variant=v, **where).empty]
-    stats = np.array([mean_ci(rows(df, stage, variant=v, **where)[metric]) for v in shown]).reshape(-1, 3)
+    """One bar per variant (mean, 95 % CI error bar) of ``metric`` in the runs matching ``where`` that trained."""
+    shown = [v for v in variants if not trained(rows(df, stage, variant=v, **where)).empty]
+    stats = np.array([mean_ci(trained(rows(df, stage, variant=v, **where))[metric]) for v in shown]).reshape(-1, 3)
     xs = np.arange(len(shown))
     errors = np.vstack([stats[:, 0] - stats[:, 1], stats[:, 2] - stats[:, 0]])
     ax.bar(xs, stats[:, 0], yerr=errors, color=[colour(v) for v in shown], capsize=3)
@@ -87,13 +88,14 @@ def imbalance_figures(df: pd.DataFrame, out_dir) -> List[Path]:
 
     paths: List[Path] = []
     sweep = present(df, ["ce", "wce", "dice", "dice_ce"])
-    for metric, reference, stem in (("dsc", "bayes_dsc", "s1_dsc_vs_rho"),
-                                    ("recall_at_matched_precision", "bayes_recall", "s1_recall_matched_vs_rho")):
+    for metric, reference, stem in (("dsc_tuned", "bayes_dsc", "s1_dsc_tuned_vs_rho"),
+                                    ("recall_at_p50", "", "s1_recall_at_precision_half_vs_rho")):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
         for ax, stage in zip(axes, ("budget", "convergence")):
             line_panel(ax, df, "fg_fraction", metric, sweep, stage, reference=reference)
         axes[0].legend()
-        fig.suptitle(f"S1: {metric.replace('_', ' ')} against the foreground fraction (dashed: Bayes posterior)")
+        fig.suptitle(f"S1: {METRIC_TITLES[metric]} against rho, 10-pixel objects (runs that trained"
+                     + ("; dashed: Bayes posterior)" if reference else ")"))
         paths += save_figure(fig, out_dir, stem)
     family_rho = df.loc[df["variant"] == "tversky", "fg_fraction"]
     if len(family_rho):
@@ -119,4 +121,5 @@ def imbalance_figures(df: pd.DataFrame, out_dir) -> List[Path]:
     return paths
 
 
+METRIC_TITLES = {"dsc_tuned": "DSC at the validation-tuned threshold", "recall_at_p50": "recall at precision 0.5"}
 _ORDER = ("ce", "wce", "focal", "dice", "log_dice", "gen_dice", "tversky", "focal_tversky", "dice_ce", "dice_focal")

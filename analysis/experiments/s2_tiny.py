@@ -29,10 +29,10 @@ class Config(TrainingConfig):
     sigma: float = 0.5
     # (area, variant): smoothing 10 against 1e-5 on 3-pixel objects, smoothing 1 against 1e-5 on 10-pixel ones
     runs: Tuple[Tuple[int, str], ...] = ((3, "dice"), (3, "dice_smooth10"), (10, "dice"), (10, "dice_smooth1"))
-    lrs: Tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    lrs: Tuple[float, ...] = (1e-3, 3e-3)  # where every arm trains (smoothing 1 was unstable at 3e-2)
 
 
-SCALES = {"small": Config(**SMALL, lrs=(1e-2,)), "paper": Config()}
+SCALES = {"small": Config(**SMALL, lrs=(3e-3,)), "paper": Config()}
 TINY, LARGER = 3, 10
 
 
@@ -43,18 +43,15 @@ def tasks(config: Config) -> List[dict]:
 
 
 def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
-    out = []
-    for stage in ("budget", "convergence"):
-        suffix = "budget" if stage == "budget" else "converged"
-        out += [
-            paired_claim(df, f"s2.large_smoothing_erases_tiny.{suffix}", f"area {TINY} px: recall(Dice, smooth 10) - "
-                         "recall(Dice, smooth 1e-5)", SOURCE, stage, "recall", dict(variant="dice_smooth10", area=TINY),
-                         dict(variant="dice", area=TINY), "<", -0.1),
-            paired_claim(df, f"s2.unit_smoothing_harmless_at_10px.{suffix}", f"area {LARGER} px: DSC(Dice, smooth 1) - "
-                         "DSC(Dice, smooth 1e-5)", SOURCE, stage, "dsc", dict(variant="dice_smooth1", area=LARGER),
-                         dict(variant="dice", area=LARGER), ">", -0.05),
-        ]
-    return out
+    stage = "convergence"
+    return [
+        paired_claim(df, "s2.large_smoothing_erases_tiny", f"area {TINY} px: recall(Dice, smooth 10) - "
+                     "recall(Dice, smooth 1e-5)", SOURCE, stage, "recall", dict(variant="dice_smooth10", area=TINY),
+                     dict(variant="dice", area=TINY), "<", -0.1),
+        paired_claim(df, "s2.unit_smoothing_harmless_at_10px", f"area {LARGER} px: DSC(Dice, smooth 1) - "
+                     "DSC(Dice, smooth 1e-5)", SOURCE, stage, "dsc", dict(variant="dice_smooth1", area=LARGER),
+                     dict(variant="dice", area=LARGER), ">", -0.05),
+    ]
 
 
 def figures(df: pd.DataFrame, out_dir) -> list:

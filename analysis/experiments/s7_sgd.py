@@ -5,9 +5,11 @@ fg and bg pushes nearly cancel, leaving a net parameter gradient of order rho, w
 of order 1 (E2's closed forms): so at a learning rate tuned for CE, SGD on Dice moves ~1/rho
 times slower, a "plateau" that is gradient *scale*, not saturation. Measured: (1) the parameter-
 gradient norm of Dice and CE at initialisation over rho in 0.1 %..30 % (the slope of
-log(|grad Dice| / |grad CE|) against log rho, theory 1); (2) SGD (no momentum) on CE and Dice at
-rates 0.3, 3 and 30, rho = 1 %: Dice at CE's best rate against Dice at its own best rate (best:
-mean validation DSC at convergence, over seeds).
+log(|grad Dice| / |grad CE|) against log rho, theory 1); (2) SGD (no momentum) at rho = 1 %: CE at
+rates 0.3, 1 and 3 (bracketing its optimum), Dice at the same rates and at those rates scaled by
+1/rho (30, 100, 300): Dice at CE's best rate against CE there and against Dice at its own best
+rate (best: mean validation DSC at convergence over the runs that trained; test DSC at the
+validation-tuned threshold).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from ..stats import bootstrap_ci
 from ..synthetic import generator_for, object_area
 from ..training import UNet, make_loss
 from . import Claim, hypothesis
-from .common import SMALL, TrainingConfig, colour, label, make_data, rows, run_setting, series_claim, setting, task
+from .common import (SMALL, TrainingConfig, colour, label, make_data, rows, run_setting, seeded, series_claim, setting,
+                     task, trained)
 from .figures_training import line_panel, present
 
 __all__ = ["Config", "SCALES", "tasks", "run_task", "claims", "figures"]
@@ -35,17 +38,19 @@ class Config(TrainingConfig):
     size: int = 32
     sigma: float = 0.5
     area: int = 10
-    sgd_lrs: Tuple[float, ...] = (0.3, 3.0, 30.0)
+    sgd_lrs: Tuple[float, ...] = (0.3, 1.0, 3.0)  # CE's grid; Dice also runs it scaled by 1 / rho
     fg_fractions: Tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
     gradient_images: int = 8
 
 
-SCALES = {"small": Config(**SMALL, sgd_lrs=(0.3, 30.0), fg_fractions=(0.003, 0.03, 0.3)), "paper": Config()}
+SCALES = {"small": Config(**SMALL, sgd_lrs=(0.3,), fg_fractions=(0.003, 0.03, 0.3)), "paper": Config()}
 
 
 def tasks(config: Config) -> List[dict]:
+    rho = config.area / config.size ** 2
+    rates = {"ce": list(config.sgd_lrs), "dice": list(config.sgd_lrs) + [round(lr / rho, 6) for lr in config.sgd_lrs]}
     training = [task(loss, setting((config.size, config.size), area=config.area, sigma=config.sigma, optimizer="sgd",
-                                   lrs=[lr])) for loss in ("ce", "dice") for lr in config.sgd_lrs]
+                                   lrs=[lr])) for loss in ("ce", "dice") for lr in rates[loss]]
     return [dict(kind="gradient_scale", fg_fraction=rho) for rho in config.fg_fractions] + training
 
 
@@ -81,8 +86,8 @@ def slopes(df: pd.DataFrame) -> np.ndarray:
 
 
 def best_rate(df: pd.DataFrame, variant: str) -> float:
-    """The SGD rate with the best mean validation DSC at convergence (NaN counts as worst)."""
-    part = rows(df, "convergence", variant=variant)
+    """The SGD rate with the best mean validation DSC at convergence over the runs that trained (none: worst)."""
+    part = trained(rows(df, "convergence", variant=variant))
     means = part.groupby("lr")["val_dsc"].mean().fillna(-1.0)
     return float(means.idxmax())
 
@@ -94,19 +99,18 @@ def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
     out = [hypothesis("s7.dice_gradient_scales_with_rho.low", statement, SOURCE, float(s.mean()), ci, ">", 0.7),
            hypothesis("s7.dice_gradient_scales_with_rho.high", statement, SOURCE, float(s.mean()), ci, "<", 1.3)]
     ce_rate, dice_rate = best_rate(df, "ce"), best_rate(df, "dice")
-    for stage in ("budget", "convergence"):
-        suffix = "budget" if stage == "budget" else "converged"
+    stage = "convergence"
 
-        def dsc(variant, lr):
-            return rows(df, stage, variant=variant, lr=lr).set_index("seed")["dsc"].astype(float)
+    def dsc(variant, lr):
+        return seeded(df, stage, dict(variant=variant, lr=lr), "dsc_tuned")
 
-        out += [
-            series_claim(f"s7.dice_plateau_at_ce_rate.{suffix}", f"SGD: DSC(Dice at CE's best rate {ce_rate:g}) - "
-                         f"DSC(CE at it)", SOURCE, stage, dsc("dice", ce_rate), dsc("ce", ce_rate), "<", -0.1),
-            series_claim(f"s7.rescaled_rate_lifts_plateau.{suffix}", f"SGD: DSC(Dice at its best rate {dice_rate:g}) - "
-                         f"DSC(Dice at CE's best rate {ce_rate:g})", SOURCE, stage, dsc("dice", dice_rate),
-                         dsc("dice", ce_rate), ">", 0.1),
-        ]
+    out += [
+        series_claim("s7.dice_plateau_at_ce_rate", f"SGD: tuned DSC(Dice at CE's best rate {ce_rate:g}) - "
+                     f"tuned DSC(CE at it)", SOURCE, stage, dsc("dice", ce_rate), dsc("ce", ce_rate), "<", -0.1),
+        series_claim("s7.rescaled_rate_lifts_plateau", f"SGD: tuned DSC(Dice at its best rate {dice_rate:g}) - "
+                     f"tuned DSC(Dice at CE's best rate {ce_rate:g})", SOURCE, stage, dsc("dice", dice_rate),
+                     dsc("dice", ce_rate), ">", 0.1),
+    ]
     return out
 
 
@@ -125,7 +129,7 @@ def figures(df: pd.DataFrame, out_dir) -> list:
     axes[0].set_title("gradient scale (mean over seeds)")
     axes[0].legend()
     for ax, stage in zip(axes[1:], ("budget", "convergence")):
-        line_panel(ax, df, "lr", "dsc", present(df, ["ce", "dice"]), stage)
+        line_panel(ax, df, "lr", "dsc_tuned", present(df, ["ce", "dice"]), stage)
         ax.set_xlabel("SGD learning rate")
     fig.suptitle("S7: Dice under SGD: the plateau is gradient scale")
     return save_figure(fig, out_dir, "s7_sgd")
