@@ -47,8 +47,18 @@ def pr_curve(probs: Tensor, masks: Tensor):
 def best_threshold(probs: Tensor, masks: Tensor) -> float:
     """The probability threshold (``p >= t``) with the highest F1 on these data."""
     precision, recall, thresholds = pr_curve(probs, masks)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-300)
-    return float(thresholds[int(torch.argmax(f1))])
+    return float(thresholds[int(torch.argmax(_f1(precision, recall)))])
+
+
+def best_dsc(probs: Tensor, masks: Tensor) -> float:
+    """The highest pooled F1 (DSC) over every threshold ``p >= t``: how well the scores rank pixels,
+    whatever threshold a loss happens to favour (0 without foreground)."""
+    precision, recall, _ = pr_curve(probs, masks)
+    return float(_f1(precision, recall).max())
+
+
+def _f1(precision: Tensor, recall: Tensor) -> Tensor:
+    return 2 * precision * recall / (precision + recall).clamp_min(1e-300)
 
 
 def recall_at_precision(probs: Tensor, masks: Tensor, level: float, curve=None) -> float:

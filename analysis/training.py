@@ -12,10 +12,12 @@ losses, its focal/CE term); see :func:`make_loss` for each definition and docs/e
 
 Training (:func:`fit`): Adam (or SGD) on mini-batches drawn without replacement from a fixed
 training split, one seeded permutation per epoch. Every ``eval_every`` steps the validation split
-is scored (loss, DSC, and the saturation probe of :mod:`analysis.evaluation`). The stopping rule is
-the same for every loss, because it reads the validation **DSC**, not the loss: the selected
-checkpoint is the evaluation with the best DSC (an improvement must exceed ``min_delta``), never
-step 0; with ``schedule="plateau"`` the run stops when ``patience`` evaluations *after the
+is scored (loss, DSC at 1/2, DSC at its best threshold, and the saturation probe of
+:mod:`analysis.evaluation`). The stopping rule is the same for every loss, because it reads the
+validation **DSC at its best threshold** (``val_dsc_best``), not the loss, nor the DSC at 1/2,
+which stays at 0 while a CE model still ranks pixels better every step without yet putting any
+above 1/2: the selected checkpoint is the evaluation with the best such DSC (an improvement must
+exceed ``min_delta``), never step 0; with ``schedule="plateau"`` the run stops when ``patience`` evaluations *after the
 warm-up* (``plateau_warmup`` steps) bring no improvement (``stopped_by="plateau"``), or at
 ``max_steps`` (``"cap"``); ``"constant"`` and ``"cosine"`` (learning rate decayed to 0) run
 exactly ``max_steps`` (``"schedule"``); a non-finite training loss stops it (``"diverged"``). At
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from dice_impls import DiceCELoss, DiceFocalLoss, DiceSpec, dice_loss
 from dice_impls.compound import focal_loss
 
-from .evaluation import f1_counts, multiclass_metrics
+from .evaluation import best_dsc, f1_counts, multiclass_metrics, probabilities
 from .synthetic import SyntheticBatch
 
 LOSSES = ("ce", "wce", "focal", "dice", "dice_squared", "log_dice", "gen_dice", "tversky", "focal_tversky", "dice_ce",
@@ -208,7 +210,7 @@ def fit(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], train: Sy
             point.update(step=step, grad_norm=_grad_norm(model) if step else math.nan)
             trajectory.append(point)
             if step > 0:  # the untrained network is never selected
-                score = point["val_dsc"] if math.isfinite(point["val_dsc"]) else -math.inf
+                score = point["val_dsc_best"] if math.isfinite(point["val_dsc_best"]) else -math.inf
                 if best_state is None or score > best_score + min_delta:
                     best_score, best_state, best_step, stale = score, copy.deepcopy(model.state_dict()), step, 0
                 elif step > plateau_warmup and step % eval_every == 0:  # patience counts after the warm-up only
@@ -296,14 +298,16 @@ def set_prior_bias(model: UNet, foreground_share: float) -> None:
 
 
 def validation_point(model: nn.Module, loss_fn, val: SyntheticBatch, probe=None) -> dict:
-    """The loss and the DSC on the validation split and, with ``probe``, its measurements of the logit gradient."""
+    """The loss and the DSC (at 1/2 and at the best threshold) on the validation split and, with
+    ``probe``, its measurements of the logit gradient."""
     with torch.no_grad():
         logits = model(val.images)
     if not torch.isfinite(logits).all():  # diverged weights: the losses refuse such logits
-        return dict(val_loss=math.nan, val_dsc=math.nan)
+        return dict(val_loss=math.nan, val_dsc=math.nan, val_dsc_best=math.nan)
     logits.requires_grad_(True)
     loss = loss_fn(logits, val.masks)
-    point = dict(val_loss=float(loss.detach()), val_dsc=validation_dsc(logits.detach(), val.masks))
+    point = dict(val_loss=float(loss.detach()), val_dsc=validation_dsc(logits.detach(), val.masks),
+                 val_dsc_best=validation_best_dsc(logits.detach(), val.masks))
     if probe is not None and torch.isfinite(loss):
         (grad,) = torch.autograd.grad(loss, logits)
         point.update(probe(logits.detach(), grad))
@@ -315,6 +319,14 @@ def validation_dsc(logits: Tensor, labels: Tensor) -> float:
     if logits.shape[1] == 1:
         return f1_counts(torch.sigmoid(logits.double()[:, 0]) > 0.5, labels)["dsc"]
     return multiclass_metrics(logits, labels, logits.shape[1])["dsc"]
+
+
+def validation_best_dsc(logits: Tensor, labels: Tensor) -> float:
+    """The stopping rule's and the learning-rate choice's criterion: the pooled DSC at the best
+    threshold of the foreground probability (one channel), or the foreground classes' mean of it
+    over each class's probability (softmax)."""
+    probs = probabilities(logits)
+    return sum(best_dsc(probs[:, c], (labels == c).long()) for c in range(1, probs.shape[1])) / (probs.shape[1] - 1)
 
 
 def predict(model: nn.Module, images: Tensor, chunk: int = 64) -> Tensor:

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from analysis.bayes import multiclass_posterior, posterior
 from analysis.evaluation import (average_precision, best_threshold, calibration_error, f1_counts, fit_temperature,
@@ -20,7 +21,8 @@ from analysis.experiments.common import TrainingConfig
 from analysis.storage import load_results, run_experiment
 from analysis.synthetic import (generator_for, make_batch, make_multiclass_batch, object_masks, placements, shapes,
                                 stamp)
-from analysis.training import LOSSES, UNet, collapse_state, fit, make_loss, predict, set_prior_bias
+from analysis.training import (LOSSES, UNet, collapse_state, fit, make_loss, predict, set_prior_bias, validation_best_dsc,
+                               validation_dsc)
 
 TRAINING_EXPERIMENTS = [name for name in EXPERIMENTS if issubclass(EXPERIMENTS[name].Config, TrainingConfig)]
 VERIFICATIONS = ["e2_gradients", "p1_precision", "d1_distributed"]
@@ -230,6 +232,16 @@ def test_measurements_on_known_cases():
     z = 3 * torch.randn(40000, generator=generator_for(9), dtype=torch.float64)
     y = (torch.rand(40000, generator=generator_for(10), dtype=torch.float64) < torch.sigmoid(z / 2)).long()
     assert fit_temperature(z, y) == pytest.approx(2.0, rel=0.1)
+
+
+def test_the_stopping_criterion_sees_a_model_that_ranks_well_below_one_half():
+    # CE early at small rho: every pixel below 1/2 (DSC at 1/2 is 0) but the object ranked first
+    masks = (torch.rand(4, 8, 8, generator=generator_for(5)) < 0.1).long()
+    logits = (masks.float() * 3 - 8).unsqueeze(1)
+    assert validation_dsc(logits, masks) == 0.0 and validation_best_dsc(logits, masks) == pytest.approx(1.0)
+    labels = torch.randint(0, 3, (2, 6, 6), generator=generator_for(6))
+    two_class = F.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 2 - 5  # softmax: the true class first
+    assert validation_best_dsc(two_class, labels) == pytest.approx(1.0)
 
 
 def test_false_positives_on_empty_images_are_counted_at_matched_recall():

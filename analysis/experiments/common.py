@@ -6,8 +6,8 @@ foreground class), ``sigma``, ``empty_fraction``, the Dice terms' ``smooth`` and
 ``optimizer`` and ``lrs``, the learning-rate grid. One task trains one loss in one setting for
 ``seeds`` evaluation seeds (0 .. seeds - 1). With more than one learning rate in ``lrs``, the
 ``lr_selection_seeds`` (at least 3, disjoint from the evaluation seeds) are first trained at each
-rate and the rate with the best **median** validation DSC (selected checkpoint; the first on
-ties) is used for every evaluation seed, so neither the evaluation seeds nor the test split
+rate and the rate with the best **median** validation DSC at its best threshold (selected
+checkpoint; the first on ties) is used for every evaluation seed, so neither the evaluation seeds nor the test split
 inform the choice. Every run records how it stopped (``stopped_by``), its ``selected_step`` and
 whether it ``collapsed`` (``analysis.training.fit``).
 
@@ -34,7 +34,7 @@ from ..evaluation import (binary_metrics, best_threshold, binary_nll, calibratio
                           multiclass_metrics, saturation_probe)
 from ..stats import binomial_p_value, clopper_pearson, paired_difference
 from ..synthetic import SyntheticBatch, generator_for, make_batch, make_multiclass_batch
-from ..training import UNet, fit, make_loss, predict, validation_dsc
+from ..training import UNet, fit, make_loss, predict, validation_best_dsc
 from . import Claim, hypothesis
 
 TEST_STREAM = 1_000_003
@@ -182,9 +182,9 @@ def run_setting(config: TrainingConfig, s: dict, loss: str, variant: str = "") -
             for seed in config.lr_selection_seeds:
                 model, result, val = train(seed, lr)
                 model.load_state_dict(result.selected_state)
-                score = validation_dsc(predict(model, val.images), val.masks)
+                score = validation_best_dsc(predict(model, val.images), val.masks)
                 scores.append(score if math.isfinite(score) else -math.inf)
-                rows.append(dict(stage="selection", seed=seed, lr=lr, val_dsc=score, stopped_by=result.stopped_by,
+                rows.append(dict(stage="selection", seed=seed, lr=lr, val_dsc_best=score, stopped_by=result.stopped_by,
                                  selected_step=result.selected_step, collapsed=result.collapsed))
             medians.append(float(np.median(scores)))
         chosen = s["lrs"][int(np.argmax(medians))]
@@ -212,7 +212,8 @@ def run_setting(config: TrainingConfig, s: dict, loss: str, variant: str = "") -
             step = config.budget_steps if stage == "budget" else result.selected_step
             point = next((p for p in result.trajectory if p["step"] == step), {})  # none: diverged before it
             rows.append(dict(stage=stage, **common, **metrics,
-                             **{k: point.get(k, math.nan) for k in ("cw_grad_share", "cw_pixel_share", "val_loss", "val_dsc")}))
+                             **{k: point.get(k, math.nan) for k in ("cw_grad_share", "cw_pixel_share", "val_loss", "val_dsc",
+                                                                  "val_dsc_best")}))
         rows += [dict(stage="trajectory", seed=seed, lr=chosen, **p) for p in result.trajectory]
     return pd.DataFrame([{**base, **row} for row in rows])
 

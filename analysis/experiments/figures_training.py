@@ -114,8 +114,8 @@ def imbalance_figures(df: pd.DataFrame, out_dir) -> List[Path]:
         trajectory_panel(axes[0], df, "cw_grad_share", present(df, ["ce", "dice", "dice_ce"]), where)
         axes[0].set_title(f"saturation (a), rho = {where['fg_fraction']:.0%}")
         axes[0].legend()
-        trajectory_panel(axes[1], df, "val_dsc", present(df, ["ce", "dice", "dice_ce"]), where)
-        axes[1].set_title("validation DSC")
+        trajectory_panel(axes[1], df, "val_dsc_best", present(df, ["ce", "dice", "dice_ce"]), where)
+        axes[1].set_title("validation DSC at its best threshold (the stopping criterion)")
         fig.suptitle("S1: share of logit-gradient mass on confidently wrong pixels, over training")
         paths += save_figure(fig, out_dir, "s1_saturation")
     return paths

@@ -86,9 +86,10 @@ def slopes(df: pd.DataFrame) -> np.ndarray:
 
 
 def best_rate(df: pd.DataFrame, variant: str) -> float:
-    """The SGD rate with the best mean validation DSC at convergence over the runs that trained (none: worst)."""
+    """The SGD rate with the best mean validation DSC (best threshold) at convergence over the runs that trained
+    (none: worst)."""
     part = trained(rows(df, "convergence", variant=variant))
-    means = part.groupby("lr")["val_dsc"].mean().fillna(-1.0)
+    means = part.groupby("lr")["val_dsc_best"].mean().fillna(-1.0)
     return float(means.idxmax())
 
 
