@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from .errors import UsageError
@@ -53,30 +54,83 @@ def stored_claims(results: Path) -> list:
 
 
 def hypotheses_markdown(results: Path) -> str:
-    """The Markdown table of every stored hypothesis (source, stage, threshold, value, CI, p, outcome),
-    followed by a line counting the verifications."""
+    """The Markdown tables of the stored claims: the primary hypotheses, then every hypothesis
+    (source, stage, threshold, value, CI, n, p, Holm-adjusted p, outcome), a line counting the
+    verifications, and each training experiment's failure rates."""
 
     def number(value) -> str:
         return "—" if value is None else f"{value:.4g}"
 
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    def row(values) -> str:
+        return "| " + " | ".join(cell(x) for x in values) + " |"
+
+    def outcome(c) -> str:
+        return "SUPPORTED" if c["passed"] else "**FAILED**"
+
+    def ci(c) -> str:
+        return f"{number(c['ci_low'])} .. {number(c['ci_high'])}" if c["ci_low"] is not None else "—"
 
     claims = stored_claims(results)
-    lines = ["| hypothesis | experiment | stage | statement | source | required | value | 95% CI | p | outcome |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, c in claims:
-        if c["kind"] == "hypothesis":
-            ci = f"{number(c['ci_low'])} .. {number(c['ci_high'])}" if c["ci_low"] is not None else "—"
-            outcome = "SUPPORTED" if c["passed"] else "**FAILED**"
-            lines.append("| " + " | ".join(cell(x) for x in (
-                f"`{c['id']}`", name, c["stage"] or "—", c["statement"], c["source"], f"{c['op']} {c['threshold']:g}",
-                number(c["value"]), ci, number(c["p_value"]), outcome)) + " |")
+    hypotheses = [(name, c) for name, c in claims if c["kind"] == "hypothesis"]
+    lines = ["**Primary hypotheses** (Holm over all of them; SUPPORTED needs the interval and a Holm-adjusted p ≤ 0.025):",
+             "", "| hypothesis | statement | required | value | 95% CI | n | p | p (Holm) | outcome |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [row((f"`{c['id']}`", c["statement"], f"{c['op']} {c['threshold']:g}", number(c["value"]), ci(c),
+                   number(c.get("n_seeds")), number(c["p_value"]), number(c.get("p_adjusted")), outcome(c)))
+              for _, c in hypotheses if c.get("primary")]
+    lines += ["", "**Every hypothesis** (exploratory unless marked primary):", "",
+              "| hypothesis | experiment | stage | statement | source | required | value | 95% CI | n | p | outcome |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [row((f"`{c['id']}`" + (" (primary)" if c.get("primary") else ""), name, c["stage"] or "—", c["statement"],
+                   c["source"], f"{c['op']} {c['threshold']:g}", number(c["value"]), ci(c), number(c.get("n_seeds")),
+                   number(c["p_value"]), outcome(c))) for name, c in hypotheses]
     verifications = [(name, c) for name, c in claims if c["kind"] == "verification"]
     broken = [c["id"] for _, c in verifications if not c["passed"]]
     lines += ["", f"Verifications: {len(verifications) - len(broken)}/{len(verifications)} passed"
               + (f" (FAIL: {', '.join(broken)})" if broken else "") + "."]
-    return "\n".join(lines)
+    return "\n".join(lines + failure_markdown(results))
+
+
+def failure_markdown(results: Path) -> list:
+    """Per training experiment stored under ``results``: its runs' failures by loss and setting (S8: by cell)."""
+    from .experiments.common import evaluated_failures, selection_grid
+    from .storage import load_results
+
+    def mean(value) -> str:
+        return "—" if math.isnan(value) else f"{value:.3f}"
+
+    lines = []
+    for name in [n for n in EXPERIMENTS if (Path(results) / n / "results.parquet").is_file()]:
+        df = load_results(results, name)[0]
+        found = evaluated_failures(df)
+        if found is None:
+            continue
+        by, metric, rates = found
+        lines += ["", f"**{name}: failures** (collapsed: one class on every validation pixel and gradient norm < 1e-9; "
+                  f"mean {metric} of the runs that trained / of all runs):", "",
+                  "| " + " | ".join([*by, "runs", "collapsed (all bg)", "diverged", "capped", "collapse rate [95% CI]",
+                                     "mean, trained", "mean, all"]) + " |", "|" + "---|" * (len(by) + 7)]
+        for r in rates.to_dict("records"):
+            setting = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in by]
+            lines.append("| " + " | ".join([*setting, str(r["runs"]), f"{r['collapsed']} ({r['collapsed_background']})",
+                                            str(r["diverged"]), str(r["capped"]),
+                                            f"{r['rate']:.2f} [{r['rate_low']:.2f}, {r['rate_high']:.2f}]",
+                                            mean(r[metric + "_trained"]), mean(r[metric + "_all"])]) + " |")
+        grid = selection_grid(df)
+        if grid is not None:
+            columns, table = grid
+            lines += ["", f"**{name}: learning-rate selection** (selection seeds; the rate with the best median "
+                      "validation DSC is used for every evaluation seed):", "",
+                      "| " + " | ".join([*columns, "rate", "runs", "failed", "median validation DSC (best threshold)", "chosen"]) + " |",
+                      "|" + "---|" * (len(columns) + 5)]
+            for r in table.to_dict("records"):
+                setting = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in columns]
+                lines.append("| " + " | ".join([*setting, f"{r['lr']:g}", str(r["runs"]), str(r["failed"]),
+                                                mean(r["median_val_dsc"]), "**yes**" if r["chosen"] else ""]) + " |")
+    return lines
 
 
 def with_table(doc: str, markdown: str, doc_name: str) -> str:

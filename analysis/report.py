@@ -263,6 +263,43 @@ def _prose(text: str) -> Markup:
     return Markup(re.sub(r"``(.+?)``", r"<code>\1</code>", str(Markup.escape(text))))
 
 
+def failures_table(result: ExperimentResult) -> str:
+    """Per loss and setting of a training experiment: how many runs collapsed into a saturated state,
+    diverged or reached the step cap, the collapse share with its Clopper-Pearson interval, and the
+    mean DSC of the runs that trained beside that of all runs ("" for experiments without runs)."""
+    from .experiments.common import evaluated_failures, selection_grid
+
+    found = evaluated_failures(result.df)
+    if found is None:
+        return ""
+    by, metric, rates = found
+    grid = selection_grid(result.df)
+    selection = ""
+    if grid is not None:
+        columns, choices = grid
+        selection = table([*columns, "rate", "runs", "failed", "median validation DSC (best threshold)", "chosen"],
+                          [[*(format_number(r[c]) if isinstance(r[c], float) else str(r[c]) for c in columns),
+                            number_cell(r["lr"]), r["runs"], Cell(str(r["failed"]), css="fail" if r["failed"] else ""),
+                            number_cell(r["median_val_dsc"], short=True), Cell("yes", css="pass") if r["chosen"] else ""]
+                           for r in choices.to_dict("records")],
+                          f"Learning-rate selection of {result.name}: every rate of the grid on the selection seeds "
+                          "(disjoint from the evaluation seeds); the rate with the best median validation DSC at its "
+                          "best threshold is used for every evaluation seed.", text_columns=len(columns))
+    rows = [[*(format_number(r[c]) if isinstance(r[c], float) else str(r[c]) for c in by), r["runs"], r["collapsed"],
+             r["collapsed_background"], r["diverged"], r["capped"],
+             Cell(f"{format_number(r['rate'])} [{format_number(r['rate_low'])}, {format_number(r['rate_high'])}]",
+                  value=r["rate"], css="fail" if r["collapsed"] else ""),
+             number_cell(r[f"{metric}_trained"], short=True), number_cell(r[f"{metric}_all"], short=True)]
+            for r in rates.to_dict("records")]
+    what = "test DSC at threshold 1/2" if metric == "dsc" else "validation DSC at the last step"
+    return table([*by, "runs", "collapsed", "of which all background", "diverged", "stopped by the cap",
+                  "collapse rate [95% CI]", "mean DSC, runs that trained", "mean DSC, all runs"], rows,
+                 f"Failures of {result.name}: a run is collapsed when it predicts one class on every validation "
+                 "pixel with a parameter-gradient norm below 1e-9 (the absorbing saturated state). Collapsed and "
+                 f"diverged runs are left out of the paired claims and of the first mean ({what}); the second mean "
+                 "averages them in, to show what averaging would hide.", text_columns=len(by)) + selection
+
+
 def experiment_block(result: ExperimentResult, fig_dir: Path, out_dir: Path, heading: bool = True) -> str:
     """One experiment: what it tests, how it ran, its figures (redrawn from the stored parquet) and claims."""
     from .experiments import EXPERIMENTS
@@ -281,7 +318,7 @@ def experiment_block(result: ExperimentResult, fig_dir: Path, out_dir: Path, hea
                   where=f"Dask cluster {m['scheduler']}" if m.get("scheduler") else f"{m.get('workers', MISSING)} local worker(s)",
                   rows=len(result.df), wall_time=format_number(m.get("wall_time_s")),
                   claims_summary=claims_summary(result.claims), has_figure_code=module is not None and hasattr(module, "figures"),
-                  figures=figures, claims_table=claims_table(
+                  figures=figures, failures=failures_table(result), claims_table=claims_table(
                       result.claims, f"Claims of {result.name}, each computed from the stored data with its threshold "
                       "fixed in code beforehand."))
 
@@ -393,8 +430,12 @@ def section_experiments(data: ReportData, fig_dir: Path, out_dir: Path) -> str:
                          Cell(str(failed), css="fail") if failed else Cell("0")])
         overview = table(["experiment", "question", "verifications passed", "hypotheses supported",
                                  "hypotheses FAILED"], rows, "Overview of the experiments.", text_columns=2)
+    primaries = [c for c in every if c.get("primary")]
+    primaries_table = claims_table(primaries, "The primary hypotheses, fixed in code before the paper-scale run: "
+                                   "each SUPPORTED only when its value and whole interval clear the threshold and its "
+                                   "Holm-adjusted p is at most 0.025.") if primaries else ""
     return render("section_experiments.html.j2", summary=claims_summary(every) if every else "",
-                  count=len(data.experiments), overview=overview,
+                  count=len(data.experiments), overview=overview, primaries=primaries_table,
                   missing=[n for n in EXPERIMENTS if n not in data.experiments and n != PRECISION_EXPERIMENT],
                   blocks=[experiment_block(r, fig_dir, out_dir) for r in others])
 
@@ -456,7 +497,8 @@ def study_summary(data: ReportData) -> Optional[dict]:
                 verifications=len(of_kind("verification")),
                 verifications_passed=sum(bool(c["passed"]) for c in of_kind("verification")),
                 hypotheses=len(of_kind("hypothesis")), supported=sum(bool(c["passed"]) for c in of_kind("hypothesis")),
-                main=main)
+                primaries=sum(bool(c.get("primary")) for c in claims),
+                primaries_supported=sum(bool(c.get("primary")) and bool(c["passed"]) for c in claims), main=main)
 
 
 def precision_sentence(data: ReportData) -> str:

@@ -241,7 +241,11 @@ def trained(part: pd.DataFrame) -> pd.DataFrame:
 
 
 def failed(part: pd.DataFrame) -> pd.Series:
-    return part["collapsed"].astype(bool) | part["diverged"].astype(bool)
+    return part["collapsed"].astype(bool) | diverged(part)
+
+
+def diverged(part: pd.DataFrame) -> pd.Series:
+    return part["stopped_by"] == "diverged"
 
 
 def seeded(df: pd.DataFrame, stage: str, where: dict, metric: str) -> pd.Series:
@@ -249,20 +253,29 @@ def seeded(df: pd.DataFrame, stage: str, where: dict, metric: str) -> pd.Series:
     return trained(rows(df, stage, **where)).set_index("seed")[metric].astype(float)
 
 
-def failure_rates(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """Per group of the evaluation runs (``by`` columns, e.g. ``["variant", "fg_fraction"]``): runs,
-    collapsed, diverged, the failure share with its Clopper-Pearson interval, and the mean test DSC
-    of the runs that trained beside that of all runs."""
+def failure_rates(part: pd.DataFrame, by: Sequence[str], metric: str = "dsc") -> pd.DataFrame:
+    """Per group of evaluated runs ``part`` (one row per run; ``by`` columns such as ``["variant",
+    "fg_fraction"]``): runs; collapsed (and how many of those predict all background), diverged and
+    capped counts; the collapse share ``rate`` with its Clopper-Pearson 95 % interval; the failure
+    share (collapsed or diverged); and the mean ``metric`` of the runs that trained beside that of all."""
     out = []
-    for key, group in rows(df, "convergence").groupby(list(by), sort=True):
-        k, n = int(failed(group).sum()), len(group)
-        low, high = clopper_pearson(k, n)
-        out.append(dict(zip(by, key if isinstance(key, tuple) else (key,)), runs=n,
-                        collapsed=int(group["collapsed"].astype(bool).sum()),
-                        diverged=int(group["diverged"].astype(bool).sum()), failure_rate=k / n, failure_low=low,
-                        failure_high=high, dsc_trained=float(trained(group)["dsc"].mean()),
-                        dsc_all=float(group["dsc"].mean()), capped=int((group["stopped_by"] == "cap").sum())))
+    for key, group in part.groupby(list(by), sort=True):
+        collapsed, bad = group["collapsed"].astype(bool), failed(group)
+        low, high = clopper_pearson(int(collapsed.sum()), len(group))
+        out.append(dict(zip(by, key if isinstance(key, tuple) else (key,)), runs=len(group),
+                        collapsed=int(collapsed.sum()), collapsed_background=int((collapsed & (group["final_fg_share"] == 0)).sum()),
+                        diverged=int(diverged(group).sum()),
+                        capped=int((group["stopped_by"] == "cap").sum()), rate=float(collapsed.mean()), rate_low=low,
+                        rate_high=high, failure_rate=float(bad.mean()),
+                        **{f"{metric}_trained": float(group.loc[~bad, metric].mean()) if (~bad).any() else math.nan,
+                           f"{metric}_all": float(group[metric].mean())}))
     return pd.DataFrame(out)
+
+
+def setting_columns(part: pd.DataFrame) -> List[str]:
+    """``variant`` and the setting columns that vary among ``part``'s rows: what tells its runs' groups apart."""
+    candidates = ("fg_fraction", "shape", "area", "empty_fraction", "smooth", "batch", "optimizer", "lr")
+    return ["variant"] + [c for c in candidates if c in part and part[c].astype(str).nunique() > 1]
 
 
 def series_claim(claim_id, statement, source, stage, a: pd.Series, b: pd.Series, op, threshold, *,
@@ -305,6 +318,51 @@ def within_claim(df: pd.DataFrame, claim_id: str, statement: str, source: str, s
     """``metric_a - metric_b`` on the same rows (e.g. ECE before and after temperature scaling)."""
     return series_claim(claim_id, statement, source, stage, seeded(df, stage, where, metric_a),
                   seeded(df, stage, where, metric_b), op, threshold)
+
+
+EVALUATED_STAGES = ("convergence", "run")  # the rows holding one evaluated run each (S1-S7; S8)
+
+
+def evaluated_failures(df: pd.DataFrame) -> Optional[Tuple[List[str], str, pd.DataFrame]]:
+    """``(columns, metric, failure_rates(...))`` of an experiment's evaluated runs, grouped by
+    :func:`setting_columns`, with the test DSC (S8: the validation DSC); None without such runs."""
+    part = df[df["stage"].isin(EVALUATED_STAGES)] if "stage" in df else df.iloc[:0]
+    if part.empty or "collapsed" not in part:
+        return None
+    metric = "dsc" if "dsc" in part else "val_dsc"
+    by = setting_columns(part)
+    return by, metric, failure_rates(part, by, metric)
+
+
+def selection_grid(df: pd.DataFrame) -> Optional[Tuple[List[str], pd.DataFrame]]:
+    """The learning-rate choice of an experiment, whole: per loss, setting and rate, the selection
+    runs, how many failed (collapsed or diverged), their median validation DSC at its best threshold
+    (the criterion) and
+    whether the rate was chosen; None when no rate was selected."""
+    part = df[df["stage"] == "selection"] if "stage" in df else df.iloc[:0]
+    if part.empty:
+        return None
+    by = [c for c in setting_columns(part) if c != "lr"]
+    chosen = {tuple(key): lr for *key, lr in rows(df, "convergence")[by + ["lr"]].drop_duplicates().itertuples(index=False)}
+    out = []
+    for key, group in part.groupby(by + ["lr"], sort=True):
+        *setting, lr = key
+        out.append(dict(zip(by, setting), lr=lr, runs=len(group), failed=int(failed(group).sum()),
+                        median_val_dsc=float(group["val_dsc_best"].median()), chosen=chosen.get(tuple(setting)) == lr))
+    return by, pd.DataFrame(out)
+
+
+def test_set_sd(df: pd.DataFrame, a: dict, b: dict, metric: str, stage: str = "convergence") -> float:
+    """How much the test images alone move the paired mean difference ``metric(a) - metric(b)``
+    (``metric`` one of the fold-measured ones, ``dsc_tuned`` or ``recall_at_p50``): the same
+    models scored on each of the test split's disjoint quarters give one mean difference each;
+    their standard deviation over sqrt(number of quarters) estimates the standard error of the
+    whole-split difference that comes from sampling test images (the interval is over seeds)."""
+    from ..evaluation import TEST_FOLDS
+
+    means = [float((seeded(df, stage, a, f"{metric}_f{k}") - seeded(df, stage, b, f"{metric}_f{k}")).mean())
+             for k in range(TEST_FOLDS)]
+    return float(np.std(means, ddof=1) / math.sqrt(TEST_FOLDS))
 
 
 # ---- figures ---------------------------------------------------------------------------------
