@@ -31,11 +31,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..stats import clopper_pearson
 from ..synthetic import generator_for, object_area
 from ..training import UNet, collapse_state, fit, make_loss, set_prior_bias
-from . import Claim
-from .common import colour, label, make_data, rate_claim, series_claim, setting
+from . import Claim, verification
+from .common import colour, failure_rates, label, make_data, rate_claim, series_claim, setting
 
 __all__ = ["Config", "SCALES", "tasks", "run_task", "claims", "figures"]
 
@@ -178,22 +177,18 @@ def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
                                 f"collapsed(Dice, {REMEDY_LABELS[remedy]}), paired over seeds", SOURCES["remedies"], "",
                                 dice_high, _collapsed(df, loss="dice", lr=HIGH_RATE, optimizer="adam", fg_fraction=rho,
                                                       remedy=remedy), ">", 0.0))
+    collapsed = runs(df)[runs(df)["collapsed"]]
+    if len(collapsed):  # E2's mechanism on every absorbed run: Dice's gradient is gone, a CE term's is not
+        out.append(verification("s8.ce_term_pushes_every_collapsed_run", f"smallest parameter-gradient norm of "
+                                f"Dice+CE at the weights of the {len(collapsed)} collapsed runs",
+                                float(collapsed["ce_term_grad_norm"].min()), ">", 1e-6))
     return out
 
 
 def collapse_table(df: pd.DataFrame) -> pd.DataFrame:
     """Collapse counts per cell with the Clopper-Pearson 95 % interval of the rate, and the mean
-    validation DSC of the runs that did not collapse (never averaged with the collapsed ones)."""
-    keys = ["variant", "optimizer", "fg_fraction", "lr"]
-    out = []
-    for values, group in runs(df).groupby(keys, sort=True):
-        k, n = int(group["collapsed"].sum()), len(group)
-        low, high = clopper_pearson(k, n)
-        trained = group.loc[~group["collapsed"].astype(bool), "val_dsc"]
-        out.append(dict(zip(keys, values), collapsed=k, runs=n, rate=k / n, rate_low=low, rate_high=high,
-                        collapsed_background=int((group["collapsed"] & (group["final_fg_share"] == 0)).sum()),
-                        trained_val_dsc=float(trained.mean()) if len(trained) else math.nan))
-    return pd.DataFrame(out)
+    validation DSC of the runs that trained (never averaged with the collapsed ones)."""
+    return failure_rates(runs(df), ["variant", "optimizer", "fg_fraction", "lr"], "val_dsc")
 
 
 # ---- figures ---------------------------------------------------------------------------------
