@@ -123,7 +123,7 @@ def failure_markdown(results: Path) -> list:
         if grid is not None:
             columns, table = grid
             lines += ["", f"**{name}: learning-rate selection** (selection seeds; the rate with the best median "
-                      "validation DSC is used for every evaluation seed):", "",
+                      "validation DSC at its best threshold is used for every evaluation seed):", "",
                       "| " + " | ".join([*columns, "rate", "runs", "failed", "median validation DSC (best threshold)", "chosen"]) + " |",
                       "|" + "---|" * (len(columns) + 5)]
             for r in table.to_dict("records"):

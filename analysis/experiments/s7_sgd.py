@@ -14,6 +14,7 @@ runs that trained; compared: test DSC at the validation-tuned threshold).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Tuple
 
@@ -87,11 +88,10 @@ def slopes(df: pd.DataFrame) -> np.ndarray:
 
 def best_rate(df: pd.DataFrame, variant: str, above: float = 0.0) -> float:
     """The SGD rate (above ``above``) with the best mean validation DSC (best threshold) at
-    convergence over the runs that trained (none: worst)."""
+    convergence over the runs that trained (NaN when no run there trained: every claim on it fails)."""
     part = trained(rows(df, "convergence", variant=variant))
-    part = part[part["lr"] > above]
-    means = part.groupby("lr")["val_dsc_best"].mean().fillna(-1.0)
-    return float(means.idxmax())
+    means = part[part["lr"] > above].groupby("lr")["val_dsc_best"].mean().fillna(-1.0)
+    return float(means.idxmax()) if len(means) else math.nan
 
 
 def claims(df: pd.DataFrame, config: Config) -> List[Claim]:
