@@ -51,7 +51,7 @@ screenshot: install
 	    --screenshot=$(CURDIR)/docs/report.png file://$(CURDIR)/reports/shipped/index.html 2>/dev/null
 	@echo "docs/report.png: the first screen of reports/shipped/index.html"
 
-# Every experiment at paper scale into the committed results folder (about 25 minutes).
+# Every experiment at paper scale into the committed results folder (about 75 minutes on 2 cores).
 experiments: install
 	OMP_NUM_THREADS=1 $(BIN)/dicebench experiment all --scale paper --workers 2 --out results/experiments
 
