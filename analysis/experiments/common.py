@@ -7,8 +7,8 @@ foreground class), ``sigma``, ``empty_fraction``, the Dice terms' ``smooth`` and
 ``seeds`` evaluation seeds (0 .. seeds - 1). With more than one learning rate in ``lrs``, the
 ``lr_selection_seeds`` (at least 3, disjoint from the evaluation seeds) are first trained at each
 rate and the rate with the best **median** validation DSC at its best threshold (selected
-checkpoint; the first on ties) is used for every evaluation seed, so neither the evaluation seeds nor the test split
-inform the choice. Every run records how it stopped (``stopped_by``), its ``selected_step`` and
+checkpoint; the first on ties) is used for every evaluation seed, so neither the evaluation
+seeds nor the test split inform the choice. Every run records how it stopped (``stopped_by``), its ``selected_step`` and
 whether it ``collapsed`` (``analysis.training.fit``).
 
 Random streams: the test split depends on the data settings alone (every loss and seed of a
@@ -23,15 +23,15 @@ import json
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..bayes import multiclass_posterior, posterior
-from ..evaluation import (binary_metrics, best_threshold, binary_nll, calibration_error, f1_counts, fp_recall_curve,
-                          multiclass_metrics, saturation_probe)
+from ..evaluation import (TEST_FOLDS, binary_metrics, best_threshold, binary_nll, calibration_error, f1_counts,
+                          fp_recall_curve, multiclass_metrics, saturation_probe)
 from ..stats import binomial_p_value, clopper_pearson, paired_difference
 from ..synthetic import SyntheticBatch, generator_for, make_batch, make_multiclass_batch
 from ..training import UNet, fit, make_loss, predict, validation_best_dsc
@@ -337,8 +337,7 @@ def evaluated_failures(df: pd.DataFrame) -> Optional[Tuple[List[str], str, pd.Da
 def selection_grid(df: pd.DataFrame) -> Optional[Tuple[List[str], pd.DataFrame]]:
     """The learning-rate choice of an experiment, whole: per loss, setting and rate, the selection
     runs, how many failed (collapsed or diverged), their median validation DSC at its best threshold
-    (the criterion) and
-    whether the rate was chosen; None when no rate was selected."""
+    (the criterion) and whether the rate was chosen; None when no rate was selected."""
     part = df[df["stage"] == "selection"] if "stage" in df else df.iloc[:0]
     if part.empty:
         return None
@@ -358,8 +357,6 @@ def test_set_sd(df: pd.DataFrame, a: dict, b: dict, metric: str, stage: str = "c
     models scored on each of the test split's disjoint quarters give one mean difference each;
     their standard deviation over sqrt(number of quarters) estimates the standard error of the
     whole-split difference that comes from sampling test images (the interval is over seeds)."""
-    from ..evaluation import TEST_FOLDS
-
     means = [float((seeded(df, stage, a, f"{metric}_f{k}") - seeded(df, stage, b, f"{metric}_f{k}")).mean())
              for k in range(TEST_FOLDS)]
     return float(np.std(means, ddof=1) / math.sqrt(TEST_FOLDS))
