@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -181,7 +181,7 @@ def overhead(shape: str, repeats: int) -> dict:
             lambda t, labels: torch.ops.dice_fused.eager_loss(t, labels, *unvalidated),
             logits, labels),
         "dice_loss_fused": forward_backward(lambda t, labels: dice_loss(t, labels, SPEC, impl="fused"), logits, labels),
-        "drop_in_monai_dice": forward_backward(_drop_in_monai_dice(), logits, labels),
+        "drop_in_monai_dice": forward_backward(_drop_in_monai_dice(), logits, labels.unsqueeze(1)),
         "monai": forward_backward(LOSSES["monai"], logits, labels),
         "fused_unfolded": forward_backward(_fused_cpp_unfolded, logits, labels),
     }
@@ -195,11 +195,10 @@ def overhead(shape: str, repeats: int) -> dict:
 
 
 def _drop_in_monai_dice() -> Callable:
-    """``compat.monai.DiceLoss`` as the benchmarks' losses are called: labels ``(N, *spatial)``."""
+    """``compat.monai.DiceLoss`` as MONAI is called: labels ``(N, 1, *spatial)``, made by the caller."""
     from dice_impls.compat.monai import DiceLoss
 
-    loss = DiceLoss(softmax=True, to_onehot_y=True)  # = SPEC, the "monai" preset
-    return lambda logits, labels: loss(logits, labels.unsqueeze(1))
+    return DiceLoss(softmax=True, to_onehot_y=True)  # = SPEC, the "monai" preset
 
 
 # The drop-ins against their peer and against the direct call of the spec they build, at the sizes
@@ -236,25 +235,25 @@ def _arguments(library: str) -> dict:
     return dict(mode="multiclass")
 
 
-def _drop_in_calls(name: str, channels: int) -> Dict[str, Callable]:
+def _drop_in_calls(name: str, channels: int) -> Dict[str, Tuple[Callable, bool]]:
     """``(logits, labels) -> loss`` for the drop-in, the direct call of the spec it builds for
     ``channels`` classes (built once, as the drop-in caches it; the compound ``DiceCELoss`` for
-    Dice+CE), and its peer where that is installed."""
+    Dice+CE), and its peer where that is installed; each with whether it takes the label map as
+    ``(N, 1, *spatial)`` (MONAI, nnU-Net) rather than ``(N, *spatial)``."""
     from dice_impls import DiceCELoss
 
     drop_in_path, peer_path = DROP_INS[name]
     library = name.split(".")[0]
     drop_in = _class(drop_in_path)(**_arguments(library))
-    channel_axis = library != "smp"  # smp takes labels (N, *spatial); MONAI and nnU-Net (N, 1, *spatial)
-    wrap = (lambda loss: lambda x, y: loss(x, y.unsqueeze(1))) if channel_axis else (lambda loss: loss)
-    calls = {"drop_in": wrap(drop_in)}
+    channel_axis = library != "smp"
+    calls = {"drop_in": (drop_in, channel_axis)}
     if name == "monai.DiceCELoss":
-        calls["direct"] = DiceCELoss(impl="fused", spec=drop_in.dice.spec_for(channels))
+        calls["direct"] = (DiceCELoss(impl="fused", spec=drop_in.dice.spec_for(channels)), False)
     else:
         spec = drop_in.spec if library == "nnunet" else drop_in.spec_for(channels)
-        calls["direct"] = lambda x, y: dice_loss(x, y, spec, impl="fused")
+        calls["direct"] = (lambda x, y: dice_loss(x, y, spec, impl="fused"), False)
     try:
-        calls["peer"] = wrap(_class(peer_path)(**_arguments(library)))
+        calls["peer"] = (_class(peer_path)(**_arguments(library)), channel_axis)
     except ImportError:
         pass  # not installed: the drop-in is measured against the direct call only
     return calls
@@ -265,9 +264,13 @@ def drop_ins(shapes, repeats: int) -> list:
     rows = []
     for shape in shapes:
         logits, labels = make_inputs(shape, "float32")
+        # Each call gets the label map in its library's layout, made once as a data loader gives it:
+        # a reshape inside the timed call (a fresh view, ~5 us) is no part of the loss.
+        label_maps = {False: labels, True: labels.unsqueeze(1)}
         for name in DROP_INS:
             calls = _drop_in_calls(name, logits.shape[1])
-            runs = {kind: forward_backward(fn, logits, labels) for kind, fn in calls.items()}
+            runs = {kind: forward_backward(fn, logits, label_maps[channel_axis])
+                    for kind, (fn, channel_axis) in calls.items()}
             for run in runs.values():
                 run()
             # Two interleaved sets, so that the peer's large temporaries (a one-hot target, stored

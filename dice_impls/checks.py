@@ -90,7 +90,7 @@ def _bounds(dtype: torch.dtype) -> tuple:
 
 
 def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_finite: bool = True,
-                   validate: bool = True):
+                   validate: bool = True, squeeze_labels: bool = True):
     """Validate ``logits`` and ``target`` against ``spec``; return them ready for an implementation.
 
     A label map of shape ``(N, 1, *spatial)`` is squeezed to ``(N, *spatial)`` and uint16/32/64
@@ -99,6 +99,9 @@ def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_fini
     read the data (finite logits, label range, float target in [0, 1]): no device-to-host
     synchronisation, but bad values then give wrong losses instead of errors. ``check_finite=False``
     skips the finite-logits check alone (for implementations that detect NaN/inf themselves).
+    ``squeeze_labels=False`` checks an ``(N, 1, *spatial)`` label map the same way but returns it
+    unsqueezed, for kernels that read labels by pixel count: a fresh view per call costs a few
+    microseconds of a small call (docs/performance.md).
     """
     if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
         raise TypeError(
@@ -119,15 +122,18 @@ def prepare_inputs(logits: Tensor, target: Tensor, spec: DiceSpec, *, check_fini
         raise ValueError(f"logits have {c} channels; need at least one")
     label_map = is_label_map(target)
     if label_map:
-        if target.ndim == logits.ndim and target.shape[1] == 1:
-            target = target.squeeze(1)  # a view, cheaper than indexing on a small call
-        if target.ndim != logits.ndim - 1:
+        shape = tuple(target.shape)
+        if len(shape) == logits.ndim and shape[1] == 1:
+            shape = shape[:1] + shape[2:]
+            if squeeze_labels:
+                target = target.squeeze(1)  # a view, cheaper than indexing on a small call
+        if len(shape) != logits.ndim - 1:
             raise ValueError(
                 f"an integer label map must have shape (N, *spatial) = {(n, *logits.shape[2:])}-like with "
                 f"{logits.ndim - 2} spatial dims, got shape {tuple(target.shape)}"
             )
         target = comparable_labels(target)
-        target_spatial = tuple(target.shape[1:])
+        target_spatial = shape[1:]
     else:
         if target.ndim != logits.ndim:
             raise ValueError(

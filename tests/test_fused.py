@@ -186,6 +186,37 @@ def test_empty_inputs(backend, shape):
     check_against_reference(logits, labels, DiceSpec(batch=True), backend=backend)
 
 
+@pytest.mark.parametrize("backend", [None, "cpp", "chunked", "triton"], ids=["folded", "cpp", "chunked", "triton"])
+def test_label_map_with_channel_axis_equals_squeezed(backend):
+    """A label map (N, 1, *spatial) reaches the kernels as it is (they read labels by pixel count):
+    the same losses, gradients and refusals as (N, *spatial)."""
+    spec = DiceSpec(ignore_index=255, reduction="none")
+    logits, labels = random_inputs((2, 3, 5, 7), 3, ignore_index=255, seed=12)
+    for got, expected in zip(loss_and_grad(logits, labels.unsqueeze(1), spec, backend),
+                             loss_and_grad(logits, labels, spec, backend)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    bad = labels.clone()
+    bad[1, 2, 3] = 7
+    with pytest.raises(ValueError, match=r"labels out of range: found \[7\]"):
+        dice_impls.dice_loss(logits, bad.unsqueeze(1), spec, impl="fused")
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_compound_label_map_with_channel_axis_equals_squeezed(backend):
+    from dice_impls.fused import compound_loss
+
+    logits, labels = random_inputs((2, 3, 5, 7), 3, seed=13)
+    results = []
+    for target in (labels.unsqueeze(1), labels):
+        x = logits.clone().requires_grad_()
+        loss = compound_loss(x, target, DiceSpec(), lambda_dice=1.0, lambda_pixel=0.5, class_weight=[1.0, 2.0, 0.5],
+                             backend=backend)
+        loss.backward()
+        results.append((loss.detach(), x.grad))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 # --- poisoning and determinism ------------------------------------------------------------------
 
 @pytest.fixture

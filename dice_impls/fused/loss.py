@@ -51,7 +51,7 @@ def fused_statistics(
 ) -> DiceStatistics:
     """Per-image, per-class Dice sums ``(N, C)`` of shape-checked inputs, with the analytic backward.
 
-    Takes integer label maps ``(N, *spatial)`` only; non-contiguous logits or labels are made
+    Takes integer label maps ``(N, *spatial)`` or ``(N, 1, *spatial)`` only; non-contiguous logits or labels are made
     contiguous first (one copy). ``validate``: refuse NaN/inf logits and out-of-range labels
     (inside the C++ kernel's pass; one host sync for Triton).
     """
@@ -84,9 +84,11 @@ def folded_loss(logits: Tensor, labels: Tensor, spec: DiceSpec, *, validate: boo
 
 def prepare(logits: Tensor, target: Tensor, spec: DiceSpec, validate: bool):
     """Shape checks in Python; value checks happen in the kernels (``validate``). A float target is
-    refused, after the checks of its values (their errors say more)."""
+    refused, after the checks of its values (their errors say more). A label map ``(N, 1, *spatial)``
+    stays as it is: every backend reads labels by pixel count."""
     float_target = isinstance(target, Tensor) and target.is_floating_point()
-    logits, target = prepare_inputs(logits, target, spec, check_finite=False, validate=float_target and validate)
+    logits, target = prepare_inputs(logits, target, spec, check_finite=False, validate=float_target and validate,
+                                    squeeze_labels=False)
     if float_target:
         raise TypeError("impl='fused' takes integer label maps only; for float one-hot or soft targets "
                         "use impl='vectorized'")
