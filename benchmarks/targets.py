@@ -173,6 +173,8 @@ def overhead(shape: str, repeats: int) -> dict:
     a = torch.randn(n, c, dtype=torch.float64)
     unvalidated = folded_op_args(SPEC, validate=False)
     kernels = {
+        # x.sum() forward and backward: what any loss with one autograd node pays for the engine
+        "autograd_floor": forward_backward(lambda t, labels: t.sum(), logits, labels),
         "statistics_kernel": lambda: torch.ops.dice_fused.statistics(x, y, *KernelParams.from_spec(SPEC), True,
                                                                      True),
         "gradient_kernel": lambda: torch.ops.dice_fused.gradient(x, y, a, a, *KernelParams.from_spec(SPEC)),
