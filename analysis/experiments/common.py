@@ -261,14 +261,20 @@ def failure_rates(part: pd.DataFrame, by: Sequence[str], metric: str = "dsc") ->
     out = []
     for key, group in part.groupby(list(by), sort=True):
         collapsed, bad = group["collapsed"].astype(bool), failed(group)
-        low, high = clopper_pearson(int(collapsed.sum()), len(group))
-        out.append(dict(zip(by, key if isinstance(key, tuple) else (key,)), runs=len(group),
-                        collapsed=int(collapsed.sum()), collapsed_background=int((collapsed & (group["final_fg_share"] == 0)).sum()),
-                        diverged=int(diverged(group).sum()),
-                        capped=int((group["stopped_by"] == "cap").sum()), rate=float(collapsed.mean()), rate_low=low,
-                        rate_high=high, failure_rate=float(bad.mean()),
-                        **{f"{metric}_trained": float(group.loc[~bad, metric].mean()) if (~bad).any() else math.nan,
-                           f"{metric}_all": float(group[metric].mean())}))
+        n_collapsed = int(collapsed.sum())
+        low, high = clopper_pearson(n_collapsed, len(group))
+        out.append({
+            **dict(zip(by, key if isinstance(key, tuple) else (key,))),
+            "runs": len(group),
+            "collapsed": n_collapsed,
+            "collapsed_background": int((collapsed & (group["final_fg_share"] == 0)).sum()),
+            "diverged": int(diverged(group).sum()),
+            "capped": int((group["stopped_by"] == "cap").sum()),
+            "rate": n_collapsed / len(group), "rate_low": low, "rate_high": high,
+            "failure_rate": float(bad.mean()),
+            f"{metric}_trained": float(group.loc[~bad, metric].mean()) if (~bad).any() else math.nan,
+            f"{metric}_all": float(group[metric].mean()),
+        })
     return pd.DataFrame(out)
 
 
@@ -342,7 +348,8 @@ def selection_grid(df: pd.DataFrame) -> Optional[Tuple[List[str], pd.DataFrame]]
     if part.empty:
         return None
     by = [c for c in setting_columns(part) if c != "lr"]
-    chosen = {tuple(key): lr for *key, lr in rows(df, "convergence")[by + ["lr"]].drop_duplicates().itertuples(index=False)}
+    used = rows(df, "convergence")[by + ["lr"]].drop_duplicates()
+    chosen = {tuple(key): lr for *key, lr in used.itertuples(index=False)}
     out = []
     for key, group in part.groupby(by + ["lr"], sort=True):
         *setting, lr = key

@@ -51,9 +51,9 @@ def fused_statistics(
 ) -> DiceStatistics:
     """Per-image, per-class Dice sums ``(N, C)`` of shape-checked inputs, with the analytic backward.
 
-    Takes integer label maps ``(N, *spatial)`` or ``(N, 1, *spatial)`` only; non-contiguous logits or labels are made
-    contiguous first (one copy). ``validate``: refuse NaN/inf logits and out-of-range labels
-    (inside the C++ kernel's pass; one host sync for Triton).
+    Takes integer label maps ``(N, *spatial)`` or ``(N, 1, *spatial)`` only; non-contiguous logits
+    or labels are made contiguous first (one copy). ``validate``: refuse NaN/inf logits and
+    out-of-range labels (inside the C++ kernel's pass; one host sync for Triton).
     """
     operators = ops.backend_operators(backend, logits.device)
     x = logits.contiguous()
