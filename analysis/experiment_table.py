@@ -102,6 +102,9 @@ def failure_markdown(results: Path) -> list:
     def mean(value) -> str:
         return "—" if math.isnan(value) else f"{value:.3f}"
 
+    def setting(record: dict, columns) -> list:
+        return [f"{record[c]:.4g}" if isinstance(record[c], float) else str(record[c]) for c in columns]
+
     lines = []
     for name in [n for n in EXPERIMENTS if (Path(results) / n / "results.parquet").is_file()]:
         df = load_results(results, name)[0]
@@ -114,8 +117,7 @@ def failure_markdown(results: Path) -> list:
                   "| " + " | ".join([*by, "runs", "collapsed (all bg)", "diverged", "capped", "collapse rate [95% CI]",
                                      "mean, trained", "mean, all"]) + " |", "|" + "---|" * (len(by) + 7)]
         for r in rates.to_dict("records"):
-            setting = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in by]
-            lines.append("| " + " | ".join([*setting, str(r["runs"]), f"{r['collapsed']} ({r['collapsed_background']})",
+            lines.append("| " + " | ".join([*setting(r, by), str(r["runs"]), f"{r['collapsed']} ({r['collapsed_background']})",
                                             str(r["diverged"]), str(r["capped"]),
                                             f"{r['rate']:.2f} [{r['rate_low']:.2f}, {r['rate_high']:.2f}]",
                                             mean(r[metric + "_trained"]), mean(r[metric + "_all"])]) + " |")
@@ -127,8 +129,7 @@ def failure_markdown(results: Path) -> list:
                       "| " + " | ".join([*columns, "rate", "runs", "failed", "median validation DSC (best threshold)", "chosen"]) + " |",
                       "|" + "---|" * (len(columns) + 5)]
             for r in table.to_dict("records"):
-                setting = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in columns]
-                lines.append("| " + " | ".join([*setting, f"{r['lr']:g}", str(r["runs"]), str(r["failed"]),
+                lines.append("| " + " | ".join([*setting(r, columns), f"{r['lr']:g}", str(r["runs"]), str(r["failed"]),
                                                 mean(r["median_val_dsc"]), "**yes**" if r["chosen"] else ""]) + " |")
     return lines
 

@@ -272,20 +272,24 @@ def failures_table(result: ExperimentResult) -> str:
     found = evaluated_failures(result.df)
     if found is None:
         return ""
+
+    def setting(record: dict, columns) -> list:
+        return [format_number(record[c]) if isinstance(record[c], float) else str(record[c]) for c in columns]
+
     by, metric, rates = found
     grid = selection_grid(result.df)
     selection = ""
     if grid is not None:
         columns, choices = grid
         selection = table([*columns, "rate", "runs", "failed", "median validation DSC (best threshold)", "chosen"],
-                          [[*(format_number(r[c]) if isinstance(r[c], float) else str(r[c]) for c in columns),
+                          [[*setting(r, columns),
                             number_cell(r["lr"]), r["runs"], Cell(str(r["failed"]), css="fail" if r["failed"] else ""),
                             number_cell(r["median_val_dsc"], short=True), Cell("yes", css="pass") if r["chosen"] else ""]
                            for r in choices.to_dict("records")],
                           f"Learning-rate selection of {result.name}: every rate of the grid on the selection seeds "
                           "(disjoint from the evaluation seeds); the rate with the best median validation DSC at its "
                           "best threshold is used for every evaluation seed.", text_columns=len(columns))
-    rows = [[*(format_number(r[c]) if isinstance(r[c], float) else str(r[c]) for c in by), r["runs"], r["collapsed"],
+    rows = [[*setting(r, by), r["runs"], r["collapsed"],
              r["collapsed_background"], r["diverged"], r["capped"],
              Cell(f"{format_number(r['rate'])} [{format_number(r['rate_low'])}, {format_number(r['rate_high'])}]",
                   value=r["rate"], css="fail" if r["collapsed"] else ""),

@@ -240,8 +240,8 @@ def test_the_stopping_criterion_sees_a_model_that_ranks_well_below_one_half():
     logits = (masks.float() * 3 - 8).unsqueeze(1)
     assert validation_dsc(logits, masks) == 0.0 and validation_best_dsc(logits, masks) == pytest.approx(1.0)
     labels = torch.randint(0, 3, (2, 6, 6), generator=generator_for(6))
-    two_class = F.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 2 - 5  # softmax: the true class first
-    assert validation_best_dsc(two_class, labels) == pytest.approx(1.0)
+    three_class = F.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 2 - 5  # softmax: the true class first
+    assert validation_best_dsc(three_class, labels) == pytest.approx(1.0)
 
 
 def test_false_positives_on_empty_images_are_counted_at_matched_recall():
