@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import dice_impls
@@ -527,11 +527,37 @@ def random_cases(draw):
     return shape, channels, spec, inputs
 
 
+def well_conditioned_in_float32(logits, target, spec) -> bool:
+    """Whether float32 can hold the case's gradient to the tolerance at all (the float64
+    implementations match the reference either way). Tiny random cases hit two corners: (1) the
+    gradient with respect to the probabilities is a sum of terms dL/dI and dL/dP (of the
+    statistics) that cancel to a small rest, which float32 rounds to eps times the terms: next to a
+    perfect squared-Dice score on one counted pixel (a rest of ~(1 - p) from terms of ~1), or a
+    score constant up to the smoothing (smooth_nr=1, smooth_dr=1e-5, Tversky (0.3, 0.5) on one
+    pixel: (p + 1) / ((p + 1) / 2 + 1e-5)); (2) focal gamma > 1 rounds 1 - s itself, a relative
+    error of (gamma - 1) eps / (1 - s)."""
+    stats = [s.detach().requires_grad_() for s in dice_statistics(logits.double(), target, spec, impl="reference")]
+    loss = loss_from_statistics(dice_impls.DiceStatistics(*stats), spec).sum()
+    d_intersection, d_pred_sum, _ = torch.autograd.grad(loss, stats, allow_unused=True, materialize_grads=True)
+    terms = float((d_intersection.abs() + 2 * d_pred_sum.abs()).max())
+    activate = {"softmax": lambda x: torch.softmax(x, 1), "sigmoid": torch.sigmoid, "none": lambda x: x}
+    p = activate[spec.activation](logits.double()).requires_grad_()
+    (grad,) = torch.autograd.grad(dice_loss(p, target, spec.replace(activation="none"), impl="reference").sum(), p)
+    if float(grad.abs().max()) < 0.06 * terms:  # eps * terms / grad within a tenth of the 1e-5 tolerance
+        return False
+    if spec.focal_gamma > 1:
+        plain = spec.replace(focal_gamma=1.0, log_loss=False, negate=False, reduction="none")
+        margins = dice_loss(logits.double(), target, plain, impl="reference")
+        return not bool(((margins > 0) & (margins < 0.02)).any())
+    return True
+
+
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(random_cases())
 def test_random_specs_and_shapes_match_reference(case):
     shape, channels, spec, inputs = case
     logits, target = random_inputs(shape, channels, **inputs)
+    assume(well_conditioned_in_float32(logits, target, spec))
     expected = torch.tensor(formula_loss(logits, target, spec), dtype=torch.float64)
     torch.testing.assert_close(dice_loss(logits.double(), target, spec, impl="reference"), expected,
                                rtol=1e-12, atol=1e-12)

@@ -4,21 +4,24 @@
 ``DiceLoss``, ``TverskyLoss`` and ``JaccardLoss`` of ``segmentation_models_pytorch.losses`` with
 smp's arguments and defaults. smp scores every class over the whole batch with its soft-label
 Tversky index ``(I + smooth) / max(I + alpha FP + beta FN + smooth, eps)``, ``I = (sum p + sum g -
-sum |p - g|) / 2`` (Dice: alpha = beta = 1/2, Jaccard: 1, 1), counts a class absent from the batch
-with loss 0, keeps the ``classes`` listed (repeats count again) and averages them, weighted by
-``class_weights`` when given; Tversky raises that
-mean to ``gamma``. Modes: ``"binary"`` (one channel; target ``(N, *spatial)`` or ``(N, 1, *spatial)``
-of {0, 1}), ``"multiclass"`` (softmax; an integer label map ``(N, *spatial)``), ``"multilabel"``
-(sigmoid per channel; target ``(N, C, *spatial)``).
+sum |p - g|) / 2`` (Dice: alpha = beta = 1/2, Jaccard: 1, 1), takes ``1 - score`` or, with
+``log_loss``, ``-log(max(score, eps))`` per class, counts a class absent from the batch with loss
+0, keeps the ``classes`` listed (repeats count again) and averages them, weighted by
+``class_weights`` when given; Tversky raises that mean to ``gamma`` (with ``gamma`` < 1 a mean of
+exactly 0 has gradient 0, where smp's is NaN). Modes: ``"binary"`` (one channel; target
+``(N, *spatial)`` or ``(N, 1, *spatial)`` of {0, 1}), ``"multiclass"`` (softmax; an integer label
+map ``(N, *spatial)``), ``"multilabel"`` (sigmoid per channel; target ``(N, C, *spatial)``).
 docs/conventions.md "Drop-in classes" lists the mapping and the divergences.
 """
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
 from torch import Tensor, nn
 
+from ..score import focal_power
 from ..spec import DiceSpec
 from .dispatch import check_tensors, dice
 
@@ -48,6 +51,10 @@ class _SmpRegionLoss(nn.Module):
             fp_weight=float(alpha), fn_weight=float(beta), soft_label=True,
         )
         self.specs_by_channels: dict = {}  # spec_for's answers, built once per channel count
+        # log_loss: smp clamps the score at eps before the log, the spec only at the smallest normal
+        # float; -log(max(s, eps)) = min(-log s, -log eps) is applied to the per-class losses.
+        self.log_clamp = -math.log(eps) if eps > 0 else math.inf
+        self.per_class_spec = self.spec.replace(reduction="none") if log_loss else None
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         check_tensors(y_pred=y_pred, y_true=y_true)
@@ -56,7 +63,14 @@ class _SmpRegionLoss(nn.Module):
         channels = y_pred.shape[1]
         if channels not in self.specs_by_channels:
             self.specs_by_channels[channels] = self.spec_for(channels)
-        return dice(y_pred, self.target(y_pred, y_true), self.specs_by_channels[channels])
+        spec, target = self.specs_by_channels[channels], self.target(y_pred, y_true)
+        if self.per_class_spec is None:
+            return dice(y_pred, target, spec)
+        losses = dice(y_pred, target, self.per_class_spec)[0].clamp_max(self.log_clamp)  # batch Dice: one unit
+        if spec.weight is None:
+            return losses.mean()
+        weights = losses.new_tensor(spec.weight)  # smp's weighted mean over the selected classes
+        return (losses * weights).sum() / weights.sum()
 
     def target(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         channels = y_pred.shape[1]
@@ -125,4 +139,11 @@ class TverskyLoss(_SmpRegionLoss):
 
     def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         # smp's gamma acts on the mean over classes, not per class (the spec's focal_gamma would be per class)
-        return super().forward(y_pred, y_true) ** self.gamma
+        loss = super().forward(y_pred, y_true)
+        if not 0 < self.gamma < 1:
+            return loss ** self.gamma
+        # At a loss of exactly 0 (every kept class absent from the batch, or scored perfectly)
+        # d(m^gamma)/dm is infinite, and smp's gradient is NaN (inf times its absent-class mask of
+        # 0); ours is 0. Any positive loss is smp's (a negative one, possible only with alpha or beta
+        # below 0, is 0 here and NaN in smp).
+        return focal_power(loss, self.gamma)
