@@ -159,6 +159,15 @@ def test_round_trip_recovers_random_specs(chunk):
     assert len(misses) <= 1, misses
 
 
+def test_refinement_far_out_in_log_space_does_not_stop_the_audit():
+    # On this spec Nelder-Mead's simplex wandered to a smoothing of 10**309 and 10.0 ** v raised
+    # OverflowError: the audit of a loss that is a DiceSpec stopped with an error (exit status 2).
+    spec = DiceSpec(activation="sigmoid", smooth_nr=0.01, smooth_dr=2.0, squared=True, log_loss=True,
+                    generalized="simple")
+    report = audit(one_hot_only(spec), 1, quick=True)
+    assert report.error is None and report.exit_status != 2, report.error
+
+
 @pytest.mark.parametrize("name", sorted(CONVENTIONS))
 def test_conventions_identified(name):
     fn, channels, expected = CONVENTIONS[name]

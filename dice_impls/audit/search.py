@@ -300,6 +300,7 @@ def fit_weights(cache: ProbeStatistics, observed: Tensor, candidate: Candidate) 
 # -- continuous refinement -----------------------------------------------------------------------
 LOG_FIELDS = ("smooth_nr", "smooth_dr", "min_denominator")
 NEGLIGIBLE = 1e-9  # a smoothing fitted below this is 0
+MAX_LOG10 = 300.0  # smoothing fitted in log space stays below 1e300 (a finite float)
 
 
 def refine(cache: ProbeStatistics, observed: Tensor, candidate: Candidate, affine: bool, *,
@@ -326,7 +327,8 @@ def refine(cache: ProbeStatistics, observed: Tensor, candidate: Candidate, affin
         return float(error[0]), squares if math.isfinite(squares) else math.inf, pair, trial
 
     def decode(u: Sequence[float]) -> dict:
-        return {n: (10.0 ** v if n in LOG_FIELDS else v) for n, v in zip(names, u)}
+        # The simplex may wander far out in log space; 10.0 ** v overflows a float above 308.
+        return {n: (10.0 ** min(v, MAX_LOG10) if n in LOG_FIELDS else v) for n, v in zip(names, u)}
 
     start = [math.log10(max(getattr(spec, n), NEGLIGIBLE / 10)) if n in LOG_FIELDS else getattr(spec, n) for n in names]
     best_u = nelder_mead(lambda u: evaluate(decode(u))[1], start, step=0.5)
