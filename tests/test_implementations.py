@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import dice_impls
 from dice_impls import DiceLoss, DiceSpec, dice_loss, dice_statistics, loss_from_statistics
+from dice_impls.vectorized import activate
 from helpers import HALF_DTYPES, assert_matches_reference, random_inputs, refuses_float_target
 
 COMPARED = [name for name in dice_impls.IMPLEMENTATIONS if name != "reference"]
@@ -540,8 +541,7 @@ def well_conditioned_in_float32(logits, target, spec) -> bool:
     loss = loss_from_statistics(dice_impls.DiceStatistics(*stats), spec).sum()
     d_intersection, d_pred_sum, _ = torch.autograd.grad(loss, stats, allow_unused=True, materialize_grads=True)
     terms = float((d_intersection.abs() + 2 * d_pred_sum.abs()).max())
-    activate = {"softmax": lambda x: torch.softmax(x, 1), "sigmoid": torch.sigmoid, "none": lambda x: x}
-    p = activate[spec.activation](logits.double()).requires_grad_()
+    p = activate(logits.double(), spec).requires_grad_()
     (grad,) = torch.autograd.grad(dice_loss(p, target, spec.replace(activation="none"), impl="reference").sum(), p)
     if float(grad.abs().max()) < 0.06 * terms:  # eps * terms / grad within a tenth of the 1e-5 tolerance
         return False
