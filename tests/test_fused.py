@@ -179,6 +179,29 @@ def test_cpu_accuracy_at_4m_voxels():
     check_against_reference(logits, labels, DiceSpec(batch=True))
 
 
+@pytest.mark.parametrize("backend", [None, "cpp"], ids=["folded", "cpp"])
+@pytest.mark.parametrize("dtype", (torch.float32, *HALF_DTYPES), ids=str)
+@pytest.mark.parametrize("pattern", ["offset+75", "offset+120", "offset-60", "offset-200", "some-pixels"])
+def test_softmax_without_the_max_pass_falls_back_where_exp_leaves_its_range(pattern, dtype, backend):
+    # The C++ softmax first skips the max pass and keeps a block only when every pixel's sum of
+    # exp(x) lies in [2^-60, 2^100]: logits offset by +120 or -200 (every block), +75 (sums above
+    # 2^100) or -60 (sums below 2^-60), or a few pixels far out in blocks of ordinary ones, must
+    # give the reference's loss and gradient either way.
+    spec = DiceSpec(ignore_index=9)
+    logits, labels = random_inputs((2, 33, 41), 4, dtype=torch.float64, ignore_index=9, seed=5)
+    if pattern == "some-pixels":
+        gen = torch.Generator().manual_seed(6)
+        pick = torch.rand(labels.shape, generator=gen)
+        logits = logits + torch.where(pick < 0.01, 200.0, torch.where(pick > 0.99, -100.0, 0.0)).unsqueeze(1)
+        logits[:, 1] = torch.where(pick < 0.005, logits[:, 1] - 400.0, logits[:, 1])
+    else:
+        logits = logits + float(pattern.removeprefix("offset"))
+    logits = logits.to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-3
+    check_against_reference(logits, labels, spec, backend=backend, loss_tol=tol,
+                            grad_tol=max(1e-5, torch.finfo(dtype).eps))
+
+
 @pytest.mark.parametrize("backend", ["cpp", "chunked", "triton"])
 @pytest.mark.parametrize("shape", [(2, 0, 4), (0, 5, 4)], ids=["no-voxels", "no-images"])
 def test_empty_inputs(backend, shape):

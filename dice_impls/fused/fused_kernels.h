@@ -25,11 +25,12 @@ struct F16 { uint16_t bits; };
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// exp(x) for x <= 0, all the kernels need (softmax after subtracting the max, sigmoid through
-// exp(-|x|), the focal factor): exp(x) = 2^n * P(r), n = round(x / ln 2), r = x - n ln 2 (one
-// fused multiply-add), |r| <= ln(2)/2, P the degree-5 minimax polynomial of exp on that interval.
-// Max relative error 2.1e-7 for x > -10 and 4.3e-7 down to -87.3 (docs/performance.md); 0 below
-// -87.34, where 2^n would leave the normal floats. Branch-free so the loops around it vectorise.
+// exp(x) for x <= 80, all the kernels need (softmax with or without subtracting the max, sigmoid
+// through exp(-|x|), the focal factor): exp(x) = 2^n * P(r), n = round(x / ln 2), r = x - n ln 2
+// (one fused multiply-add), |r| <= ln(2)/2, P the degree-5 minimax polynomial of exp on that
+// interval. Max relative error 2.1e-7 on [-10, 40], 3.1e-7 up to 80 and 4.3e-7 down to -87.3
+// (docs/performance.md); 0 below -87.34, where 2^n would leave the normal floats (and above ~88
+// 2^n wraps: callers clamp). Branch-free so the loops around it vectorise.
 static inline __attribute__((always_inline)) float exp_approx(float x) {
   // n = round(x / ln 2) by the 1.5 * 2^23 trick: the low mantissa bits of `shifted` hold n.
   const float shifted = x * 1.44269504088896341f + 12582912.0f;
@@ -271,30 +272,59 @@ inline acc_t group_max(const acc_t* src, int64_t stride, int64_t c0, const int32
   return pr;
 }
 
-// u_c = exp(x_c - mx) for the group's channels, s += their sum. u_c may be x_c (half types,
-// converted in place): each element is read before it is written, in the same iteration.
-template <int G, typename acc_t>
-inline void group_exp(const acc_t* src, int64_t stride, int64_t c0, const acc_t* mx, int64_t len, acc_t* u, int64_t B,
-                      acc_t* s) {
+// Softmax without the max pass takes exp(min(x, DIRECT_EXP_LIMIT)) (exp_approx's 2^n stays a normal
+// float up to n = 127, x ~ 88; the clamp also turns NaN and +inf into the limit), and a block keeps
+// it only when every pixel's sum lies in [DIRECT_SUM_LOW, DIRECT_SUM_HIGH] and no logit is -inf:
+// then every logit is finite and below the limit, each pixel's largest logit is above -42 - ln C,
+// and a channel that exp_approx flushes to 0 (x < -87.3) has p < 1e-19. p = u / s is then as
+// accurate as with the max subtracted (docs/performance.md).
+constexpr float DIRECT_EXP_LIMIT = 80.0f;
+constexpr float DIRECT_SUM_LOW = 0x1.0p-60f, DIRECT_SUM_HIGH = 0x1.0p+100f;
+
+// u_c = exp(x_c - mx) (SHIFTED) or exp(min(x_c, DIRECT_EXP_LIMIT)) for the group's channels, s += their
+// sum; returns the smallest logit of the group when asked (LOWEST; the finite check of the unshifted
+// pass), else 0. u_c may be x_c (half types, converted in place): each element is read before it is
+// written, in the same iteration.
+template <int G, bool SHIFTED, bool LOWEST, typename acc_t>
+inline acc_t group_exp(const acc_t* src, int64_t stride, int64_t c0, const acc_t* mx, int64_t len, acc_t* u, int64_t B,
+                       acc_t* s) {
   const acc_t* x[G];
   acc_t* out[G];
   for (int g = 0; g < G; ++g) x[g] = src + (c0 + g) * stride, out[g] = u + (c0 + g) * B;
-#pragma omp simd
+  const acc_t limit = static_cast<acc_t>(DIRECT_EXP_LIMIT);
+  acc_t lowest = 0;
+#pragma omp simd reduction(min : lowest)
   for (int64_t v = 0; v < len; ++v) {
     acc_t sum = s[v];
     for (int g = 0; g < G; ++g) {
-      const acc_t e = exp_approx(x[g][v] - mx[v]);
+      const acc_t xv = x[g][v];
+      if (LOWEST) lowest = xv < lowest ? xv : lowest;
+      const acc_t e = exp_approx(SHIFTED ? xv - mx[v] : xv < limit ? xv : limit);
       out[g][v] = e;
       sum += e;
     }
     s[v] = sum;
   }
+  return lowest;
 }
 
-// One block of pixels, activated: p_c = u_c * r with u = exp(x - max_c x) and r = 1 / sum_c u for
-// softmax (the normalisation is folded into the passes that read u), u = p and r = 1 otherwise;
-// max and sum are kept per pixel. With LOGIT_OF_LABEL (softmax, for the pixel term) it also keeps
-// x_y and, with label smoothing, sum_c w_c x_c.
+// Whether every sum of the block lies where the unshifted softmax is exact enough (above).
+template <typename acc_t>
+inline bool sums_in_direct_range(const acc_t* s, int64_t len) {
+  acc_t low = static_cast<acc_t>(DIRECT_SUM_HIGH), high = 0;
+#pragma omp simd reduction(min : low) reduction(max : high)
+  for (int64_t v = 0; v < len; ++v) {
+    low = s[v] < low ? s[v] : low;
+    high = s[v] > high ? s[v] : high;
+  }
+  return low >= static_cast<acc_t>(DIRECT_SUM_LOW) && high <= static_cast<acc_t>(DIRECT_SUM_HIGH);
+}
+
+// One block of pixels, activated: p_c = u_c * r with u = exp(x) (where group_exp's range test
+// allows) or exp(x - max_c x) and r = 1 / sum_c u for softmax (the normalisation is folded into the
+// passes that read u), u = p and r = 1 otherwise; the sum (and the max, when subtracted) is kept
+// per pixel. With LOGIT_OF_LABEL (softmax, for the pixel term) the max is always subtracted, and
+// it also keeps x_y and, with label smoothing, sum_c w_c x_c.
 template <typename scalar_t, typename acc_t>
 struct Tile {
   const KernelArgs& P;
@@ -324,33 +354,54 @@ struct Tile {
     // The logits in the compute type: read in place, or converted into u first (half types).
     const acc_t* src;
     int64_t stride;
+    const auto convert = [&] {
+      if constexpr (sizeof(scalar_t) != sizeof(acc_t)) {
+        for (int64_t c = 0; c < C; ++c) to_float(x + c * V, u + c * B, len);
+      }
+    };
     if constexpr (sizeof(scalar_t) == sizeof(acc_t)) {
       src = reinterpret_cast<const acc_t*>(x), stride = V;
     } else {
-      for (int64_t c = 0; c < C; ++c) to_float(x + c * V, u + c * B, len);
+      convert();
       src = u, stride = B;
     }
     acc_t pr = 0;
     if (P.activation == SOFTMAX) {
-      for (int64_t v = 0; v < len; ++v) mx[v] = src[v], s[v] = 0;
-      if (LOGIT_OF_LABEL) {
-        for (int64_t v = 0; v < len; ++v) xy[v] = 0;
+      // Without the pixel term (which needs max + log(sum) exactly where the label's logit is near
+      // the max) the block first tries the softmax without the max pass; mx is then not kept.
+      bool direct = !LOGIT_OF_LABEL;
+      if (direct) {
+        for (int64_t v = 0; v < len; ++v) s[v] = 0;
+        acc_t lowest = 0;
+        for_channel_groups(C, [&](auto group, int64_t c0) {
+          const acc_t low = group_exp<decltype(group)::size, false, VALIDATE>(src, stride, c0, mx, len, u, B, s);
+          lowest = low < lowest ? low : lowest;
+        });
+        // Kept, every logit is finite: the probe's part is 0.
+        direct = sums_in_direct_range(s, len) && lowest > -static_cast<acc_t>(HUGE_VALF);
+        if (!direct) convert();  // half types: u overwrote the converted logits
       }
-      for_channel_groups(C, [&](auto group, int64_t c0) {
-        pr += group_max<decltype(group)::size, VALIDATE, LOGIT_OF_LABEL>(src, stride, c0, cls, len, mx, xy);
-      });
-      if (LOGIT_OF_LABEL && P.smoothing != 0) {  // before group_exp: half logits are overwritten by u
-        for (int64_t v = 0; v < len; ++v) wx[v] = 0;
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t wc = static_cast<acc_t>(P.pixel_weight[c]);
-          const acc_t* xc = src + c * stride;
-#pragma omp simd
-          for (int64_t v = 0; v < len; ++v) wx[v] += wc * xc[v];
+      if (!direct) {
+        for (int64_t v = 0; v < len; ++v) mx[v] = src[v], s[v] = 0;
+        if (LOGIT_OF_LABEL) {
+          for (int64_t v = 0; v < len; ++v) xy[v] = 0;
         }
+        for_channel_groups(C, [&](auto group, int64_t c0) {
+          pr += group_max<decltype(group)::size, VALIDATE, LOGIT_OF_LABEL>(src, stride, c0, cls, len, mx, xy);
+        });
+        if (LOGIT_OF_LABEL && P.smoothing != 0) {  // before group_exp: half logits are overwritten by u
+          for (int64_t v = 0; v < len; ++v) wx[v] = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t wc = static_cast<acc_t>(P.pixel_weight[c]);
+            const acc_t* xc = src + c * stride;
+#pragma omp simd
+            for (int64_t v = 0; v < len; ++v) wx[v] += wc * xc[v];
+          }
+        }
+        for_channel_groups(C, [&](auto group, int64_t c0) {
+          group_exp<decltype(group)::size, true, false>(src, stride, c0, mx, len, u, B, s);
+        });
       }
-      for_channel_groups(C, [&](auto group, int64_t c0) {
-        group_exp<decltype(group)::size>(src, stride, c0, mx, len, u, B, s);
-      });
 #pragma omp simd
       for (int64_t v = 0; v < len; ++v) r[v] = acc_t(1) / s[v];
     } else {
