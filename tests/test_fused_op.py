@@ -347,14 +347,19 @@ def test_sigmoid_compound_falls_back_correctly():
 # --- instruction sets ----------------------------------------------------------------------------
 
 def test_every_instruction_set_gives_the_same_result(tmp_path):
-    """Each variant the CPU can run, in a subprocess (the choice is made once at load)."""
+    """Each variant the CPU can run, in a subprocess (the choice is made once at load): Dice + CE
+    (the softmax with its max pass) plus Dice (without it where the logits allow; one image's
+    logits offset by 90, which sends its blocks back to the max pass)."""
     script = (
         "import torch, dice_impls\n"
         "from dice_impls.fused import ops\n"
         "from helpers import random_inputs\n"
         "x, y = random_inputs((2, 37, 29), 5, dtype=torch.{dtype}, seed=8, ignore_index=255)\n"
+        "x[1] += 90\n"
         "x.requires_grad_()\n"
-        "loss = dice_impls.DiceCELoss(impl='fused', ignore_index=255)(x, y)\n"
+        "spec = dice_impls.DiceSpec(ignore_index=255)\n"
+        "loss = (dice_impls.DiceCELoss(impl='fused', ignore_index=255)(x, y)\n"
+        "        + dice_impls.dice_loss(x, y, spec, impl='fused'))\n"
         "loss.backward()\n"
         "torch.save((ops.isa(), loss.detach(), x.grad), r'{out}')\n"
     )
@@ -372,6 +377,17 @@ def test_every_instruction_set_gives_the_same_result(tmp_path):
         tol = 1e-6 if dtype == "float32" else 1e-3
         assert abs(float(loss - base_loss)) <= tol
         assert grad_error(grad, base_grad.double()) <= tol
+    for dtype in ("float32", "float16"):  # and the baseline against the reference, on the same logits
+        x, y = random_inputs((2, 37, 29), 5, dtype=getattr(torch, dtype), seed=8, ignore_index=255)
+        x[1] += 90
+        x = x.double().requires_grad_()
+        loss = (DiceCELoss(impl="reference", ignore_index=255)(x, y)
+                + dice_impls.dice_loss(x, y, DiceSpec(ignore_index=255), impl="reference"))
+        loss.backward()
+        base_loss, base_grad = results["baseline", dtype][1:]
+        tol = 1e-5 if dtype == "float32" else 1e-3
+        assert abs(float(base_loss) - float(loss)) <= tol * abs(float(loss))
+        assert grad_error(base_grad, x.grad) <= max(tol, torch.finfo(getattr(torch, dtype)).eps)
 
 
 # 4.2 MB (huge-page buffers) and 1.0 MB of float32 (a 4x4x128x128-like gradient): both pooled.
